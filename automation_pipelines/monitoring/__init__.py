@@ -1,0 +1,1 @@
+"""Watches every automation from above: failures, silence, runaway loops."""

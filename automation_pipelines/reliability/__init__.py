@@ -1,0 +1,1 @@
+"""The hardening layer every automation builds on; nothing automation-specific lives here."""

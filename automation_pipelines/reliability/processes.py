@@ -1,0 +1,134 @@
+"""Start long-running Dagster processes and stop every one of them, whatever they do on a signal.
+
+`dagster dev`, `dagster-daemon` and the webserver spawn code servers and run workers of their own,
+and started without a terminal they may ignore SIGINT for a long time. A `ProcessGroup` starts each
+command in a session of its own and stops it in three steps: SIGINT (the graceful path), SIGTERM,
+then SIGKILL to every process of the session and every descendant seen, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux), so a process whose parent died can still be stopped."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+    return alive
+
+
+def _signal_all(processes: Iterable[psutil.Process], sig: int) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(sig)
+
+
+class ProcessGroup:
+    """Processes started together and stopped together, each leader in a new session."""
+
+    def __init__(self, *, reap_orphans: bool = False) -> None:
+        """`reap_orphans`: also reap adopted orphans (a subreaper with no other children)."""
+        self.popens: list[subprocess.Popen[Any]] = []
+        self.reap_orphans = reap_orphans
+        self._seen: dict[int, psutil.Process] = {}
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        stdout: IO[Any] | int | None = None,
+        stderr: IO[Any] | int | None = None,
+    ) -> subprocess.Popen[Any]:
+        popen = subprocess.Popen(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        self.popens.append(popen)
+        return popen
+
+    def members(self) -> list[psutil.Process]:
+        """Every live process started here: leaders, their descendants and their sessions."""
+        found: dict[int, psutil.Process] = {}
+        sessions = set()
+        for popen in self.popens:
+            with contextlib.suppress(psutil.Error):
+                leader = psutil.Process(popen.pid)
+                found[leader.pid] = leader
+                for child in leader.children(recursive=True):
+                    found[child.pid] = child
+            sessions.add(popen.pid)
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getsid(process.pid) in sessions:
+                    found[process.pid] = process
+        self._seen.update(found)
+        return _alive(found.values())
+
+    def stop(self, *, graceful_seconds: float = 5.0, term_seconds: float = 2.0) -> None:
+        """Stop everything within about `graceful_seconds + term_seconds + 1` seconds."""
+        self.members()
+        for popen in self.popens:
+            if popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    popen.send_signal(signal.SIGINT)
+        for sig, wait in ((None, graceful_seconds), (signal.SIGTERM, term_seconds)):
+            if sig is not None:
+                _signal_all(self._remaining(), sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self._remaining():
+                self._reap()
+                time.sleep(0.1)
+        leftover = self._remaining()
+        _signal_all(leftover, signal.SIGKILL)
+        psutil.wait_procs(leftover, timeout=2)
+        self._reap()
+
+    def _remaining(self) -> list[psutil.Process]:
+        self.members()
+        return _alive(self._seen.values())
+
+    def _reap(self) -> None:
+        for popen in self.popens:
+            popen.poll()
+        if not self.reap_orphans:
+            return
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,273 @@
+"""The production-readiness checklist as code, run by `automation-pipelines check` and in CI.
+
+Each rule looks at one job and either passes or names what is missing. Rules live in `RULES`;
+a later concern (alerting, silence expectations, secrets) adds its rule with `@rule(...)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+
+from automation_pipelines.reliability.automation import (
+    MAX_RUNTIME_TAG,
+    OWNER_TAG,
+    PROJECT_ROOT,
+    RUNBOOK_PREFIX,
+)
+
+#: Sections a runbook must have, matched case-insensitively against its `##` headings.
+RUNBOOK_SECTIONS = ("What it does", "What it touches", "How to pause", "Failure modes")
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What rules may look at besides the job: every trigger and the instance configuration."""
+
+    repository: dg.RepositoryDefinition
+    instance_config: Mapping[str, Any]
+    project_root: Path = PROJECT_ROOT
+    triggers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+RuleFn = Callable[[dg.JobDefinition, CheckContext], str | None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One checklist item: `check` returns None when the job passes, else the reason it fails."""
+
+    name: str
+    summary: str
+    check: RuleFn
+
+
+@dataclass(frozen=True)
+class Finding:
+    job: str
+    rule: str
+    ok: bool
+    reason: str = ""
+
+
+RULES: list[Rule] = []
+
+
+def rule(name: str, summary: str) -> Callable[[RuleFn], RuleFn]:
+    """Register a checklist rule; its name becomes a column of the report."""
+
+    def register(fn: RuleFn) -> RuleFn:
+        if any(existing.name == name for existing in RULES):
+            raise ValueError(f"readiness rule {name!r} is registered twice")
+        RULES.append(Rule(name=name, summary=summary, check=fn))
+        return fn
+
+    return register
+
+
+@rule("owner", "an `owner` tag names who is alerted and answers for the job")
+def _owner(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    owner = (job.tags.get(OWNER_TAG) or "").strip()
+    if not owner:
+        return f"no `{OWNER_TAG}` tag: nobody is alerted when it fails"
+    return None
+
+
+def runbook_problem(description: str | None, project_root: Path) -> str | None:
+    """Why the runbook linked from a description is missing or incomplete, or None if it is fine."""
+    match = re.search(re.escape(RUNBOOK_PREFIX) + r"(\S+\.md)", description or "")
+    if not match:
+        return f"description has no '{RUNBOOK_PREFIX}<path>/README.md' line"
+    path = Path(match.group(1))
+    if not path.is_absolute():
+        path = project_root / path
+    if not path.is_file():
+        return f"runbook {match.group(1)} does not exist"
+    headings = [
+        line.lstrip("#").strip().lower()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("## ")
+    ]
+    missing = [s for s in RUNBOOK_SECTIONS if not any(h.startswith(s.lower()) for h in headings)]
+    if missing:
+        return f"runbook {match.group(1)} lacks section(s): " + ", ".join(
+            f"'## {s}'" for s in missing
+        )
+    return None
+
+
+@rule("runbook", "the description links a runbook README with the required sections")
+def _runbook(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    return runbook_problem(job.description, ctx.project_root)
+
+
+@rule("trigger", "at least one schedule or sensor starts the job")
+def _trigger(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    if not ctx.triggers.get(job.name):
+        return "no schedule or sensor targets it: it only runs when somebody remembers to"
+    return None
+
+
+def _ops_without_retry(
+    nodes: Sequence[Any], inherited: dg.RetryPolicy | None, prefix: str = ""
+) -> Iterator[str]:
+    for node in nodes:
+        policy = node.retry_policy or inherited
+        definition = node.definition
+        if isinstance(definition, dg.GraphDefinition):
+            yield from _ops_without_retry(definition.nodes, policy, f"{prefix}{node.name}.")
+        elif not (policy or getattr(definition, "retry_policy", None)):
+            yield f"{prefix}{node.name}"
+
+
+@rule("retries", "every op has a retry policy (its own or the job's)")
+def _retries(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    missing = list(_ops_without_retry(job.graph.nodes, job.op_retry_policy))
+    if missing:
+        return "op(s) without a retry policy: " + ", ".join(missing)
+    return None
+
+
+@rule("max_runtime", f"a `{MAX_RUNTIME_TAG}` tag bounds how long a run may take")
+def _max_runtime(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    value = job.tags.get(MAX_RUNTIME_TAG)
+    if value is None:
+        return f"no `{MAX_RUNTIME_TAG}` tag: a hung run would hold its slot for the default limit"
+    try:
+        seconds = float(value)
+    except ValueError:
+        return f"`{MAX_RUNTIME_TAG}` is {value!r}, not a number of seconds"
+    if seconds <= 0:
+        return f"`{MAX_RUNTIME_TAG}` is {value!r}; it must be a positive number of seconds"
+    monitoring = ctx.instance_config.get("run_monitoring") or {}
+    if not monitoring.get("enabled"):
+        return f"`{MAX_RUNTIME_TAG}` does nothing: run_monitoring is not enabled in the instance"
+    return None
+
+
+def tag_concurrency_limits(instance_config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The run queue's tag limits, whichever of the two config spellings the instance uses."""
+    queue = instance_config.get("run_queue")
+    if queue is None:
+        queue = (instance_config.get("run_coordinator") or {}).get("config") or {}
+    return list(queue.get("tag_concurrency_limits") or [])
+
+
+def _limit_matches(limit: Mapping[str, Any], tags: Mapping[str, str]) -> bool:
+    key = limit.get("key")
+    if key not in tags:
+        return False
+    value = limit.get("value")
+    if value is None or isinstance(value, dict):
+        return True
+    return str(value) == tags[key]
+
+
+@rule("concurrency", "a tag of the job is limited by the instance's run queue")
+def _concurrency(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    limits = tag_concurrency_limits(ctx.instance_config)
+    if not limits:
+        return "the instance config has no run_queue tag_concurrency_limits"
+    matching = [limit for limit in limits if _limit_matches(limit, job.tags)]
+    if not matching:
+        keys = sorted({str(limit.get("key")) for limit in limits})
+        return f"no tag of the job is limited (limited keys: {', '.join(keys)})"
+    if any(int(limit.get("limit", 0)) < 1 for limit in matching):
+        return "a matching concurrency limit is below 1, so its runs would never start"
+    return None
+
+
+def _user_jobs(repository: dg.RepositoryDefinition) -> list[dg.JobDefinition]:
+    """Jobs people declared; Dagster's implicit asset jobs are checked through their triggers."""
+    return [job for job in repository.get_all_jobs() if not job.name.startswith("__")]
+
+
+def triggers_by_job(repository: dg.RepositoryDefinition) -> dict[str, tuple[str, ...]]:
+    """Map each job name to the schedules and sensors that can start it."""
+    found: dict[str, list[str]] = {}
+    for schedule in repository.schedule_defs:
+        found.setdefault(schedule.job_name, []).append(schedule.name)
+    for sensor in repository.sensor_defs:
+        for target in sensor.targets:
+            found.setdefault(target.job_name, []).append(sensor.name)
+    return {job: tuple(names) for job, names in found.items()}
+
+
+def load_instance_config(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def run_checks(
+    defs: dg.Definitions,
+    instance_config: Mapping[str, Any],
+    *,
+    rules: Sequence[Rule] | None = None,
+    project_root: Path = PROJECT_ROOT,
+) -> list[Finding]:
+    """Check every declared job against every rule; an empty project is itself a finding."""
+    repository = defs.get_repository_def()
+    ctx = CheckContext(
+        repository=repository,
+        instance_config=instance_config,
+        project_root=project_root,
+        triggers=triggers_by_job(repository),
+    )
+    jobs = _user_jobs(repository)
+    if not jobs:
+        return [Finding(job="(none)", rule="jobs", ok=False, reason="no jobs are defined")]
+    findings = []
+    for job in sorted(jobs, key=lambda j: j.name):
+        for item in RULES if rules is None else rules:
+            reason = item.check(job, ctx)
+            findings.append(Finding(job.name, item.name, reason is None, reason or ""))
+    return findings
+
+
+def format_report(findings: Sequence[Finding]) -> str:
+    """Jobs by rules, ✓ or ✗, then a line per failure naming the job, the rule and why."""
+    rules = list(dict.fromkeys(f.rule for f in findings))
+    jobs = list(dict.fromkeys(f.job for f in findings))
+    cell = {(f.job, f.rule): "✓" if f.ok else "✗" for f in findings}
+    width = max(len("job"), *(len(j) for j in jobs))
+    lines = ["  ".join(["job".ljust(width), *rules])]
+    for job in jobs:
+        cells = [cell.get((job, r), "-").center(len(r)) for r in rules]
+        lines.append("  ".join([job.ljust(width), *cells]))
+    failures = [f for f in findings if not f.ok]
+    lines.append("")
+    if failures:
+        lines.extend(f"✗ {f.job} · {f.rule}: {f.reason}" for f in failures)
+        lines.append(f"\n{len(failures)} problem(s) in {len({f.job for f in failures})} job(s).")
+    else:
+        lines.append(f"All {len(jobs)} job(s) pass all {len(rules)} rule(s).")
+    return "\n".join(lines)
+
+
+def load_definitions(target: str) -> dg.Definitions:
+    """Import `module` or `module:attribute` (from the working folder too, as `python -m` does)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    if attribute:
+        found = getattr(module, attribute)
+    else:
+        candidates = [v for v in vars(module).values() if isinstance(v, dg.Definitions)]
+        if len(candidates) != 1:
+            raise ValueError(
+                f"{module_name} holds {len(candidates)} Definitions; name one as module:attr"
+            )
+        found = candidates[0]
+    if not isinstance(found, dg.Definitions):
+        raise TypeError(f"{target} is a {type(found).__name__}, not dg.Definitions")
+    return found

@@ -1,0 +1,101 @@
+"""Fixtures shared by every test: instance homes on the project's configs, and PostgreSQL.
+
+PostgreSQL is found through AP_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test).
+When it is unreachable the tests that need it skip, naming that variable, unless
+AP_REQUIRE_POSTGRES=1 (set by .ci/run) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dagster as dg
+import psycopg2
+import pytest
+
+from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
+from automation_pipelines.reliability.automation import PROJECT_ROOT
+
+POSTGRES_URL_ENV = "AP_TEST_POSTGRES_URL"
+REQUIRE_POSTGRES_ENV = "AP_REQUIRE_POSTGRES"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_CONFIG = PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def sqlite_home(tmp_path: Path) -> Path:
+    """An instance home that uses the project's own dagster.yaml (SQLite)."""
+    return prepare_home(tmp_path / "dagster_home", DEFAULT_CONFIG)
+
+
+@pytest.fixture
+def sqlite_instance(sqlite_home: Path) -> Iterator[dg.DagsterInstance]:
+    instance = dg.DagsterInstance.from_config(str(sqlite_home))
+    try:
+        yield instance
+    finally:
+        instance.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> dict[str, str]:
+    """Connection settings of the test server; skip (or fail in CI) when it is unreachable."""
+    url = os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL
+    parts = urlsplit(url)
+    settings = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": str(parts.port or 5432),
+        "user": parts.username or "postgres",
+        "password": parts.password or "",
+        "dbname": parts.path.lstrip("/") or "test",
+    }
+    try:
+        psycopg2.connect(connect_timeout=3, **settings).close()
+    except psycopg2.OperationalError as error:
+        reason = f"PostgreSQL at {POSTGRES_URL_ENV}={url} is unreachable: {error}".strip()
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(f"{reason} ({REQUIRE_POSTGRES_ENV}=1 forbids skipping)")
+        pytest.skip(reason)
+    return settings
+
+
+@pytest.fixture
+def postgres_database(postgres_server: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A fresh database on the test server, dropped afterwards, so tests never share state."""
+    name = f"ap_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(connect_timeout=3, **postgres_server)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {**postgres_server, "dbname": name}
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def postgres_env(postgres_database: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The DAGSTER_PG_* variables deploy/postgres/dagster.yaml reads, set for a fresh database."""
+    env = {
+        "DAGSTER_PG_HOST": postgres_database["host"],
+        "DAGSTER_PG_PORT": postgres_database["port"],
+        "DAGSTER_PG_DB": postgres_database["dbname"],
+        "DAGSTER_PG_USERNAME": postgres_database["user"],
+        "DAGSTER_PG_PASSWORD": postgres_database["password"],
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

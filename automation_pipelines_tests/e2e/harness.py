@@ -1,0 +1,159 @@
+"""Start real Dagster processes (daemon, webserver) on a temp instance and always stop them.
+
+Each process runs in a session of its own under a `ProcessGroup`, logs to a file the test can
+show when it fails, and is torn down with SIGINT, then SIGTERM, then SIGKILL of the whole group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import dagster as dg
+import yaml
+
+from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
+from automation_pipelines.reliability.automation import PROJECT_ROOT
+from automation_pipelines.reliability.processes import ProcessGroup
+
+T = TypeVar("T")
+
+
+def venv_script(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        raise FileNotFoundError(f"{name} is not installed next to {sys.executable}")
+    return found
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float, logs: Callable[[], str]
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with the process logs otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs()}")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def graphql(base_url: str, query: str) -> dict:
+    request = urllib.request.Request(
+        f"{base_url}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["data"]
+
+
+class DagsterProcesses:
+    """A temp instance home plus the daemon / webserver processes serving one workspace."""
+
+    def __init__(self, root: Path, module: str, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.home = prepare_home(root / "dagster_home", DEFAULT_CONFIG)
+        self.workspace = root / "workspace.yaml"
+        self.workspace.write_text(
+            yaml.safe_dump(
+                {
+                    "load_from": [
+                        {
+                            "python_module": {
+                                "module_name": module,
+                                "working_directory": str(PROJECT_ROOT),
+                            }
+                        }
+                    ]
+                }
+            )
+        )
+        self.env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(self.home)}
+        self.group = ProcessGroup()
+        self.log_files: list[Path] = []
+        self._instance: dg.DagsterInstance | None = None
+
+    @property
+    def instance(self) -> dg.DagsterInstance:
+        if self._instance is None:
+            self._instance = dg.DagsterInstance.from_config(str(self.home))
+        return self._instance
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        log = self.root / f"{name}.log"
+        self.log_files.append(log)
+        handle = log.open("wb")
+        self.group.start(argv, env=self.env, cwd=self.root, stdout=handle, stderr=handle)
+        handle.close()
+
+    def logs(self, tail: int = 60) -> str:
+        parts = []
+        for log in self.log_files:
+            lines = log.read_text(errors="replace").splitlines()[-tail:] if log.exists() else []
+            parts.append(f"--- {log.name} (last {tail} lines)\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def start_daemon(self, timeout: float = 90) -> None:
+        """Start `dagster-daemon run` and wait until its sensor daemon has sent a heartbeat."""
+        self._start("daemon", [venv_script("dagster-daemon"), "run", "-w", str(self.workspace)])
+        wait_for(
+            "the daemon's first heartbeats",
+            lambda: (
+                {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"}
+                <= set(self.instance.get_daemon_heartbeats())
+            ),
+            timeout,
+            self.logs,
+        )
+
+    def start_webserver(self, port: int, timeout: float = 90) -> str:
+        """Start `dagster-webserver` and wait until /server_info answers 200; return its URL."""
+        base_url = f"http://127.0.0.1:{port}"
+        argv = [venv_script("dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)]
+        self._start("webserver", [*argv, "-w", str(self.workspace)])
+        wait_for(
+            "the webserver",
+            lambda: (http_get(f"{base_url}/server_info") or (0, b""))[0] == 200,
+            timeout,
+            self.logs,
+        )
+        return base_url
+
+    def wait_for_run(self, job_name: str, timeout: float = 120) -> dg.DagsterRun:
+        """Wait until a run of `job_name` has finished, and return it."""
+        finished = {
+            dg.DagsterRunStatus.SUCCESS,
+            dg.DagsterRunStatus.FAILURE,
+            dg.DagsterRunStatus.CANCELED,
+        }
+
+        def finished_run() -> dg.DagsterRun | None:
+            runs = self.instance.get_runs(filters=dg.RunsFilter(job_name=job_name))
+            return next((run for run in runs if run.status in finished), None)
+
+        return wait_for(f"a finished run of {job_name}", finished_run, timeout, self.logs)
+
+    def stop(self) -> None:
+        try:
+            self.group.stop()
+        finally:
+            if self._instance is not None:
+                self._instance.dispose()

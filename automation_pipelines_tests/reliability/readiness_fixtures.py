@@ -1,0 +1,84 @@
+"""Jobs that are ready but for one rule each, so every readiness rule is seen to fail alone."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from automation_pipelines.reliability.automation import Automation
+from automation_pipelines.reliability.errors import LOCAL_IO_RETRY
+
+HERE = Path(__file__).parent
+GOOD = Automation(name="fixture", owner="team:test", folder=HERE / "fixture_runbooks" / "complete")
+INCOMPLETE = Automation(
+    name="fixture", owner="team:test", folder=HERE / "fixture_runbooks" / "incomplete"
+)
+
+
+@dg.op(retry_policy=LOCAL_IO_RETRY)
+def add_numbers() -> int:
+    return 2 + 3
+
+
+@dg.op
+def unprotected_step(value: int) -> int:
+    return value * 2
+
+
+def _make(
+    name: str, *, tags=None, description=None, retry=True, automation=GOOD, triggered=True
+) -> dg.Definitions:
+    tags = automation.job_tags() if tags is None else tags
+
+    @dg.job(
+        name=name,
+        tags=tags,
+        description=automation.describe("Adds numbers.") if description is None else description,
+    )
+    def _job():
+        value = add_numbers()
+        if not retry:
+            unprotected_step(value)
+
+    schedules = [dg.ScheduleDefinition(job=_job, cron_schedule="0 * * * *")] if triggered else []
+    return dg.Definitions(jobs=[_job], schedules=schedules)
+
+
+def _without(key: str) -> dict[str, str]:
+    return {k: v for k, v in GOOD.job_tags().items() if k != key}
+
+
+ready = _make("ready_job")
+no_owner = _make("no_owner_job", tags=_without("owner"))
+no_runbook = _make("no_runbook_job", description="Adds numbers, and says nothing about a runbook.")
+incomplete_runbook = _make("incomplete_runbook_job", automation=INCOMPLETE)
+untriggered = _make("untriggered_job", triggered=False)
+no_retry = _make("no_retry_job", retry=False)
+no_max_runtime = _make("no_max_runtime_job", tags=_without("dagster/max_runtime"))
+unlimited = _make("unlimited_job", tags=_without("automation"))
+
+
+@dg.op
+def plain_op() -> int:
+    return 1
+
+
+@dg.job(
+    name="job_level_retry_job",
+    tags=GOOD.job_tags(),
+    description=GOOD.describe("Retries come from the job."),
+    op_retry_policy=LOCAL_IO_RETRY,
+)
+def job_level_retry_job():
+    plain_op()
+
+
+job_level_retry = dg.Definitions(
+    jobs=[job_level_retry_job],
+    sensors=[
+        dg.SensorDefinition(
+            name="job_level_retry_sensor",
+            job=job_level_retry_job,
+            evaluation_fn=lambda context: dg.SkipReason("fixture"),
+        )
+    ],
+)
