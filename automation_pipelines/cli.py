@@ -34,6 +34,8 @@ def _dev_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in dotenv_values(PROJECT_ROOT / ".env").items() if v is not None}
     env.update(os.environ)
     env["DAGSTER_HOME"] = str(home)
+    # `dagster dev` suggests `dg dev`, which needs a package this project does not use.
+    env.setdefault("PYTHONWARNINGS", "ignore:Function `dev_command` is superseded")
     return env
 
 
