@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from automation_pipelines.instance import instance_config_path, prepare_home
+from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import readiness
-from automation_pipelines.reliability.automation import PROJECT_ROOT
 from automation_pipelines.reliability.processes import ProcessGroup, become_subreaper
 
 DEFAULT_DEFS = "automation_pipelines.definitions:defs"

@@ -7,6 +7,7 @@ import dagster as dg
 
 from automation_pipelines import automations
 from automation_pipelines.monitoring import definitions as monitoring
+from automation_pipelines.reliability.secrets import register_resources
 
 
 def automation_definitions() -> list[dg.Definitions]:
@@ -19,3 +20,5 @@ def automation_definitions() -> list[dg.Definitions]:
 
 
 defs = dg.Definitions.merge(*automation_definitions(), monitoring.defs)
+# Every variable a resource reads through dg.EnvVar is masked in alerts and the outbox.
+register_resources(defs)

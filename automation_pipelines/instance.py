@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from automation_pipelines.reliability.automation import PROJECT_ROOT
+from automation_pipelines.paths import PROJECT_ROOT
 
 DEFAULT_HOME = PROJECT_ROOT / ".dagster_home"
 DEFAULT_CONFIG = PROJECT_ROOT / "dagster.yaml"

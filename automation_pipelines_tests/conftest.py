@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
-from automation_pipelines.reliability.automation import PROJECT_ROOT
+from automation_pipelines.paths import PROJECT_ROOT
 
 POSTGRES_URL_ENV = "AP_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "AP_REQUIRE_POSTGRES"
@@ -99,3 +99,45 @@ def postgres_env(postgres_database: dict[str, str], monkeypatch: pytest.MonkeyPa
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def json_receiver():
+    from automation_pipelines_tests.alert_peers import JsonReceiver
+
+    receiver = JsonReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def smtp_receiver():
+    from automation_pipelines_tests.alert_peers import SmtpReceiver
+
+    receiver = SmtpReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def alert_routes(tmp_path: Path) -> Path:
+    """Routes for tests: owner team:test → $TEST_ALERT_URLS, everyone else → $TEST_DEFAULT_URLS."""
+    path = tmp_path / "alert_routes.yaml"
+    path.write_text("default: [TEST_DEFAULT_URLS]\nowners:\n  team:test: [TEST_ALERT_URLS]\n")
+    return path
+
+
+@pytest.fixture
+def alert_router(tmp_path: Path, alert_routes: Path):
+    """An AlertRouter on a SQLite outbox in tmp_path that retries deliveries at once."""
+    from automation_pipelines.reliability.alerts import AlertRouter
+
+    return AlertRouter(
+        ui_base_url="http://dagster.example:3000",
+        database_url=f"sqlite:///{tmp_path / 'outbox.db'}",
+        routes_file=str(alert_routes),
+        retry_base_seconds=0.0,
+        retry_max_seconds=0.0,
+    )

@@ -13,7 +13,7 @@ import dagster as dg
 from automation_pipelines import automations
 from automation_pipelines.definitions import defs
 from automation_pipelines.instance import prepare_home
-from automation_pipelines.reliability.automation import PROJECT_ROOT
+from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines_tests.e2e.harness import venv_script
 
 

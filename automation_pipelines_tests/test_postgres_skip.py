@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from automation_pipelines.reliability.automation import PROJECT_ROOT
+from automation_pipelines.paths import PROJECT_ROOT
 
 TARGET = "automation_pipelines_tests/test_instance.py::test_runs_and_events_are_stored_in_postgres"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:9/test"

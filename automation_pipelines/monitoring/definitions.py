@@ -1,5 +1,11 @@
-"""The monitoring layer's contribution to the code location (sensors that watch all jobs)."""
+"""The monitoring layer's contribution: the alert router and the sensors that watch every job."""
 
 import dagster as dg
 
-defs = dg.Definitions()
+from automation_pipelines.monitoring.alerting import alert_outbox_sensor, run_failure_alert_sensor
+from automation_pipelines.reliability.alerts import AlertRouter
+
+defs = dg.Definitions(
+    sensors=[run_failure_alert_sensor, alert_outbox_sensor],
+    resources={"alerts": AlertRouter.from_env()},
+)

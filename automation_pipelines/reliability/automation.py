@@ -11,6 +11,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines.reliability.hooks import alert_on_failure_hook
+
 #: Tag naming the automation a run belongs to; dagster.yaml limits concurrency per value of it.
 AUTOMATION_TAG = "automation"
 #: Tag naming the person or team that is alerted and answers for the automation.
@@ -20,8 +23,8 @@ MAX_RUNTIME_TAG = "dagster/max_runtime"
 #: The line in a job description that points a reader at the runbook.
 RUNBOOK_PREFIX = "Runbook: "
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-PROJECT_ROOT = PACKAGE_ROOT.parent
+#: Dagster's own tag: with "false", run retries never re-run a run whose op failed.
+RETRY_ON_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Automation:
             OWNER_TAG: self.owner,
             AUTOMATION_TAG: self.name,
             MAX_RUNTIME_TAG: str(self.max_runtime_seconds),
+            RETRY_ON_OP_FAILURE_TAG: "false",
             **extra,
         }
 
@@ -75,8 +79,10 @@ class Automation:
         return f"{text.strip()}\n\n{RUNBOOK_PREFIX}{self.runbook_ref} (owner: {self.owner})"
 
     def job(self, **kwargs):
-        """`dg.job` with this automation's tags merged in; `description` gets the runbook link."""
+        """`dg.job` with this automation's tags and the alerting hook; the description gets the
+        runbook link."""
         kwargs["tags"] = {**self.job_tags(), **kwargs.get("tags", {})}
+        kwargs["hooks"] = {alert_on_failure_hook, *kwargs.get("hooks", ())}
         if "description" in kwargs:
             kwargs["description"] = self.describe(kwargs["description"])
         return dg.job(**kwargs)

@@ -18,12 +18,14 @@ from typing import Any
 import dagster as dg
 import yaml
 
+from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines.reliability.alerts import AlertRouter, Routes
 from automation_pipelines.reliability.automation import (
     MAX_RUNTIME_TAG,
     OWNER_TAG,
-    PROJECT_ROOT,
     RUNBOOK_PREFIX,
 )
+from automation_pipelines.reliability.hooks import HOOK_NAME
 
 #: Sections a runbook must have, matched case-insensitively against its `##` headings.
 RUNBOOK_SECTIONS = ("What it does", "What it touches", "How to pause", "Failure modes")
@@ -35,6 +37,7 @@ class CheckContext:
 
     repository: dg.RepositoryDefinition
     instance_config: Mapping[str, Any]
+    routes: Routes
     project_root: Path = PROJECT_ROOT
     triggers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -186,6 +189,21 @@ def _concurrency(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None
 
 
+@rule("alerting", f"the `{HOOK_NAME}` failure hook records failed ops for the owner's alert")
+def _alerting(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    if not any(hook.name == HOOK_NAME for hook in job.hook_defs):
+        return f"no `{HOOK_NAME}`: a failed op would not say which op failed, or why"
+    return None
+
+
+@rule("alert_route", "alert_routes.yaml names where the owner's alerts go")
+def _alert_route(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    owner = job.tags.get(OWNER_TAG)
+    if owner and not ctx.routes.has_route(owner):
+        return f"owner {owner!r} has no entry in alert_routes.yaml: its alerts have nowhere to go"
+    return None  # a job without an owner already fails the `owner` rule
+
+
 def _user_jobs(repository: dg.RepositoryDefinition) -> list[dg.JobDefinition]:
     """Jobs people declared; Dagster's implicit asset jobs are checked through their triggers."""
     return [job for job in repository.get_all_jobs() if not job.name.startswith("__")]
@@ -202,6 +220,12 @@ def triggers_by_job(repository: dg.RepositoryDefinition) -> dict[str, tuple[str,
     return {job: tuple(names) for job, names in found.items()}
 
 
+def _routes_of(defs: dg.Definitions) -> Routes:
+    """The routes of the definitions' own alert router, else the project's routes file."""
+    router = (defs.resources or {}).get("alerts")
+    return router.routes() if isinstance(router, AlertRouter) else Routes.load()
+
+
 def load_instance_config(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
         return yaml.safe_load(handle) or {}
@@ -213,12 +237,14 @@ def run_checks(
     *,
     rules: Sequence[Rule] | None = None,
     project_root: Path = PROJECT_ROOT,
+    routes: Routes | None = None,
 ) -> list[Finding]:
     """Check every declared job against every rule; an empty project is itself a finding."""
     repository = defs.get_repository_def()
     ctx = CheckContext(
         repository=repository,
         instance_config=instance_config,
+        routes=routes or _routes_of(defs),
         project_root=project_root,
         triggers=triggers_by_job(repository),
     )

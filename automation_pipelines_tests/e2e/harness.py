@@ -21,7 +21,7 @@ import dagster as dg
 import yaml
 
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
-from automation_pipelines.reliability.automation import PROJECT_ROOT
+from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability.processes import ProcessGroup
 
 T = TypeVar("T")

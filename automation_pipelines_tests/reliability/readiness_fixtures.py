@@ -4,10 +4,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import Automation
 from automation_pipelines.reliability.errors import LOCAL_IO_RETRY
+from automation_pipelines.reliability.hooks import alert_on_failure_hook
 
 HERE = Path(__file__).parent
+RESOURCES = {"alerts": AlertRouter(routes_file=str(HERE / "fixture_alert_routes.yaml"))}
 GOOD = Automation(name="fixture", owner="team:test", folder=HERE / "fixture_runbooks" / "complete")
 INCOMPLETE = Automation(
     name="fixture", owner="team:test", folder=HERE / "fixture_runbooks" / "incomplete"
@@ -25,7 +28,14 @@ def unprotected_step(value: int) -> int:
 
 
 def _make(
-    name: str, *, tags=None, description=None, retry=True, automation=GOOD, triggered=True
+    name: str,
+    *,
+    tags=None,
+    description=None,
+    retry=True,
+    automation=GOOD,
+    triggered=True,
+    hooks=frozenset({alert_on_failure_hook}),
 ) -> dg.Definitions:
     tags = automation.job_tags() if tags is None else tags
 
@@ -33,6 +43,7 @@ def _make(
         name=name,
         tags=tags,
         description=automation.describe("Adds numbers.") if description is None else description,
+        hooks=hooks,
     )
     def _job():
         value = add_numbers()
@@ -40,7 +51,7 @@ def _make(
             unprotected_step(value)
 
     schedules = [dg.ScheduleDefinition(job=_job, cron_schedule="0 * * * *")] if triggered else []
-    return dg.Definitions(jobs=[_job], schedules=schedules)
+    return dg.Definitions(jobs=[_job], schedules=schedules, resources=RESOURCES)
 
 
 def _without(key: str) -> dict[str, str]:
@@ -55,6 +66,8 @@ untriggered = _make("untriggered_job", triggered=False)
 no_retry = _make("no_retry_job", retry=False)
 no_max_runtime = _make("no_max_runtime_job", tags=_without("dagster/max_runtime"))
 unlimited = _make("unlimited_job", tags=_without("automation"))
+unhooked = _make("unhooked_job", hooks=frozenset())
+unrouted = _make("unrouted_job", tags={**GOOD.job_tags(), "owner": "team:nobody"})
 
 
 @dg.op
@@ -67,6 +80,7 @@ def plain_op() -> int:
     tags=GOOD.job_tags(),
     description=GOOD.describe("Retries come from the job."),
     op_retry_policy=LOCAL_IO_RETRY,
+    hooks={alert_on_failure_hook},
 )
 def job_level_retry_job():
     plain_op()
@@ -74,6 +88,7 @@ def job_level_retry_job():
 
 job_level_retry = dg.Definitions(
     jobs=[job_level_retry_job],
+    resources=RESOURCES,
     sensors=[
         dg.SensorDefinition(
             name="job_level_retry_sensor",

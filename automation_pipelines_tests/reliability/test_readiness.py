@@ -7,8 +7,8 @@ import pytest
 
 from automation_pipelines import cli
 from automation_pipelines.instance import DEFAULT_CONFIG
+from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import readiness
-from automation_pipelines.reliability.automation import PROJECT_ROOT
 from automation_pipelines_tests.reliability import readiness_fixtures as fixtures
 
 FIXTURES = "automation_pipelines_tests.reliability.readiness_fixtures"
@@ -44,6 +44,8 @@ def test_ready_fixtures_pass(capsys: pytest.CaptureFixture[str], name: str) -> N
         ("no_retry", "no_retry_job", "retries", "unprotected_step"),
         ("no_max_runtime", "no_max_runtime_job", "max_runtime", "no `dagster/max_runtime` tag"),
         ("unlimited", "unlimited_job", "concurrency", "no tag of the job is limited"),
+        ("unhooked", "unhooked_job", "alerting", "no `alert_on_failure_hook`"),
+        ("unrouted", "unrouted_job", "alert_route", "owner 'team:nobody' has no entry"),
     ],
 )
 def test_each_rule_fails_alone(
@@ -58,7 +60,16 @@ def test_each_rule_fails_alone(
 
 
 def test_every_rule_has_a_breaking_fixture() -> None:
-    broken = {"owner", "runbook", "trigger", "retries", "max_runtime", "concurrency"}
+    broken = {
+        "owner",
+        "runbook",
+        "trigger",
+        "retries",
+        "max_runtime",
+        "concurrency",
+        "alerting",
+        "alert_route",
+    }
     assert set(RULE_NAMES) == broken
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from automation_pipelines.reliability.errors import LOCAL_IO_RETRY
+from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
 
 
 class DiskSpaceConfig(dg.Config):
@@ -31,7 +31,7 @@ def volume_report(path: Path, min_free_percent: float, min_free_gb: float) -> di
     }
 
 
-@dg.op(retry_policy=LOCAL_IO_RETRY)
+@reliable_op(LOCAL_IO)
 def measure_free_space(context: dg.OpExecutionContext, config: DiskSpaceConfig) -> list[dict]:
     """Record free space per volume as plottable observations; fail if one is low or missing."""
     paths = [Path(p) for p in config.paths] or [Path(context.instance.root_directory)]

@@ -12,12 +12,17 @@ from automation_pipelines.automations.disk_space.jobs import check_disk_space_jo
 from automation_pipelines.automations.disk_space.ops import volume_report
 
 
-def _run(instance: dg.DagsterInstance, **config) -> dg.ExecuteInProcessResult:
-    return check_disk_space_job.execute_in_process(
-        instance=instance,
-        run_config={"ops": {"measure_free_space": {"config": config}}},
-        raise_on_error=False,
-    )
+@pytest.fixture
+def run_job(sqlite_instance, alert_router):
+    def run(**config) -> dg.ExecuteInProcessResult:
+        return check_disk_space_job.execute_in_process(
+            instance=sqlite_instance,
+            resources={"alerts": alert_router},
+            run_config={"ops": {"measure_free_space": {"config": config}}},
+            raise_on_error=False,
+        )
+
+    return run
 
 
 def _observations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetObservation]:
@@ -25,8 +30,8 @@ def _observations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetObs
     return [r.event_log_entry.asset_observation for r in records.records]
 
 
-def test_room_to_spare_succeeds_and_is_observed(sqlite_instance, tmp_path: Path) -> None:
-    result = _run(sqlite_instance, paths=[str(tmp_path)], min_free_percent=0.0, min_free_gb=0.0)
+def test_room_to_spare_succeeds_and_is_observed(run_job, sqlite_instance, tmp_path: Path) -> None:
+    result = run_job(paths=[str(tmp_path)], min_free_percent=0.0, min_free_gb=0.0)
     assert result.success
     [report] = result.output_for_node("measure_free_space")
     assert report["path"] == str(tmp_path) and report["low"] is False and report["free_gb"] > 0
@@ -35,8 +40,8 @@ def test_room_to_spare_succeeds_and_is_observed(sqlite_instance, tmp_path: Path)
     assert observation.metadata["free_gb"].value == report["free_gb"]
 
 
-def test_default_path_is_the_instance_home(sqlite_instance) -> None:
-    result = _run(sqlite_instance, min_free_percent=0.0, min_free_gb=0.0)
+def test_default_path_is_the_instance_home(run_job, sqlite_instance) -> None:
+    result = run_job(min_free_percent=0.0, min_free_gb=0.0)
     assert result.success
     [report] = result.output_for_node("measure_free_space")
     assert report["path"] == sqlite_instance.root_directory
@@ -50,8 +55,8 @@ def test_default_path_is_the_instance_home(sqlite_instance) -> None:
         ({"paths": ["/no/such/volume"]}, "configured path(s) do not exist: /no/such/volume"),
     ],
 )
-def test_problems_fail_the_run_without_retrying(sqlite_instance, config, message) -> None:
-    result = _run(sqlite_instance, **config)
+def test_problems_fail_the_run_without_retrying(run_job, config, message) -> None:
+    result = run_job(**config)
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert message in failure.step_failure_data.user_failure_data.description

@@ -1,0 +1,191 @@
+"""Sensors that turn finished runs into alerts and deliver the outbox.
+
+Dagster's run-failure sensor advances its cursor even when the alert code raises, and the alert is
+lost. This sensor reads finished runs itself and moves its cursor only after every run up to it
+is in the outbox; a run is recorded at most once, so re-reading is harmless.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from automation_pipelines.reliability.alerts import AlertRouter, FailureDetail, RunFacts
+from automation_pipelines.reliability.automation import AUTOMATION_TAG, OWNER_TAG, RUNBOOK_PREFIX
+from automation_pipelines.reliability.readiness import triggers_by_job
+from automation_pipelines.reliability.secrets import redact
+
+WILL_RETRY_TAG = "dagster/will_retry"
+ROOT_RUN_TAG = "dagster/root_run_id"
+UNOWNED = "unowned"
+#: On its very first tick the sensor looks back this far, so a fresh start misses nothing recent.
+FIRST_LOOKBACK_SECONDS = 3600
+#: Runs whose update time equals the cursor are read again; recording is idempotent.
+CURSOR_OVERLAP_SECONDS = 5
+#: A failed run without a will-retry decision yet is waited for this long.
+RETRY_DECISION_WAIT_SECONDS = 60
+RUNS_PER_TICK = 200
+
+
+def _run_level_detail(instance: dg.DagsterInstance, run_id: str) -> FailureDetail:
+    """Explain a run that failed outside any op: a crash, a max-runtime kill, a failed launch."""
+    records = instance.get_records_for_run(run_id, ascending=False, limit=200).records
+    step_failures = [
+        r.event_log_entry
+        for r in records
+        if r.event_log_entry.dagster_event_type == dg.DagsterEventType.STEP_FAILURE
+    ]
+    if step_failures:
+        entry = step_failures[0]
+        error = entry.dagster_event.step_failure_data.error
+        return FailureDetail(
+            op=entry.step_key,
+            error_class=error.cls_name if error else "StepFailure",
+            message=redact(error.message.strip() if error else entry.message),
+        )
+    messages = [
+        r.event_log_entry.message or ""
+        for r in records
+        if r.event_log_entry.dagster_event_type
+        in (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT)
+    ]
+    text = " ".join(messages)
+    if re.search(r"maximum runtime", text, re.I):
+        kind = "MaxRuntimeExceeded"
+        message = next(m for m in messages if re.search(r"maximum runtime", m, re.I))
+    elif re.search(r"unexpectedly|exit code|crash", text, re.I):
+        kind = "RunWorkerCrashed"
+        message = next(m for m in messages if re.search(r"unexpectedly|exit code|crash", m, re.I))
+    else:
+        kind = "RunFailure"
+        message = messages[0] if messages else "the run failed"
+    return FailureDetail(op=None, error_class=kind, message=redact(message.strip()))
+
+
+def _pause_hint(job: str, triggers: dict[str, tuple[str, ...]]) -> str:
+    names = triggers.get(job) or ()
+    if not names:
+        return "nothing schedules it; stop whoever launches it"
+    listed = ", ".join(names)
+    return (
+        f"turn off {listed} in the UI (Automation page), or run "
+        + "; ".join(f"dagster schedule stop {n} / dagster sensor stop {n}" for n in names[:1])
+        + " -w workspace.yaml"
+    )
+
+
+def run_facts(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    repository: dg.RepositoryDefinition | None,
+    details: list[FailureDetail],
+) -> RunFacts:
+    """Everything an alert says about `run`, gathered from the instance and the definitions."""
+    root = run.tags.get(ROOT_RUN_TAG)
+    attempt = 1
+    if root:
+        attempt += len(instance.get_run_ids(filters=dg.RunsFilter(tags={ROOT_RUN_TAG: root})))
+        attempt -= 1 if run.run_id == root else 0
+    runbook = pause = None
+    if repository is not None and repository.has_job(run.job_name):
+        description = repository.get_job(run.job_name).description or ""
+        match = re.search(re.escape(RUNBOOK_PREFIX) + r"(\S+)", description)
+        runbook = match.group(1) if match else None
+        pause = _pause_hint(run.job_name, triggers_by_job(repository))
+    return RunFacts(
+        run_id=run.run_id,
+        job=run.job_name,
+        owner=run.tags.get(OWNER_TAG) or UNOWNED,
+        automation=run.tags.get(AUTOMATION_TAG),
+        run_attempt=max(1, attempt),
+        details=tuple(details),
+        runbook=runbook,
+        pause=pause,
+    )
+
+
+def process_finished_runs(
+    context: dg.SensorEvaluationContext, alerts: AlertRouter
+) -> tuple[float, int, int]:
+    """Record every run finished since the cursor; return (new cursor, failures, successes)."""
+    instance = context.instance
+    outbox = alerts.outbox(instance)
+    cursor = float(context.cursor) if context.cursor else time.time() - FIRST_LOOKBACK_SECONDS
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS],
+            updated_after=datetime.fromtimestamp(cursor - CURSOR_OVERLAP_SECONDS, tz=UTC),
+        ),
+        order_by="update_timestamp",
+        ascending=True,
+        limit=RUNS_PER_TICK,
+    )
+    repository = getattr(context, "repository_def", None)
+    new_cursor, failures, successes = cursor, 0, 0
+    for record in records:
+        run = record.dagster_run
+        updated = record.update_timestamp.timestamp()
+        if run.status == dg.DagsterRunStatus.FAILURE:
+            decided = WILL_RETRY_TAG in run.tags or not instance.run_retries_enabled
+            if not decided and time.time() - updated < RETRY_DECISION_WAIT_SECONDS:
+                break  # Dagster tags the run in a moment; read it again next tick
+            if run.tags.get(WILL_RETRY_TAG) == "true":
+                outbox.mark_processed(run.run_id, "will_retry")
+            elif not outbox.is_processed(run.run_id):
+                details = outbox.failure_details(run.run_id) or [
+                    _run_level_detail(instance, run.run_id)
+                ]
+                if outbox.process_failure(run_facts(instance, run, repository, details)):
+                    failures += 1
+        elif outbox.process_success(run_facts(instance, run, repository, [])):
+            successes += 1
+        new_cursor = max(new_cursor, updated)
+    return new_cursor, failures, successes
+
+
+@dg.sensor(
+    name="run_failure_alert_sensor",
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Turns every failed run of every job into one alert for its owner (after Dagster's own "
+        "retries), folds repeats into the open incident, and sends a recovery notice on the next "
+        "success. Covers failures no hook sees: crashed run workers, runs that never started, "
+        "max-runtime kills."
+    ),
+)
+def run_failure_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
+    cursor, failures, successes = process_finished_runs(context, alerts)
+    report = alerts.outbox(context.instance).deliver_due(
+        budget_seconds=alerts.delivery_budget_seconds
+    )
+    context.update_cursor(str(cursor))
+    return dg.SkipReason(
+        f"{failures} new alert(s), {successes} recovery notice(s); delivered {report.sent}, "
+        f"failed {report.failed}, unrouted {report.unrouted}"
+    )
+
+
+@dg.sensor(
+    name="alert_outbox_sensor",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Delivers queued alerts and retries the ones a channel refused, with backoff, until "
+        "every channel has accepted them. A tick fails (red in the UI) while alerts cannot be "
+        "delivered, so a broken channel is itself visible."
+    ),
+)
+def alert_outbox_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
+    report = alerts.outbox(context.instance).deliver_due(
+        budget_seconds=alerts.delivery_budget_seconds
+    )
+    if report.errors and not report.sent:
+        raise RuntimeError("alerts are waiting: " + "; ".join(sorted(set(report.errors))[:5]))
+    return dg.SkipReason(
+        f"delivered {report.sent}, failed {report.failed}, unrouted {report.unrouted}"
+        + (f"; problems: {'; '.join(sorted(set(report.errors))[:3])}" if report.errors else "")
+    )
