@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from automation_pipelines.instance import instance_config_path, prepare_home
+from automation_pipelines.instance import DEFAULT_HOME, instance_config_path, prepare_home
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import readiness
 from automation_pipelines.reliability.processes import ProcessGroup, become_subreaper
@@ -77,6 +77,54 @@ def _dev(args: argparse.Namespace) -> int:
     return leader.returncode or 1
 
 
+def _outbox():
+    from automation_pipelines.reliability import store
+    from automation_pipelines.reliability.alerts import AlertRouter
+
+    root = os.environ.get("DAGSTER_HOME") or str(DEFAULT_HOME)
+    router = AlertRouter.from_env()
+    return router.outbox_at(store.database_url(root))
+
+
+def _alerts_test(args: argparse.Namespace) -> int:
+    """Send a test alert to an owner's route now, so a new channel is proven before an incident."""
+    outbox = _outbox()
+    key = f"test:{args.owner}:{time.time_ns()}"
+    outbox.enqueue_message(
+        args.owner,
+        f"[TEST] alert route of {args.owner} works",
+        f"A test alert for owner {args.owner}, sent by `automation-pipelines alerts test`.\n"
+        f"Channels: the apprise URLs in {' or '.join(outbox.routes.env_names(args.owner))}.",
+        key,
+    )
+    report = outbox.deliver_due(budget_seconds=60)
+    for error in report.errors:
+        print(f"✗ {error}")
+    print(f"delivered to {report.sent} channel(s), {report.failed} refused")
+    return 0 if report.sent and not report.failed and not report.unrouted else 1
+
+
+def _alerts_pending(args: argparse.Namespace) -> int:
+    """List alerts not yet accepted by every channel; exit 1 if there are any."""
+    pending = _outbox().alerts(status="pending")
+    for alert in pending:
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(alert.created_at))
+        print(f"#{alert.id} {created} UTC {alert.owner}: {alert.title}")
+        if alert.last_error:
+            print(f"    {alert.last_error}")
+    print(f"{len(pending)} alert(s) waiting for delivery")
+    return 1 if pending else 0
+
+
+def _alerts_deliver(args: argparse.Namespace) -> int:
+    """Deliver what is due now, e.g. right after a broken channel was fixed."""
+    report = _outbox().deliver_due(budget_seconds=120)
+    for error in report.errors:
+        print(f"✗ {error}")
+    print(f"delivered {report.sent}, refused {report.failed}, unrouted {report.unrouted}")
+    return 0 if not (report.failed or report.unrouted) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automation-pipelines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(func=_dev)
+
+    alerts = commands.add_parser("alerts", help="the alert outbox and routes")
+    alert_commands = alerts.add_subparsers(dest="alerts_command", required=True)
+    test = alert_commands.add_parser("test", help="send a test alert through an owner's route")
+    test.add_argument("--owner", required=True, help="owner as in alert_routes.yaml")
+    test.set_defaults(func=_alerts_test)
+    pending = alert_commands.add_parser("pending", help="list alerts not yet delivered")
+    pending.set_defaults(func=_alerts_pending)
+    deliver = alert_commands.add_parser("deliver", help="deliver what is due now")
+    deliver.set_defaults(func=_alerts_deliver)
     return parser
 
 

@@ -15,7 +15,6 @@ import dagster as dg
 
 from automation_pipelines.reliability.alerts import AlertRouter, FailureDetail, RunFacts
 from automation_pipelines.reliability.automation import AUTOMATION_TAG, OWNER_TAG, RUNBOOK_PREFIX
-from automation_pipelines.reliability.readiness import triggers_by_job
 from automation_pipelines.reliability.secrets import redact
 
 WILL_RETRY_TAG = "dagster/will_retry"
@@ -28,6 +27,23 @@ CURSOR_OVERLAP_SECONDS = 5
 #: A failed run without a will-retry decision yet is waited for this long.
 RETRY_DECISION_WAIT_SECONDS = 60
 RUNS_PER_TICK = 200
+
+
+#: Run-level causes Dagster reports in engine and run-failure events, most telling first.
+RUN_LEVEL_CAUSES = {
+    "MaxRuntimeExceeded": re.compile(r"maximum runtime", re.I),
+    "RunWorkerCrashed": re.compile(r"terminated by signal|unexpectedly|exit code", re.I),
+    "RunStartTimeout": re.compile(r"start timeout|did not start|failed to start", re.I),
+}
+
+
+def failure_details(outbox, instance: dg.DagsterInstance, run_id: str) -> list[FailureDetail]:
+    """The hook's op details, led by the run-level cause when the run died from outside."""
+    recorded = outbox.failure_details(run_id)
+    run_level = _run_level_detail(instance, run_id)
+    if run_level.error_class in RUN_LEVEL_CAUSES:
+        return [run_level, *recorded]
+    return recorded or [run_level]
 
 
 def _run_level_detail(instance: dg.DagsterInstance, run_id: str) -> FailureDetail:
@@ -52,29 +68,29 @@ def _run_level_detail(instance: dg.DagsterInstance, run_id: str) -> FailureDetai
         if r.event_log_entry.dagster_event_type
         in (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT)
     ]
-    text = " ".join(messages)
-    if re.search(r"maximum runtime", text, re.I):
-        kind = "MaxRuntimeExceeded"
-        message = next(m for m in messages if re.search(r"maximum runtime", m, re.I))
-    elif re.search(r"unexpectedly|exit code|crash", text, re.I):
-        kind = "RunWorkerCrashed"
-        message = next(m for m in messages if re.search(r"unexpectedly|exit code|crash", m, re.I))
-    else:
-        kind = "RunFailure"
-        message = messages[0] if messages else "the run failed"
-    return FailureDetail(op=None, error_class=kind, message=redact(message.strip()))
+    for kind, pattern in RUN_LEVEL_CAUSES.items():
+        found = next((m for m in messages if pattern.search(m)), None)
+        if found:
+            return FailureDetail(op=None, error_class=kind, message=redact(found.strip()))
+    message = messages[0] if messages else "the run failed"
+    return FailureDetail(op=None, error_class="RunFailure", message=redact(message.strip()))
 
 
-def _pause_hint(job: str, triggers: dict[str, tuple[str, ...]]) -> str:
-    names = triggers.get(job) or ()
-    if not names:
-        return "nothing schedules it; stop whoever launches it"
-    listed = ", ".join(names)
-    return (
-        f"turn off {listed} in the UI (Automation page), or run "
-        + "; ".join(f"dagster schedule stop {n} / dagster sensor stop {n}" for n in names[:1])
-        + " -w workspace.yaml"
-    )
+def pause_hint(job: str, repository: dg.RepositoryDefinition) -> str:
+    """How to stop the triggers that launch `job`, in the UI and from a shell."""
+    commands = [
+        f"dagster schedule stop {s.name} -w workspace.yaml"
+        for s in repository.schedule_defs
+        if s.job_name == job
+    ] + [
+        f"dagster sensor stop {s.name} -w workspace.yaml"
+        for s in repository.sensor_defs
+        if any(t.job_name == job for t in s.targets)
+    ]
+    if not commands:
+        return "nothing in this code location launches it; stop whoever does"
+    names = ", ".join(c.split()[3] for c in commands)
+    return f"turn off {names} in the UI (Automation page), or run: " + "; ".join(commands)
 
 
 def run_facts(
@@ -94,7 +110,7 @@ def run_facts(
         description = repository.get_job(run.job_name).description or ""
         match = re.search(re.escape(RUNBOOK_PREFIX) + r"(\S+)", description)
         runbook = match.group(1) if match else None
-        pause = _pause_hint(run.job_name, triggers_by_job(repository))
+        pause = pause_hint(run.job_name, repository)
     return RunFacts(
         run_id=run.run_id,
         job=run.job_name,
@@ -135,9 +151,7 @@ def process_finished_runs(
             if run.tags.get(WILL_RETRY_TAG) == "true":
                 outbox.mark_processed(run.run_id, "will_retry")
             elif not outbox.is_processed(run.run_id):
-                details = outbox.failure_details(run.run_id) or [
-                    _run_level_detail(instance, run.run_id)
-                ]
+                details = failure_details(outbox, instance, run.run_id)
                 if outbox.process_failure(run_facts(instance, run, repository, details)):
                     failures += 1
         elif outbox.process_success(run_facts(instance, run, repository, [])):

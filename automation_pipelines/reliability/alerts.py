@@ -687,9 +687,13 @@ class AlertRouter(dg.ConfigurableResource):
         return Routes.load(self.routes_file)
 
     def outbox(self, instance: dg.DagsterInstance | None = None) -> Outbox:
+        """The outbox in the configured database, else the one beside `instance`'s storage."""
         root = instance.root_directory if instance is not None else None
+        return self.outbox_at(self.database_url or store.database_url(root))
+
+    def outbox_at(self, url: str) -> Outbox:
         return Outbox(
-            self.database_url or store.database_url(root),
+            url,
             self.routes(),
             ui_base_url=self.ui_base_url,
             fold_window_seconds=self.fold_window_seconds,

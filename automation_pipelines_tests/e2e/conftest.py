@@ -15,8 +15,10 @@ def dagster_processes(tmp_path: Path) -> Iterator[Callable[..., DagsterProcesses
     """Factory: `dagster_processes(module, env=...)` gives a DagsterProcesses to start things in."""
     started: list[DagsterProcesses] = []
 
-    def make(module: str, env: dict[str, str] | None = None) -> DagsterProcesses:
-        processes = DagsterProcesses(tmp_path / f"e2e{len(started)}", module, env)
+    def make(module: str, env=None, instance_overrides=None) -> DagsterProcesses:
+        processes = DagsterProcesses(
+            tmp_path / f"e2e{len(started)}", module, env, instance_overrides
+        )
         started.append(processes)
         return processes
 

@@ -68,9 +68,23 @@ def graphql(base_url: str, query: str) -> dict:
 class DagsterProcesses:
     """A temp instance home plus the daemon / webserver processes serving one workspace."""
 
-    def __init__(self, root: Path, module: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        module: str,
+        env: dict[str, str] | None = None,
+        instance_overrides: dict | None = None,
+    ) -> None:
         self.root = root
-        self.home = prepare_home(root / "dagster_home", DEFAULT_CONFIG)
+        if instance_overrides:
+            self.home = root / "dagster_home"
+            self.home.mkdir(parents=True)
+            config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+            for section, values in instance_overrides.items():
+                config[section] = {**(config.get(section) or {}), **values}
+            (self.home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        else:
+            self.home = prepare_home(root / "dagster_home", DEFAULT_CONFIG)
         self.workspace = root / "workspace.yaml"
         self.workspace.write_text(
             yaml.safe_dump(

@@ -236,3 +236,32 @@ def test_routes_file_of_the_project_routes_every_owner_it_lists() -> None:
     assert routes.has_route("team:platform")
     assert not routes.has_route("team:unknown")
     assert routes.env_names("team:unknown") == ("ALERT_URLS",)
+
+
+@pytest.mark.postgres
+def test_outbox_on_postgres(postgres_database, alert_routes, monkeypatch, json_receiver) -> None:
+    import psycopg2
+
+    db = postgres_database
+    url = f"postgresql+psycopg2://{db['user']}@{db['host']}:{db['port']}/{db['dbname']}"
+    monkeypatch.setenv("TEST_ALERT_URLS", json_receiver.url)
+    outbox = AlertRouter(database_url=url, routes_file=str(alert_routes)).outbox()
+    assert outbox.process_failure(facts()) is not None
+    assert outbox.process_failure(facts()) is None
+    assert outbox.process_success(facts(run_id="run-ok", details=())) is not None
+    assert outbox.deliver_due().sent == 2
+    assert [t.split(" ")[0] for t in json_receiver.titles()] == ["[FAILED]", "[RECOVERED]"]
+    with psycopg2.connect(connect_timeout=3, **db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT kind, status FROM ap_alerts ORDER BY id")
+        assert cur.fetchall() == [("failure", "delivered"), ("recovery", "delivered")]
+
+
+@pytest.mark.postgres
+def test_project_database_follows_the_postgres_instance(postgres_env, monkeypatch) -> None:
+    from automation_pipelines.reliability import store
+
+    monkeypatch.delenv("AUTOMATION_DB_URL", raising=False)
+    url = store.database_url("/nonexistent-home")
+    assert url.startswith("postgresql+psycopg2://") and postgres_env["DAGSTER_PG_DB"] in url
+    with store.engine(url).connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM ap_alerts").scalar() == 0
