@@ -270,9 +270,19 @@ def failure_metadata(exc: BaseException, verdict: Verdict, attempts: int) -> dic
     return metadata
 
 
+def _scrub(exc: BaseException) -> None:
+    """Mask secret values in the exception itself, since Dagster logs it as the failure's cause."""
+    text = str(exc)
+    cleaned = redact(text)
+    if cleaned != text:
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.args = (cleaned,)
+
+
 def _decide(exc: Exception, preset: RetryPreset) -> BaseException:
     if isinstance(exc, dg.Failure | dg.RetryRequested):
         return exc
+    _scrub(exc)
     verdict = classify(exc)
     try:
         context = dg.OpExecutionContext.get()

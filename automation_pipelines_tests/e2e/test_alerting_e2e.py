@@ -93,6 +93,8 @@ def test_every_failure_kind_alerts_exactly_once(dagster_processes, json_receiver
         refused_run.run_id, of_type=dg.DagsterEventType.STEP_START
     ).records
     assert len(starts) == 1
+    logged = instance.get_records_for_run(refused_run.run_id).records
+    assert SECRET not in str([r.event_log_entry for r in logged])
 
     [flaky] = instance.get_runs(filters=dg.RunsFilter(job_name="flaky_job"))
     assert flaky.status == dg.DagsterRunStatus.SUCCESS

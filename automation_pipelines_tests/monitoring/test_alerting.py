@@ -104,6 +104,8 @@ def test_permanent_error_runs_once_alerts_once_and_hides_the_secret(world) -> No
     assert "Item at fault: batch-42" in payload["message"]
     assert "PermanentError: login with access code *** was refused" in payload["message"]
     assert fx.SECRET not in str(payload)
+    logged = world.instance.get_records_for_run(result.run_id).records
+    assert fx.SECRET not in str([r.event_log_entry for r in logged])
     with store.engine(world.router.database_url).connect() as conn:
         for table in store.metadata.sorted_tables:
             for row in conn.execute(sa.select(table)):
