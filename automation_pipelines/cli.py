@@ -77,13 +77,65 @@ def _dev(args: argparse.Namespace) -> int:
     return leader.returncode or 1
 
 
+def _home() -> str:
+    return os.environ.get("DAGSTER_HOME") or str(DEFAULT_HOME)
+
+
 def _outbox():
     from automation_pipelines.reliability import store
     from automation_pipelines.reliability.alerts import AlertRouter
 
-    root = os.environ.get("DAGSTER_HOME") or str(DEFAULT_HOME)
-    router = AlertRouter.from_env()
-    return router.outbox_at(store.database_url(root))
+    return AlertRouter.from_env().outbox_at(store.database_url(_home()))
+
+
+def _switch_engine():
+    from automation_pipelines.reliability import store
+
+    return store.engine(store.database_url(_home()))
+
+
+def _known_automations() -> set[str]:
+    from automation_pipelines.reliability.tags import AUTOMATION_TAG
+
+    defs = readiness.load_definitions(DEFAULT_DEFS)
+    jobs = defs.get_repository_def().get_all_jobs()
+    return {job.tags[AUTOMATION_TAG] for job in jobs if AUTOMATION_TAG in job.tags}
+
+
+def _pause(args: argparse.Namespace) -> int:
+    """Stop an automation's schedules and sensors from requesting runs, until `resume`."""
+    from automation_pipelines.reliability import breaker
+
+    known = _known_automations()
+    if args.name not in known:
+        print(f"✗ no automation named {args.name!r}; known: {', '.join(sorted(known))}")
+        return 2
+    by = os.environ.get("USER") or "cli"
+    breaker.pause(_switch_engine(), args.name, args.reason or f"paused by {by}", by=by)
+    print(f"{args.name} is paused: its schedules and sensors request no runs.")
+    print(f"Resume with: automation-pipelines resume {args.name}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """Close the breaker (or lift a pause); earlier failures no longer count towards it."""
+    from automation_pipelines.reliability import breaker
+
+    previous = breaker.resume(_switch_engine(), args.name, by=os.environ.get("USER") or "cli")
+    was = previous.status if previous else "active"
+    print(f"{args.name} resumed (it was {was}); its schedules and sensors request runs again.")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Each automation's switch: active, paused or tripped, and why."""
+    from automation_pipelines.reliability import breaker
+
+    states = {s.automation: s for s in breaker.all_states(_switch_engine())}
+    for name in sorted(_known_automations() | set(states)):
+        state = states.get(name)
+        print(f"{name}: {state.explain() if state and state.open else 'active'}")
+    return 0
 
 
 def _alerts_test(args: argparse.Namespace) -> int:
@@ -125,6 +177,41 @@ def _alerts_deliver(args: argparse.Namespace) -> int:
     return 0 if not (report.failed or report.unrouted) else 1
 
 
+def _watchdog(args: argparse.Namespace) -> int:
+    """Check the daemon and the watchdog sensor from outside Dagster (cron, systemd timer)."""
+    import urllib.request
+
+    import dagster as dg
+
+    from automation_pipelines.monitoring import watchdog
+
+    home = prepare_home() if not os.environ.get("DAGSTER_HOME") else Path(_home())
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        findings = watchdog.check_from_outside(
+            instance, time.time(), args.max_heartbeat_age, args.max_watchdog_age
+        )
+    finally:
+        instance.dispose()
+    outbox = _outbox()
+    watchdog.report(outbox, findings, watchdog.OUTSIDE_KINDS)
+    report = outbox.deliver_due(budget_seconds=60)
+    for finding in findings:
+        print(f"✗ {finding.sentence}")
+    for error in report.errors:
+        print(f"✗ alert not delivered: {error}")
+    ping = args.ping_url or os.environ.get("DEADMAN_PING_URL")
+    if ping:
+        url = ping if not findings else ping.rstrip("/") + "/fail"
+        try:
+            urllib.request.urlopen(url, timeout=10).close()
+        except OSError as error:
+            print(f"✗ dead-man's switch ping to {url.split('?')[0]} failed: {error}")
+    if not findings:
+        print("✓ daemon heartbeats and the watchdog sensor are current")
+    return 1 if findings else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automation-pipelines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(func=_dev)
+
+    pause = commands.add_parser("pause", help="stop an automation's triggers until resumed")
+    pause.add_argument("name", help="automation name (its folder under automations/)")
+    pause.add_argument("--reason", help="why, for the team (shown in skips and alerts)")
+    pause.set_defaults(func=_pause)
+    resume = commands.add_parser("resume", help="resume a paused or tripped automation")
+    resume.add_argument("name")
+    resume.set_defaults(func=_resume)
+    status = commands.add_parser("status", help="which automations are paused or tripped")
+    status.set_defaults(func=_status)
+
+    watch = commands.add_parser(
+        "watchdog", help="check the daemon and the watchdog sensor from outside (for cron)"
+    )
+    watch.add_argument("--max-heartbeat-age", type=float, default=180.0, help="seconds")
+    watch.add_argument("--max-watchdog-age", type=float, default=600.0, help="seconds")
+    watch.add_argument(
+        "--ping-url", help="dead-man's switch URL to ping when healthy (env DEADMAN_PING_URL)"
+    )
+    watch.set_defaults(func=_watchdog)
 
     alerts = commands.add_parser("alerts", help="the alert outbox and routes")
     alert_commands = alerts.add_subparsers(dest="alerts_command", required=True)

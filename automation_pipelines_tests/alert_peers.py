@@ -21,6 +21,7 @@ class JsonReceiver:
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[dict] = []
+        self.pings: list[str] = []
         self.refused = 0
         self.status = 200
         self._server: ThreadingHTTPServer | None = None
@@ -39,6 +40,12 @@ class JsonReceiver:
                     receiver.refused += 1
                 else:
                     receiver.received.append(json.loads(body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                receiver.pings.append(self.path)
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -13,12 +13,18 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter, FailureDetail, RunFacts
-from automation_pipelines.reliability.automation import AUTOMATION_TAG, OWNER_TAG, RUNBOOK_PREFIX
 from automation_pipelines.reliability.secrets import redact
+from automation_pipelines.reliability.tags import (
+    AUTOMATION_TAG,
+    BREAKER_TAG,
+    OWNER_TAG,
+    ROOT_RUN_TAG,
+    RUNBOOK_PREFIX,
+    WILL_RETRY_TAG,
+)
 
-WILL_RETRY_TAG = "dagster/will_retry"
-ROOT_RUN_TAG = "dagster/root_run_id"
 UNOWNED = "unowned"
 #: On its very first tick the sensor looks back this far, so a fresh start misses nothing recent.
 FIRST_LOOKBACK_SECONDS = 3600
@@ -123,6 +129,32 @@ def run_facts(
     )
 
 
+def trip_breaker(instance: dg.DagsterInstance, outbox, run: dg.DagsterRun, facts: RunFacts) -> None:
+    """Stop the automation's triggers after its declared number of consecutive failures."""
+    automation = run.tags.get(AUTOMATION_TAG)
+    threshold = run.tags.get(BREAKER_TAG)
+    if not automation or not threshold or not threshold.isdigit():
+        return
+    reason = breaker.trip_if_due(instance, automation, int(threshold))
+    if reason is None:
+        return
+    outbox.enqueue_message(
+        facts.owner,
+        f"[CIRCUIT BREAKER] {automation} stopped after {reason}",
+        "\n".join(
+            [
+                f"The circuit breaker of automation {automation} opened after {reason}: its "
+                "schedules and sensors request no more runs until someone resumes it.",
+                f"Last failed run: {facts.run_id} ({facts.job}): {facts.main.error_class}: "
+                f"{facts.main.message}",
+                f"Runbook: {facts.runbook or '-'}",
+                f"Resume, once the cause is fixed: automation-pipelines resume {automation}",
+            ]
+        ),
+        dedup_key=f"breaker:{automation}:{run.run_id}",
+    )
+
+
 def process_finished_runs(
     context: dg.SensorEvaluationContext, alerts: AlertRouter
 ) -> tuple[float, int, int]:
@@ -152,8 +184,10 @@ def process_finished_runs(
                 outbox.mark_processed(run.run_id, "will_retry")
             elif not outbox.is_processed(run.run_id):
                 details = failure_details(outbox, instance, run.run_id)
-                if outbox.process_failure(run_facts(instance, run, repository, details)):
+                facts = run_facts(instance, run, repository, details)
+                if outbox.process_failure(facts):
                     failures += 1
+                trip_breaker(instance, outbox, run, facts)
         elif outbox.process_success(run_facts(instance, run, repository, [])):
             successes += 1
         new_cursor = max(new_cursor, updated)

@@ -466,6 +466,107 @@ class Outbox:
         except sa.exc.IntegrityError:
             return None
 
+    def report_condition(
+        self,
+        *,
+        subject: str,
+        kind: str,
+        owner: str,
+        automation: str | None,
+        sentence: str,
+        details: Sequence[str] = (),
+    ) -> int | None:
+        """Open an incident for a condition (e.g. a stalled sensor) once; repeats only count.
+
+        Returns the new alert's id when the incident was opened now, else None.
+        """
+        now = _now()
+        with self.engine.begin() as conn:
+            incident = conn.execute(
+                sa.select(incidents_table).where(
+                    incidents_table.c.job == subject,
+                    incidents_table.c.fingerprint == kind,
+                    incidents_table.c.closed_at.is_(None),
+                )
+            ).first()
+            if incident is not None:
+                conn.execute(
+                    incidents_table.update()
+                    .where(incidents_table.c.id == incident.id)
+                    .values(failure_count=incident.failure_count + 1, last_seen_at=now)
+                )
+                return None
+            incident_id = conn.execute(
+                incidents_table.insert().values(
+                    job=subject,
+                    automation=automation,
+                    owner=owner,
+                    fingerprint=kind,
+                    summary=redact(sentence)[:500],
+                    opened_at=now,
+                    last_seen_at=now,
+                    last_alerted_at=now,
+                    failure_count=1,
+                )
+            ).inserted_primary_key[0]
+            title = f"[{kind.upper().replace('_', ' ')}] {automation or subject}: {sentence}"
+            lines = [sentence, f"Automation: {automation or '-'}", f"Owner: {owner}"]
+            body = "\n".join([*lines, f"Subject: {subject}", *details])
+            return conn.execute(
+                alerts_table.insert().values(
+                    dedup_key=f"condition:{incident_id}",
+                    incident_id=incident_id,
+                    kind="condition",
+                    owner=owner,
+                    automation=automation,
+                    job=subject,
+                    title=redact(_truncate(title, TITLE_LIMIT)),
+                    body=redact(body),
+                    status="pending",
+                    created_at=now,
+                )
+            ).inserted_primary_key[0]
+
+    def clear_conditions(self, active: set[tuple[str, str]], kinds: set[str]) -> int:
+        """Close open incidents of `kinds` whose (subject, kind) is no longer in `active`, each
+        with a recovery notice; return how many were closed."""
+        now = _now()
+        closed = 0
+        with self.engine.begin() as conn:
+            open_rows = conn.execute(
+                sa.select(incidents_table).where(
+                    incidents_table.c.closed_at.is_(None),
+                    incidents_table.c.fingerprint.in_(sorted(kinds)),
+                )
+            ).all()
+            for row in open_rows:
+                if (row.job, row.fingerprint) in active:
+                    continue
+                conn.execute(
+                    incidents_table.update()
+                    .where(incidents_table.c.id == row.id)
+                    .values(closed_at=now)
+                )
+                since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(row.opened_at))
+                title = f"[RECOVERED] {row.automation or row.job}: {row.summary}"
+                conn.execute(
+                    alerts_table.insert().values(
+                        dedup_key=f"cleared:{row.id}",
+                        incident_id=row.id,
+                        kind="recovery",
+                        owner=row.owner or "unowned",
+                        automation=row.automation,
+                        job=row.job,
+                        title=_truncate(title, TITLE_LIMIT),
+                        body=f"Resolved: {row.summary}\nOpen since {since}; seen "
+                        f"{row.failure_count} time(s).\nSubject: {row.job}",
+                        status="pending",
+                        created_at=now,
+                    )
+                )
+                closed += 1
+        return closed
+
     def enqueue_message(self, owner: str, title: str, body: str, dedup_key: str) -> int | None:
         """Queue a free-form alert (test messages, digests); None if `dedup_key` was used."""
         try:

@@ -6,25 +6,48 @@ readiness check looks for, so an automation cannot forget one of them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
 from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.hooks import alert_on_failure_hook
+from automation_pipelines.reliability.signatures import keep_signature
+from automation_pipelines.reliability.tags import (
+    AUTOMATION_TAG,
+    BREAKER_TAG,
+    EXPECT_MAX_RUNS_TAG,
+    EXPECT_SUCCESS_TAG,
+    EXPECT_TRIGGER_TAG,
+    MAX_RUNTIME_TAG,
+    OWNER_TAG,
+    RETRY_ON_OP_FAILURE_TAG,
+    RUNBOOK_PREFIX,
+)
 
-#: Tag naming the automation a run belongs to; dagster.yaml limits concurrency per value of it.
-AUTOMATION_TAG = "automation"
-#: Tag naming the person or team that is alerted and answers for the automation.
-OWNER_TAG = "owner"
-#: Dagster's own tag: run monitoring stops a run that has run longer than this many seconds.
-MAX_RUNTIME_TAG = "dagster/max_runtime"
-#: The line in a job description that points a reader at the runbook.
-RUNBOOK_PREFIX = "Runbook: "
 
-#: Dagster's own tag: with "false", run retries never re-run a run whose op failed.
-RETRY_ON_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
+@dataclass(frozen=True)
+class Expectation:
+    """What healthy means for an automation; the watchdog sensor alerts when reality differs."""
+
+    #: A successful run at least this often (e.g. 26 for a nightly job).
+    success_within_hours: float
+    #: More runs than this in an hour is a runaway loop.
+    max_runs_per_hour: int | None = None
+    #: A sensor of the automation must have ticked within this many minutes.
+    trigger_stale_minutes: float = 10.0
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            EXPECT_SUCCESS_TAG: str(int(self.success_within_hours * 3600)),
+            EXPECT_TRIGGER_TAG: str(int(self.trigger_stale_minutes * 60)),
+        }
+        if self.max_runs_per_hour is not None:
+            tags[EXPECT_MAX_RUNS_TAG] = str(self.max_runs_per_hour)
+        return tags
 
 
 @dataclass(frozen=True)
@@ -34,7 +57,9 @@ class Automation:
     name: str
     owner: str
     folder: Path
+    expect: Expectation | None = None
     max_runtime_seconds: int = 3600
+    breaker_after_failures: int = 5
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -43,14 +68,14 @@ class Automation:
             raise ValueError(f"automation {self.name!r} needs an owner")
         if self.max_runtime_seconds <= 0:
             raise ValueError(f"automation {self.name!r}: max_runtime_seconds must be positive")
+        if self.breaker_after_failures < 1:
+            raise ValueError(f"automation {self.name!r}: breaker_after_failures must be >= 1")
 
     @classmethod
-    def here(cls, module_file: str, *, owner: str, max_runtime_seconds: int = 3600) -> Automation:
+    def here(cls, module_file: str, *, owner: str, **settings) -> Automation:
         """Declare the automation whose folder holds `module_file`; the folder name is its name."""
         folder = Path(module_file).resolve().parent
-        return cls(
-            name=folder.name, owner=owner, folder=folder, max_runtime_seconds=max_runtime_seconds
-        )
+        return cls(name=folder.name, owner=owner, folder=folder, **settings)
 
     @property
     def runbook(self) -> Path:
@@ -71,6 +96,8 @@ class Automation:
             AUTOMATION_TAG: self.name,
             MAX_RUNTIME_TAG: str(self.max_runtime_seconds),
             RETRY_ON_OP_FAILURE_TAG: "false",
+            BREAKER_TAG: str(self.breaker_after_failures),
+            **(self.expect.tags() if self.expect else {}),
             **extra,
         }
 
@@ -86,3 +113,48 @@ class Automation:
         if "description" in kwargs:
             kwargs["description"] = self.describe(kwargs["description"])
         return dg.job(**kwargs)
+
+    def blocked(self, context) -> dg.SkipReason | None:
+        """A SkipReason naming the breaker when the automation is paused or tripped."""
+        reason = breaker.blocked(context.instance, self.name)
+        return dg.SkipReason(reason) if reason else None
+
+    def schedule(
+        self,
+        *,
+        name: str,
+        cron_schedule: str,
+        job: dg.JobDefinition,
+        description: str,
+        execution_timezone: str = "UTC",
+        run_config: dict | None = None,
+    ) -> dg.ScheduleDefinition:
+        """A schedule (running by default) that requests nothing while the breaker is open."""
+
+        def evaluate(context: dg.ScheduleEvaluationContext):
+            return self.blocked(context) or dg.RunRequest(run_config=run_config or {})
+
+        return dg.ScheduleDefinition(
+            name=name,
+            cron_schedule=cron_schedule,
+            job=job,
+            execution_fn=evaluate,
+            execution_timezone=execution_timezone,
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description=self.describe(description),
+        )
+
+    def sensor(self, **sensor_kwargs):
+        """`dg.sensor` (running by default) that is skipped while the breaker is open."""
+        sensor_kwargs.setdefault("default_status", dg.DefaultSensorStatus.RUNNING)
+        if "description" in sensor_kwargs:
+            sensor_kwargs["description"] = self.describe(sensor_kwargs["description"])
+
+        def decorator(fn):
+            @functools.wraps(fn)
+            def guarded(context, *args, **kwargs):
+                return self.blocked(context) or fn(context, *args, **kwargs)
+
+            return dg.sensor(**sensor_kwargs)(keep_signature(guarded, fn))
+
+        return decorator

@@ -25,6 +25,7 @@ from typing import Any
 import dagster as dg
 
 from automation_pipelines.reliability.secrets import redact
+from automation_pipelines.reliability.signatures import keep_signature
 
 ITEM_ATTRIBUTE = "automation_item"
 
@@ -313,18 +314,7 @@ def classify_errors(preset: RetryPreset) -> Callable[[Callable[..., Any]], Calla
     """Wrap an op body so its exceptions are retried or failed according to `classify`."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        wrapped = _wrap(fn)
-        # Resolve string annotations (`from __future__ import annotations`) against the op's own
-        # module, since Dagster reads them from the wrapper, whose module is this one.
-        with contextlib.suppress(NameError, TypeError):
-            signature = inspect.signature(fn, eval_str=True)
-            wrapped.__signature__ = signature
-            wrapped.__annotations__ = {
-                name: p.annotation
-                for name, p in signature.parameters.items()
-                if p.annotation is not inspect.Parameter.empty
-            }
-        return wrapped
+        return keep_signature(_wrap(fn), fn)
 
     def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isgeneratorfunction(fn):

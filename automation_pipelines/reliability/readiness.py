@@ -26,6 +26,7 @@ from automation_pipelines.reliability.automation import (
     RUNBOOK_PREFIX,
 )
 from automation_pipelines.reliability.hooks import HOOK_NAME
+from automation_pipelines.reliability.tags import EXPECT_SUCCESS_TAG
 
 #: Sections a runbook must have, matched case-insensitively against its `##` headings.
 RUNBOOK_SECTIONS = ("What it does", "What it touches", "How to pause", "Failure modes")
@@ -202,6 +203,16 @@ def _alert_route(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     if owner and not ctx.routes.has_route(owner):
         return f"owner {owner!r} has no entry in alert_routes.yaml: its alerts have nowhere to go"
     return None  # a job without an owner already fails the `owner` rule
+
+
+@rule("silence", "an Expectation says how often the job must succeed (silence is a failure)")
+def _silence(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    if EXPECT_SUCCESS_TAG not in job.tags:
+        return (
+            "no expectation: declare Automation(expect=Expectation(success_within_hours=…)) so "
+            "the watchdog notices when it stops running"
+        )
+    return None
 
 
 def _user_jobs(repository: dg.RepositoryDefinition) -> list[dg.JobDefinition]:

@@ -19,6 +19,8 @@ DB_FILE = "automation_pipelines.db"
 metadata = sa.MetaData()
 
 _engines: dict[str, sa.Engine] = {}
+#: How many tables of `metadata` each engine's database has had created so far.
+_tables_created: dict[str, int] = {}
 _lock = threading.Lock()
 
 
@@ -49,11 +51,23 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
+def _create_tables(created: sa.Engine) -> None:
+    try:
+        metadata.create_all(created)
+    except sa.exc.DBAPIError:
+        # Another process created the same tables at the same moment (PostgreSQL).
+        metadata.create_all(created)
+
+
 def engine(url: str) -> sa.Engine:
-    """One engine per URL per process, with every table of `metadata` created."""
+    """One engine per URL per process, with every table of `metadata` created — including
+    tables of modules imported after the engine was first made."""
     with _lock:
         found = _engines.get(url)
         if found is not None:
+            if _tables_created[url] != len(metadata.tables):
+                _create_tables(found)
+                _tables_created[url] = len(metadata.tables)
             return found
         if url.startswith("sqlite"):
             created = sa.create_engine(url, connect_args={"timeout": 30})
@@ -62,12 +76,9 @@ def engine(url: str) -> sa.Engine:
             created = sa.create_engine(
                 url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
             )
-        try:
-            metadata.create_all(created)
-        except sa.exc.DBAPIError:
-            # Another process created the same tables at the same moment (PostgreSQL).
-            metadata.create_all(created)
+        _create_tables(created)
         _engines[url] = created
+        _tables_created[url] = len(metadata.tables)
         return created
 
 
@@ -77,3 +88,4 @@ def dispose_all() -> None:
         for created in _engines.values():
             created.dispose()
         _engines.clear()
+        _tables_created.clear()

@@ -5,15 +5,21 @@ from pathlib import Path
 import dagster as dg
 
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.automation import Automation
+from automation_pipelines.reliability.automation import Automation, Expectation
 from automation_pipelines.reliability.errors import LOCAL_IO_RETRY
 from automation_pipelines.reliability.hooks import alert_on_failure_hook
 
 HERE = Path(__file__).parent
 RESOURCES = {"alerts": AlertRouter(routes_file=str(HERE / "fixture_alert_routes.yaml"))}
-GOOD = Automation(name="fixture", owner="team:test", folder=HERE / "fixture_runbooks" / "complete")
+EXPECT = Expectation(success_within_hours=26)
+GOOD = Automation(
+    name="fixture", owner="team:test", folder=HERE / "fixture_runbooks" / "complete", expect=EXPECT
+)
 INCOMPLETE = Automation(
-    name="fixture", owner="team:test", folder=HERE / "fixture_runbooks" / "incomplete"
+    name="fixture",
+    owner="team:test",
+    folder=HERE / "fixture_runbooks" / "incomplete",
+    expect=EXPECT,
 )
 
 
@@ -67,6 +73,7 @@ no_retry = _make("no_retry_job", retry=False)
 no_max_runtime = _make("no_max_runtime_job", tags=_without("dagster/max_runtime"))
 unlimited = _make("unlimited_job", tags=_without("automation"))
 unhooked = _make("unhooked_job", hooks=frozenset())
+unexpected = _make("unexpected_job", tags=_without("expect/success_within_seconds"))
 unrouted = _make("unrouted_job", tags={**GOOD.job_tags(), "owner": "team:nobody"})
 
 

@@ -46,6 +46,7 @@ def test_ready_fixtures_pass(capsys: pytest.CaptureFixture[str], name: str) -> N
         ("unlimited", "unlimited_job", "concurrency", "no tag of the job is limited"),
         ("unhooked", "unhooked_job", "alerting", "no `alert_on_failure_hook`"),
         ("unrouted", "unrouted_job", "alert_route", "owner 'team:nobody' has no entry"),
+        ("unexpected", "unexpected_job", "silence", "no expectation"),
     ],
 )
 def test_each_rule_fails_alone(
@@ -69,6 +70,7 @@ def test_every_rule_has_a_breaking_fixture() -> None:
         "concurrency",
         "alerting",
         "alert_route",
+        "silence",
     }
     assert set(RULE_NAMES) == broken
 

@@ -1,0 +1,246 @@
+"""A daily digest per owner: what each automation did, and what is still waiting for a person.
+
+Alerts speak only when something breaks. The digest also shows the quiet trouble: an automation
+that has not succeeded for days, incidents left open, items quarantined or dead-lettered by runs
+that otherwise succeeded. It goes through the alert outbox, so it is durable, routed like any
+alert, and sent at most once per owner per day.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import dagster as dg
+import sqlalchemy as sa
+
+from automation_pipelines.reliability.alerts import TITLE_LIMIT, Outbox, incidents_table
+from automation_pipelines.reliability.deadletters import open_dead_letters
+from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
+from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG, WILL_RETRY_TAG
+
+UNOWNED = "unowned"
+#: Open incidents and items listed one by one per automation; the rest are only counted.
+MAX_LISTED = 10
+
+
+@dataclass
+class _Group:
+    """One automation (or, for runs without an automation tag, one job) in the digest."""
+
+    name: str
+    is_job: bool
+    owner: str
+    runs: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    last_success: float | None = None
+    incidents: list[sa.Row] = field(default_factory=list)
+    dead_letters: list[sa.Row] = field(default_factory=list)
+
+    @property
+    def other(self) -> int:
+        return self.runs - self.succeeded - self.failed - self.retried
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.failed or self.incidents or self.dead_letters)
+
+
+def _utc(moment: float) -> datetime:
+    return datetime.fromtimestamp(moment, tz=UTC)
+
+
+def _when(moment: float | None) -> str:
+    return _utc(moment).strftime("%Y-%m-%d %H:%M UTC") if moment is not None else "never"
+
+
+def _one_line(text: str | None, limit: int = 200) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _last_success(instance: dg.DagsterInstance, group: _Group, now: float) -> float | None:
+    """When the group's latest successful run (created before `now`) ended; None if never."""
+    scope = {"job_name": group.name} if group.is_job else {"tags": {AUTOMATION_TAG: group.name}}
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.SUCCESS], created_before=_utc(now), **scope
+        ),
+        limit=1,
+    )
+    if not records:
+        return None
+    record = records[0]
+    return record.end_time or record.update_timestamp.timestamp()
+
+
+def _owner_of(instance: dg.DagsterInstance, automation: str) -> str:
+    """The owner tag of the automation's latest run, for automations with no run in the window."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(tags={AUTOMATION_TAG: automation}), limit=1
+    )
+    return (records[0].dagster_run.tags.get(OWNER_TAG) if records else None) or UNOWNED
+
+
+def _collect(
+    instance: dg.DagsterInstance, engine: sa.Engine, now: float, window_hours: float
+) -> list[_Group]:
+    groups: dict[tuple[bool, str], _Group] = {}
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            created_after=_utc(now - window_hours * 3600), created_before=_utc(now)
+        )
+    )
+    for record in records:  # newest first, so a group's owner is that of its latest run
+        run = record.dagster_run
+        automation = run.tags.get(AUTOMATION_TAG)
+        key = (automation is None, automation or run.job_name)
+        group = groups.get(key)
+        if group is None:
+            owner = run.tags.get(OWNER_TAG) or UNOWNED
+            group = groups[key] = _Group(name=key[1], is_job=key[0], owner=owner)
+        group.runs += 1
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            group.succeeded += 1
+        elif run.status == dg.DagsterRunStatus.FAILURE:
+            # A run Dagster retries is not a failure yet; its last attempt is counted instead.
+            if run.tags.get(WILL_RETRY_TAG) == "true":
+                group.retried += 1
+            else:
+                group.failed += 1
+
+    with engine.connect() as conn:
+        incidents = conn.execute(
+            sa.select(incidents_table)
+            .where(incidents_table.c.closed_at.is_(None))
+            .order_by(incidents_table.c.opened_at)
+        ).all()
+    for incident in incidents:
+        key = (incident.automation is None, incident.automation or incident.job)
+        if key not in groups:
+            groups[key] = _Group(name=key[1], is_job=key[0], owner=incident.owner or UNOWNED)
+        groups[key].incidents.append(incident)
+
+    for letter in open_dead_letters(engine):
+        # Dead letters name an automation; a job without one may have used its job name.
+        key = (False, letter.automation)
+        if key not in groups and (True, letter.automation) in groups:
+            key = (True, letter.automation)
+        if key not in groups:
+            owner = _owner_of(instance, letter.automation)
+            groups[key] = _Group(name=letter.automation, is_job=False, owner=owner)
+        groups[key].dead_letters.append(letter)
+
+    for group in groups.values():
+        group.last_success = _last_success(instance, group, now)
+    return list(groups.values())
+
+
+def _listed(rows: Sequence[sa.Row], line) -> list[str]:
+    lines = [f"    - {line(row)}" for row in rows[:MAX_LISTED]]
+    if len(rows) > MAX_LISTED:
+        lines.append(f"    … and {len(rows) - MAX_LISTED} more")
+    return lines
+
+
+def _block(group: _Group, window_hours: float) -> str:
+    kind = "job without an automation tag" if group.is_job else "automation"
+    lines = [
+        f"{group.name} ({kind}, owner {group.owner})",
+        f"  Runs in the last {window_hours:g} h: {group.runs} ({group.succeeded} succeeded, "
+        f"{group.failed} failed, {group.retried} failed and retried, {group.other} other)",
+        f"  Failed runs: {group.failed}",
+        f"  Last successful run: {_when(group.last_success)}",
+        f"  Open incidents: {len(group.incidents)}",
+    ]
+    lines += _listed(
+        group.incidents,
+        lambda i: (
+            f"#{i.id} {i.job}: {_one_line(i.summary)} (open since {_when(i.opened_at)}, "
+            f"{i.failure_count} failed run(s), last run {i.last_run_id or '-'})"
+        ),
+    )
+    lines.append(f"  Open dead-lettered/quarantined items: {len(group.dead_letters)}")
+    lines += _listed(
+        group.dead_letters,
+        lambda d: (
+            f"#{d.id} {_one_line(d.item, 120)}: {_one_line(d.reason)} (since {_when(d.created_at)})"
+        ),
+    )
+    return "\n".join(lines)
+
+
+def _day(now: float) -> str:
+    return _utc(now).strftime("%Y-%m-%d")
+
+
+def build_digest(
+    instance: dg.DagsterInstance, engine: sa.Engine, now: float, window_hours: float = 24
+) -> dict[str, tuple[str, str]]:
+    """Owner → (title, body) for every owner whose automations ran in the window or have
+    open incidents or dead-lettered items; reads only, sends nothing."""
+    by_owner: dict[str, list[_Group]] = defaultdict(list)
+    for group in _collect(instance, engine, now, window_hours):
+        by_owner[group.owner].append(group)
+    digests: dict[str, tuple[str, str]] = {}
+    for owner, groups in sorted(by_owner.items()):
+        groups.sort(key=lambda g: (not g.needs_attention, g.name))
+        failed = sum(g.failed for g in groups)
+        incidents = sum(len(g.incidents) for g in groups)
+        title = _one_line(
+            f"[DIGEST {_day(now)}] {owner}: {len(groups)} automation(s), {failed} failed run(s), "
+            f"{incidents} open incident(s)",
+            TITLE_LIMIT,
+        )
+        intro = (
+            f"Daily digest for {owner}: the {window_hours:g} h up to {_when(now)}. "
+            f"Open dead-lettered/quarantined items: {sum(len(g.dead_letters) for g in groups)}."
+        )
+        body = "\n\n".join([intro, *(_block(g, window_hours) for g in groups)])
+        digests[owner] = (title, body)
+    return digests
+
+
+def queue_digest(
+    outbox: Outbox,
+    instance: dg.DagsterInstance,
+    engine: sa.Engine,
+    now: float,
+    window_hours: float = 24,
+) -> int:
+    """Put each owner's digest in the outbox once per UTC day; return how many were queued."""
+    queued = 0
+    for owner, (title, body) in build_digest(instance, engine, now, window_hours).items():
+        key = f"digest:{_day(now)}:{owner}"
+        if outbox.enqueue_message(owner, title, body, dedup_key=key) is not None:
+            queued += 1
+    return queued
+
+
+@reliable_op(
+    LOCAL_IO,
+    required_resource_keys={"alerts"},
+    description=(
+        "Queues each owner's daily digest in the alert outbox (once per day, so a retried op "
+        "queues nothing twice) and delivers what is due; alert_outbox_sensor retries the rest."
+    ),
+)
+def send_daily_digest(context: dg.OpExecutionContext) -> int:
+    alerts = context.resources.alerts
+    outbox = alerts.outbox(context.instance)
+    queued = queue_digest(outbox, context.instance, outbox.engine, time.time())
+    report = outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)
+    context.add_output_metadata(
+        {
+            "digests_queued": queued,
+            "delivered": report.sent,
+            "delivery_failures": report.failed,
+            "unrouted": report.unrouted,
+        }
+    )
+    return queued

@@ -1,0 +1,380 @@
+"""Silence is a failure: the watchdog compares what each automation declared as healthy with
+Dagster's own tick and run history, and alerts on what is missing.
+
+It finds missed or late schedule ticks, schedules and sensors that are stopped while they should
+run, stalled sensors, triggers whose last ticks errored, jobs with no success within their window,
+and jobs whose runs arrive more often than declared. `observe` reads the instance; `evaluate` is
+pure, so every finding is tested with time moved forward.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+from croniter import croniter
+
+from automation_pipelines.reliability import breaker
+from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.tags import (
+    AUTOMATION_TAG,
+    EXPECT_MAX_RUNS_TAG,
+    EXPECT_SUCCESS_TAG,
+    EXPECT_TRIGGER_TAG,
+    OWNER_TAG,
+)
+
+WATCHDOG_SENSOR = "watchdog_sensor"
+MONITORING_OWNER = "team:platform"
+KINDS = frozenset(
+    {
+        "missed_tick",
+        "trigger_stopped",
+        "trigger_stalled",
+        "trigger_erroring",
+        "no_success",
+        "too_many_runs",
+    }
+)
+#: A schedule tick this late is missed (the scheduler can be busy for a while).
+TICK_GRACE_SECONDS = 300
+#: Ticks in a row that must have failed before a trigger counts as erroring.
+ERRORING_TICKS = 3
+DEFAULT_STALE_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class TriggerView:
+    """What the watchdog knows of one schedule or sensor."""
+
+    name: str
+    kind: str  # schedule | sensor
+    automation: str | None
+    owner: str
+    running: bool
+    paused: bool
+    watched_since: float
+    last_tick_at: float | None = None
+    recent_ticks: tuple[str, ...] = ()  # newest first: SUCCESS, SKIPPED, FAILURE, STARTED
+    last_error: str | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    min_interval: float = 30
+    stale_after: float = DEFAULT_STALE_SECONDS
+
+    @property
+    def subject(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the watchdog knows of one job with a declared expectation."""
+
+    name: str
+    automation: str | None
+    owner: str
+    paused: bool
+    watched_since: float
+    success_within: float | None = None
+    max_runs_per_hour: int | None = None
+    last_success_at: float | None = None
+    runs_last_hour: int = 0
+
+    @property
+    def subject(self) -> str:
+        return f"job:{self.name}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    subject: str
+    kind: str
+    owner: str
+    automation: str | None
+    sentence: str
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
+
+
+def _last_due_tick(trigger: TriggerView, now: float) -> float:
+    """The latest cron time that should have ticked by now, allowing for the grace period."""
+    zone = ZoneInfo(trigger.timezone)
+    start = datetime.fromtimestamp(now - TICK_GRACE_SECONDS, tz=zone)
+    return croniter(trigger.cron, start).get_prev(datetime).timestamp()
+
+
+def _trigger_findings(trigger: TriggerView, now: float) -> Iterable[Finding]:
+    def finding(kind: str, sentence: str) -> Finding:
+        return Finding(trigger.subject, kind, trigger.owner, trigger.automation, sentence)
+
+    label = f"{trigger.kind.capitalize()} {trigger.name}"
+    what = f"automation {trigger.automation}" if trigger.automation else "what it launches"
+    if not trigger.running:
+        pause = f"automation-pipelines pause {trigger.automation}" if trigger.automation else ""
+        yield finding(
+            "trigger_stopped",
+            f"{label} is stopped, so {what} does not run: start it in the UI"
+            + (f", or pause the automation on purpose with `{pause}`." if pause else "."),
+        )
+        return
+    recent = trigger.recent_ticks[:ERRORING_TICKS]
+    if len(recent) == ERRORING_TICKS and all(status == "FAILURE" for status in recent):
+        yield finding(
+            "trigger_erroring",
+            f"The last {ERRORING_TICKS} ticks of {trigger.kind} {trigger.name} failed "
+            f"({(trigger.last_error or 'no error text').strip()[:200]}), so {what} is not "
+            "being launched: fix the error shown on its tick history.",
+        )
+    reference = max(trigger.last_tick_at or 0.0, trigger.watched_since)
+    if trigger.kind == "schedule" and trigger.cron:
+        due = _last_due_tick(trigger, now)
+        if due > reference + 60:
+            yield finding(
+                "missed_tick",
+                f"{label} did not tick at {_when(due)} (last tick: {_when(trigger.last_tick_at)}): "
+                "check that the daemon's scheduler is running (Deployment → Daemons).",
+            )
+    elif trigger.kind == "sensor":
+        limit = max(trigger.stale_after, 3 * trigger.min_interval)
+        if now - reference > limit:
+            yield finding(
+                "trigger_stalled",
+                f"{label} has not ticked for {int((now - reference) // 60)} min (limit "
+                f"{int(limit // 60)} min; last tick: {_when(trigger.last_tick_at)}): check that "
+                "the daemon's sensor loop is running (Deployment → Daemons).",
+            )
+
+
+def _job_findings(job: JobView, now: float) -> Iterable[Finding]:
+    def finding(kind: str, sentence: str) -> Finding:
+        return Finding(job.subject, kind, job.owner, job.automation, sentence)
+
+    if job.success_within:
+        reference = job.last_success_at or job.watched_since
+        if now - reference > job.success_within:
+            hours = job.success_within / 3600
+            yield finding(
+                "no_success",
+                f"No successful run of {job.name} in the last {hours:g} h (last success: "
+                f"{_when(job.last_success_at)}): look at its recent runs and its trigger.",
+            )
+    if job.max_runs_per_hour is not None and job.runs_last_hour > job.max_runs_per_hour:
+        pause = f"automation-pipelines pause {job.automation}" if job.automation else "its trigger"
+        yield finding(
+            "too_many_runs",
+            f"{job.runs_last_hour} runs of {job.name} started in the last hour, more than the "
+            f"{job.max_runs_per_hour} declared: a runaway loop? Stop it with `{pause}`.",
+        )
+
+
+def evaluate(jobs: Sequence[JobView], triggers: Sequence[TriggerView], now: float) -> list[Finding]:
+    """Every finding for the given views at time `now`; paused automations are left alone."""
+    findings: list[Finding] = []
+    for trigger in triggers:
+        if not trigger.paused:
+            findings.extend(_trigger_findings(trigger, now))
+    for job in jobs:
+        if not job.paused:
+            findings.extend(_job_findings(job, now))
+    return findings
+
+
+def _int_tag(tags: dict, key: str) -> int | None:
+    try:
+        return int(tags[key]) if key in tags else None
+    except ValueError:
+        return None
+
+
+def observe(
+    instance: dg.DagsterInstance,
+    repository: dg.RepositoryDefinition,
+    first_seen: dict[str, float],
+    now: float,
+) -> tuple[list[JobView], list[TriggerView]]:
+    """Read the views from the instance; `first_seen` (updated here) remembers when watching
+    began, so a new job or trigger is not reported silent before it had its chance."""
+    states = {state.instigator_name: state for state in instance.all_instigator_state()}
+    engine = breaker.engine_for(instance)
+    open_switches = {s.automation for s in breaker.all_states(engine) if s.open}
+
+    def since(subject: str) -> float:
+        return first_seen.setdefault(subject, now)
+
+    def job_tags(job_name: str | None) -> dict:
+        if job_name and repository.has_job(job_name):
+            return dict(repository.get_job(job_name).tags)
+        return {}
+
+    triggers: list[TriggerView] = []
+    definitions: list[tuple[str, object, dict]] = [
+        ("schedule", schedule, job_tags(schedule.job_name)) for schedule in repository.schedule_defs
+    ]
+    for sensor in repository.sensor_defs:
+        if sensor.name == WATCHDOG_SENSOR:
+            continue
+        names = [target.job_name for target in sensor.targets]
+        definitions.append(("sensor", sensor, job_tags(names[0] if names else None)))
+    for kind, definition, tags in definitions:
+        state = states.get(definition.name)
+        default_running = definition.default_status.value == "RUNNING"
+        running = (state.status.value != "STOPPED") if state else default_running
+        ticks = (
+            instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=ERRORING_TICKS)
+            if state
+            else []
+        )
+        automation = tags.get(AUTOMATION_TAG)
+        last_error = next((t.error.message for t in ticks if t.error), None)
+        triggers.append(
+            TriggerView(
+                name=definition.name,
+                kind=kind,
+                automation=automation,
+                owner=tags.get(OWNER_TAG) or MONITORING_OWNER,
+                running=running,
+                paused=automation in open_switches,
+                watched_since=since(f"{kind}:{definition.name}"),
+                last_tick_at=ticks[0].timestamp if ticks else None,
+                recent_ticks=tuple(t.status.value for t in ticks),
+                last_error=last_error,
+                cron=getattr(definition, "cron_schedule", None) if kind == "schedule" else None,
+                timezone=getattr(definition, "execution_timezone", None) or "UTC",
+                min_interval=float(getattr(definition, "minimum_interval_seconds", None) or 30),
+                stale_after=float(_int_tag(tags, EXPECT_TRIGGER_TAG) or DEFAULT_STALE_SECONDS),
+            )
+        )
+
+    jobs: list[JobView] = []
+    hour_ago = datetime.fromtimestamp(now - 3600, tz=UTC)
+    for job in repository.get_all_jobs():
+        tags = dict(job.tags)
+        if EXPECT_SUCCESS_TAG not in tags and EXPECT_MAX_RUNS_TAG not in tags:
+            continue
+        success = instance.get_run_records(
+            filters=dg.RunsFilter(job_name=job.name, statuses=[dg.DagsterRunStatus.SUCCESS]),
+            limit=1,
+        )
+        ended = success[0].end_time if success else None
+        automation = tags.get(AUTOMATION_TAG)
+        jobs.append(
+            JobView(
+                name=job.name,
+                automation=automation,
+                owner=tags.get(OWNER_TAG) or MONITORING_OWNER,
+                paused=automation in open_switches,
+                watched_since=since(f"job:{job.name}"),
+                success_within=_int_tag(tags, EXPECT_SUCCESS_TAG),
+                max_runs_per_hour=_int_tag(tags, EXPECT_MAX_RUNS_TAG),
+                last_success_at=float(ended) if ended else None,
+                runs_last_hour=instance.get_runs_count(
+                    filters=dg.RunsFilter(job_name=job.name, created_after=hour_ago)
+                ),
+            )
+        )
+    return jobs, triggers
+
+
+def report(outbox, findings: Sequence[Finding], kinds: Iterable[str] = KINDS) -> int:
+    """Open an incident per new finding and close those of `kinds` that cleared (each with a
+    recovery notice); return how many alerts were opened."""
+    opened = sum(
+        1
+        for f in findings
+        if outbox.report_condition(
+            subject=f.subject,
+            kind=f.kind,
+            owner=f.owner,
+            automation=f.automation,
+            sentence=f.sentence,
+        )
+    )
+    outbox.clear_conditions({(f.subject, f.kind) for f in findings}, set(kinds))
+    return opened
+
+
+@dg.sensor(
+    name=WATCHDOG_SENSOR,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Compares what every automation declared as healthy with Dagster's tick and run history, "
+        "and alerts the owner once per finding (missed schedule ticks, stopped, stalled or "
+        "erroring triggers, no success within the window, too many runs), with a recovery notice "
+        "when it clears. `automation-pipelines watchdog` watches this sensor from outside."
+    ),
+)
+def watchdog_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    first_seen: dict[str, float] = cursor.get("first_seen", {})
+    now = time.time()
+    jobs, triggers = observe(context.instance, context.repository_def, first_seen, now)
+    findings = evaluate(jobs, triggers, now)
+    outbox = alerts.outbox(context.instance)
+    opened = report(outbox, findings)
+    outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)
+    context.update_cursor(json.dumps({"first_seen": first_seen}))
+    summary = "; ".join(f.sentence for f in findings[:3])
+    return dg.SkipReason(
+        f"{len(jobs)} job(s), {len(triggers)} trigger(s) watched; {len(findings)} finding(s), "
+        f"{opened} new" + (f": {summary}" if summary else "")
+    )
+
+
+OUTSIDE_KINDS = frozenset({"daemon_down", "watchdog_silent"})
+
+
+def check_from_outside(
+    instance: dg.DagsterInstance, now: float, max_heartbeat_age: float, max_watchdog_age: float
+) -> list[Finding]:
+    """What `automation-pipelines watchdog` (cron, systemd) finds without any Dagster process:
+    daemons whose heartbeat is old or missing, and a watchdog sensor that stopped ticking."""
+
+    def finding(subject: str, kind: str, sentence: str) -> Finding:
+        return Finding(subject, kind, MONITORING_OWNER, "monitoring", sentence)
+
+    findings = []
+    heartbeats = instance.get_daemon_heartbeats()
+    stale = []
+    for daemon in instance.get_required_daemon_types():
+        beat = heartbeats.get(daemon)
+        if beat is None or now - beat.timestamp > max_heartbeat_age:
+            stale.append(f"{daemon} ({'never' if beat is None else _when(beat.timestamp)})")
+    if stale:
+        findings.append(
+            finding(
+                "daemon",
+                "daemon_down",
+                f"The Dagster daemon has sent no heartbeat for over {int(max_heartbeat_age)} s "
+                f"(last: {', '.join(stale)}): no schedule, sensor or queued run moves. Restart "
+                "it (`make run`, or the dagster-daemon service).",
+            )
+        )
+    state = next(
+        (s for s in instance.all_instigator_state() if s.instigator_name == WATCHDOG_SENSOR), None
+    )
+    ticks = (
+        instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1) if state else []
+    )
+    last = ticks[0].timestamp if ticks else None
+    if last is None or now - last > max_watchdog_age:
+        findings.append(
+            finding(
+                f"sensor:{WATCHDOG_SENSOR}",
+                "watchdog_silent",
+                f"The watchdog sensor has not ticked for over {int(max_watchdog_age)} s (last: "
+                f"{_when(last)}): silent automations would go unnoticed. Check that it is running "
+                "and that its ticks do not fail.",
+            )
+        )
+    return findings

@@ -1,0 +1,78 @@
+"""Items an automation gave up on (quarantined files, dead-lettered events), kept until resolved.
+
+A run that skips a bad item succeeds, so no alert names the item; keeping it here in the project
+database lets the daily digest count what is still waiting for a person, and lets that person
+mark it handled. Items and reasons are redacted before they are stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import sqlalchemy as sa
+
+from automation_pipelines.reliability import store
+from automation_pipelines.reliability.secrets import redact
+
+dead_letters_table = sa.Table(
+    "ap_dead_letters",
+    store.metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("automation", sa.String(255), nullable=False),
+    sa.Column("item", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("resolved_at", sa.Float),
+    sa.Index("ix_ap_dead_letters_open", "automation", "resolved_at"),
+)
+
+
+def record_dead_letter(engine: sa.Engine, automation: str, item: str, reason: str) -> int:
+    """Keep an item the automation could not process; return its id."""
+    with engine.begin() as conn:
+        return conn.execute(
+            dead_letters_table.insert().values(
+                automation=automation,
+                item=redact(str(item)),
+                reason=redact(str(reason)),
+                created_at=time.time(),
+            )
+        ).inserted_primary_key[0]
+
+
+def open_dead_letters(engine: sa.Engine, automation: str | None = None) -> Sequence[sa.Row]:
+    """Unresolved items, oldest first; only `automation`'s when given."""
+    query = (
+        sa.select(dead_letters_table)
+        .where(dead_letters_table.c.resolved_at.is_(None))
+        .order_by(dead_letters_table.c.id)
+    )
+    if automation is not None:
+        query = query.where(dead_letters_table.c.automation == automation)
+    with engine.connect() as conn:
+        return conn.execute(query).all()
+
+
+def resolve_dead_letters(engine: sa.Engine, ids: Iterable[int]) -> int:
+    """Mark items handled; return how many were open (resolving twice keeps the first time)."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    with engine.begin() as conn:
+        return conn.execute(
+            dead_letters_table.update()
+            .where(dead_letters_table.c.id.in_(ids), dead_letters_table.c.resolved_at.is_(None))
+            .values(resolved_at=time.time())
+        ).rowcount
+
+
+def count_open_by_automation(engine: sa.Engine) -> dict[str, int]:
+    """Unresolved items per automation (automations with none are absent)."""
+    query = (
+        sa.select(dead_letters_table.c.automation, sa.func.count())
+        .where(dead_letters_table.c.resolved_at.is_(None))
+        .group_by(dead_letters_table.c.automation)
+    )
+    with engine.connect() as conn:
+        return {automation: count for automation, count in conn.execute(query)}

@@ -1,0 +1,21 @@
+"""Tag names the layers agree on: declared on jobs, read back from runs by the monitoring."""
+
+#: The automation a run belongs to; dagster.yaml limits concurrency per value of it.
+AUTOMATION_TAG = "automation"
+#: The person or team that is alerted and answers for the automation.
+OWNER_TAG = "owner"
+#: Dagster's own tag: run monitoring stops a run that has run longer than this many seconds.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+#: Dagster's own tag: with "false", run retries never re-run a run whose op failed.
+RETRY_ON_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
+#: Dagster's own tags on failed runs and their automatic retries.
+WILL_RETRY_TAG = "dagster/will_retry"
+ROOT_RUN_TAG = "dagster/root_run_id"
+#: What healthy means (see Expectation): read by the watchdog sensor.
+EXPECT_SUCCESS_TAG = "expect/success_within_seconds"
+EXPECT_MAX_RUNS_TAG = "expect/max_runs_per_hour"
+EXPECT_TRIGGER_TAG = "expect/trigger_stale_seconds"
+#: Consecutive failed runs after which the circuit breaker stops the automation's triggers.
+BREAKER_TAG = "breaker/after_failures"
+#: The line in a job description that points a reader at the runbook.
+RUNBOOK_PREFIX = "Runbook: "

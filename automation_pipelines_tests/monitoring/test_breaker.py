@@ -1,0 +1,161 @@
+"""The circuit breaker: a job that always fails trips it after N runs, its guarded sensor and
+schedule request no more runs (a SkipReason naming the breaker), the owner gets one alert with
+the resume command, the state survives an instance restart, `resume` re-enables it and a manual
+`pause` uses the same switch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from automation_pipelines import cli
+from automation_pipelines.monitoring.alerting import run_failure_alert_sensor
+from automation_pipelines.reliability import breaker
+from automation_pipelines.reliability.automation import Automation, Expectation
+from automation_pipelines.reliability.errors import PermanentError, RetryPreset, reliable_op
+
+RUNBOOK = Path(__file__).parent.parent / "reliability" / "fixture_runbooks" / "complete"
+FLAKY = Automation(
+    name="flaky_feed",
+    owner="team:test",
+    folder=RUNBOOK,
+    expect=Expectation(success_within_hours=26),
+    breaker_after_failures=3,
+)
+
+
+class Mode(dg.Config):
+    fail: bool = True
+
+
+@reliable_op(RetryPreset("none", max_retries=0, base_delay=0.01, max_delay=0.01))
+def fetch_feed(config: Mode) -> None:
+    if config.fail:
+        raise PermanentError("feed answers 410 Gone")
+
+
+@FLAKY.job(name="fetch_feed_job", description="Fetches a feed.")
+def fetch_feed_job():
+    fetch_feed()
+
+
+@FLAKY.sensor(job=fetch_feed_job, minimum_interval_seconds=30, description="Polls the feed.")
+def feed_sensor(context: dg.SensorEvaluationContext):
+    return dg.RunRequest(run_key=None)
+
+
+feed_hourly_schedule = FLAKY.schedule(
+    name="feed_hourly_schedule",
+    cron_schedule="0 * * * *",
+    job=fetch_feed_job,
+    description="Fetches the feed every hour.",
+)
+
+
+@pytest.fixture
+def world(sqlite_home, alert_router, monkeypatch, json_receiver):
+    monkeypatch.setenv("TEST_ALERT_URLS", json_receiver.url)
+    monkeypatch.setenv("DAGSTER_HOME", str(sqlite_home))
+    defs = dg.Definitions(
+        jobs=[fetch_feed_job],
+        sensors=[feed_sensor, run_failure_alert_sensor],
+        schedules=[feed_hourly_schedule],
+        resources={"alerts": alert_router},
+    )
+    instances = []
+
+    class World:
+        def instance(self) -> dg.DagsterInstance:
+            if not instances:
+                instances.append(dg.DagsterInstance.from_config(str(sqlite_home)))
+            return instances[-1]
+
+        def restart(self) -> None:
+            instances.pop().dispose()
+
+        def run(self, fail: bool = True) -> None:
+            defs.get_job_def("fetch_feed_job").execute_in_process(
+                instance=self.instance(),
+                run_config={"ops": {"fetch_feed": {"config": {"fail": fail}}}},
+                raise_on_error=False,
+            )
+
+        def alert_tick(self) -> None:
+            context = dg.build_sensor_context(
+                instance=self.instance(),
+                repository_def=defs.get_repository_def(),
+                resources={"alerts": alert_router},
+            )
+            run_failure_alert_sensor(context)
+
+        def sensor_result(self):
+            return feed_sensor(dg.build_sensor_context(instance=self.instance()))
+
+        def schedule_result(self):
+            context = dg.build_schedule_context(instance=self.instance())
+            return feed_hourly_schedule.evaluate_tick(context)
+
+    yield World()
+    for instance in instances:
+        instance.dispose()
+
+
+def test_breaker_trips_stops_requests_survives_restart_and_resumes(world, json_receiver) -> None:
+    assert isinstance(world.sensor_result(), dg.RunRequest)
+    for _ in range(2):
+        world.run()
+    world.alert_tick()
+    assert isinstance(world.sensor_result(), dg.RunRequest)  # 2 failures: still closed
+
+    world.run()
+    world.alert_tick()
+    skipped = world.sensor_result()
+    assert isinstance(skipped, dg.SkipReason)
+    assert "stopped by its circuit breaker" in skipped.skip_message
+    assert "3 consecutive failed runs" in skipped.skip_message
+    assert "automation-pipelines resume flaky_feed" in skipped.skip_message
+    schedule_data = world.schedule_result()
+    assert schedule_data.run_requests == [] and "circuit breaker" in schedule_data.skip_message
+
+    world.alert_tick()
+    breaker_alerts = [t for t in json_receiver.titles() if t.startswith("[CIRCUIT BREAKER]")]
+    assert breaker_alerts == [
+        "[CIRCUIT BREAKER] flaky_feed stopped after 3 consecutive failed runs"
+    ]
+    body = next(p["message"] for p in json_receiver.received if "CIRCUIT" in p["title"])
+    assert "Resume, once the cause is fixed: automation-pipelines resume flaky_feed" in body
+
+    world.restart()
+    assert isinstance(world.sensor_result(), dg.SkipReason)
+
+    assert cli.main(["resume", "flaky_feed"]) == 0
+    assert isinstance(world.sensor_result(), dg.RunRequest)
+    world.run()
+    world.alert_tick()
+    assert isinstance(world.sensor_result(), dg.RunRequest)  # old failures no longer count
+    assert breaker.consecutive_failures(world.instance(), "flaky_feed") == 4
+
+
+def test_success_resets_the_count(world) -> None:
+    world.run()
+    world.run()
+    world.run(fail=False)
+    world.run()
+    world.alert_tick()
+    assert breaker.consecutive_failures(world.instance(), "flaky_feed") == 1
+    assert isinstance(world.sensor_result(), dg.RunRequest)
+
+
+def test_manual_pause_uses_the_same_switch(world, capsys) -> None:
+    engine = breaker.engine_for(world.instance())
+    breaker.pause(engine, "flaky_feed", "supplier maintenance until Monday", by="alice")
+    skipped = world.sensor_result()
+    assert isinstance(skipped, dg.SkipReason)
+    assert "is paused since" in skipped.skip_message
+    assert "supplier maintenance until Monday" in skipped.skip_message
+    assert cli.main(["status"]) == 0
+    assert "flaky_feed: automation flaky_feed is paused" in capsys.readouterr().out
+    breaker.resume(engine, "flaky_feed")
+    assert isinstance(world.sensor_result(), dg.RunRequest)
