@@ -285,9 +285,15 @@ def observe(
     return jobs, triggers
 
 
-def report(outbox, findings: Sequence[Finding], kinds: Iterable[str] = KINDS) -> int:
+def report(
+    outbox,
+    findings: Sequence[Finding],
+    kinds: Iterable[str] = KINDS,
+    held_subjects: Iterable[str] = (),
+) -> int:
     """Open an incident per new finding and close those of `kinds` that cleared (each with a
-    recovery notice); return how many alerts were opened."""
+    recovery notice); incidents of `held_subjects` (paused, so not evaluated) stay as they are.
+    Return how many alerts were opened."""
     opened = sum(
         1
         for f in findings
@@ -299,7 +305,10 @@ def report(outbox, findings: Sequence[Finding], kinds: Iterable[str] = KINDS) ->
             sentence=f.sentence,
         )
     )
-    outbox.clear_conditions({(f.subject, f.kind) for f in findings}, set(kinds))
+    kinds = set(kinds)
+    still = {(f.subject, f.kind) for f in findings}
+    still |= {(subject, kind) for subject in held_subjects for kind in kinds}
+    outbox.clear_conditions(still, kinds)
     return opened
 
 
@@ -321,7 +330,8 @@ def watchdog_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
     jobs, triggers = observe(context.instance, context.repository_def, first_seen, now)
     findings = evaluate(jobs, triggers, now)
     outbox = alerts.outbox(context.instance)
-    opened = report(outbox, findings)
+    paused = [view.subject for view in (*jobs, *triggers) if view.paused]
+    opened = report(outbox, findings, held_subjects=paused)
     outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)
     context.update_cursor(json.dumps({"first_seen": first_seen}))
     summary = "; ".join(f.sentence for f in findings[:3])

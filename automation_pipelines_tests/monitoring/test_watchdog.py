@@ -181,6 +181,9 @@ def test_findings_alert_once_and_recover(alert_router, monkeypatch, json_receive
     outbox.deliver_due()
     assert json_receiver.titles()[2].startswith("[RECOVERED] web_images:")
     assert len(outbox.open_incidents()) == 1
+    watchdog.report(outbox, [], held_subjects=["job:backup_job"])  # paused: not a recovery
+    outbox.deliver_due()
+    assert len(json_receiver.received) == 3 and len(outbox.open_incidents()) == 1
 
 
 @dg.op
