@@ -277,6 +277,14 @@ def _now() -> float:
     return time.time()
 
 
+def _due(now: float) -> sa.ColumnElement[bool]:
+    """Deliveries to attempt: pending and due, or claimed by a sender whose lease ran out."""
+    return sa.or_(
+        sa.and_(deliveries_table.c.status == "pending", deliveries_table.c.next_attempt_at <= now),
+        sa.and_(deliveries_table.c.status == "sending", deliveries_table.c.lease_until < now),
+    )
+
+
 class Outbox:
     """The durable alert outbox in the project database, and its delivery loop."""
 
@@ -653,16 +661,7 @@ class Outbox:
                 deliveries_table.update()
                 .where(
                     deliveries_table.c.id == delivery_id,
-                    sa.or_(
-                        sa.and_(
-                            deliveries_table.c.status == "pending",
-                            deliveries_table.c.next_attempt_at <= now,
-                        ),
-                        sa.and_(
-                            deliveries_table.c.status == "sending",
-                            deliveries_table.c.lease_until < now,
-                        ),
-                    ),
+                    _due(now),
                 )
                 .values(status="sending", lease_until=now + self.lease_seconds)
             )
@@ -678,18 +677,7 @@ class Outbox:
             due = conn.execute(
                 sa.select(deliveries_table, alerts_table.c.title, alerts_table.c.body)
                 .join(alerts_table, alerts_table.c.id == deliveries_table.c.alert_id)
-                .where(
-                    sa.or_(
-                        sa.and_(
-                            deliveries_table.c.status == "pending",
-                            deliveries_table.c.next_attempt_at <= now,
-                        ),
-                        sa.and_(
-                            deliveries_table.c.status == "sending",
-                            deliveries_table.c.lease_until < now,
-                        ),
-                    )
-                )
+                .where(_due(now))
                 .order_by(deliveries_table.c.id)
                 .limit(limit)
             ).all()
