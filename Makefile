@@ -35,6 +35,15 @@ test: lint check
 	$(BIN)/pytest
 
 bench: install
+	@# ImageMagick and vipsthumbnail are what the benchmarks compare against. `convert -version`
+	@# rather than `command -v convert`: some machines carry a stand-in script of that name.
+	@if ! convert -version 2>/dev/null | grep -q 'Version: ImageMagick' \
+		|| ! command -v vipsthumbnail >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends imagemagick libvips-tools; \
+	fi
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster warns about its own beta parameter when it binds resources to sensors.
+    warnings.filterwarnings("ignore", message="Parameter `owners` of initializer")
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -33,18 +33,18 @@ from automation_pipelines.reliability.tags import (
 class Expectation:
     """What healthy means for an automation; the watchdog sensor alerts when reality differs."""
 
-    #: A successful run at least this often (e.g. 26 for a nightly job).
-    success_within_hours: float
+    #: A successful run at least this often (e.g. 26 for a nightly job); None for automations
+    #: driven by events that may not come (their sensor's ticking is what must not stop).
+    success_within_hours: float | None = None
     #: More runs than this in an hour is a runaway loop.
     max_runs_per_hour: int | None = None
     #: A sensor of the automation must have ticked within this many minutes.
     trigger_stale_minutes: float = 10.0
 
     def tags(self) -> dict[str, str]:
-        tags = {
-            EXPECT_SUCCESS_TAG: str(int(self.success_within_hours * 3600)),
-            EXPECT_TRIGGER_TAG: str(int(self.trigger_stale_minutes * 60)),
-        }
+        tags = {EXPECT_TRIGGER_TAG: str(int(self.trigger_stale_minutes * 60))}
+        if self.success_within_hours is not None:
+            tags[EXPECT_SUCCESS_TAG] = str(int(self.success_within_hours * 3600))
         if self.max_runs_per_hour is not None:
             tags[EXPECT_MAX_RUNS_TAG] = str(self.max_runs_per_hour)
         return tags

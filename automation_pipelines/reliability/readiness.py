@@ -26,7 +26,7 @@ from automation_pipelines.reliability.automation import (
     RUNBOOK_PREFIX,
 )
 from automation_pipelines.reliability.hooks import HOOK_NAME
-from automation_pipelines.reliability.tags import EXPECT_SUCCESS_TAG
+from automation_pipelines.reliability.tags import EXPECT_TRIGGER_TAG
 
 #: Sections a runbook must have, matched case-insensitively against its `##` headings.
 RUNBOOK_SECTIONS = ("What it does", "What it touches", "How to pause", "Failure modes")
@@ -205,9 +205,9 @@ def _alert_route(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None  # a job without an owner already fails the `owner` rule
 
 
-@rule("silence", "an Expectation says how often the job must succeed (silence is a failure)")
+@rule("silence", "an Expectation says what healthy means (silence is a failure)")
 def _silence(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
-    if EXPECT_SUCCESS_TAG not in job.tags:
+    if EXPECT_TRIGGER_TAG not in job.tags:
         return (
             "no expectation: declare Automation(expect=Expectation(success_within_hours=…)) so "
             "the watchdog notices when it stops running"

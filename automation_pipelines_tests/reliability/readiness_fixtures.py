@@ -73,7 +73,14 @@ no_retry = _make("no_retry_job", retry=False)
 no_max_runtime = _make("no_max_runtime_job", tags=_without("dagster/max_runtime"))
 unlimited = _make("unlimited_job", tags=_without("automation"))
 unhooked = _make("unhooked_job", hooks=frozenset())
-unexpected = _make("unexpected_job", tags=_without("expect/success_within_seconds"))
+unexpected = _make(
+    "unexpected_job",
+    tags={
+        k: v
+        for k, v in GOOD.job_tags().items()
+        if k not in ("expect/success_within_seconds", "expect/trigger_stale_seconds")
+    },
+)
 unrouted = _make("unrouted_job", tags={**GOOD.job_tags(), "owner": "team:nobody"})
 
 

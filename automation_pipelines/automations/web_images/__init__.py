@@ -1,0 +1,13 @@
+"""Web images: a watched folder of photos becomes web-ready WebP and JPEG renditions."""
+
+from automation_pipelines.reliability.automation import Automation, Expectation
+
+AUTOMATION = Automation.here(
+    __file__,
+    owner="team:platform",
+    # Photos arrive when people take them, so no success window: silence is the inbox sensor
+    # not ticking. More than 120 runs an hour is a loop, not a busy day.
+    expect=Expectation(max_runs_per_hour=120, trigger_stale_minutes=10),
+    max_runtime_seconds=1800,
+    breaker_after_failures=5,
+)

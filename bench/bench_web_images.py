@@ -1,0 +1,359 @@
+"""web_images: this automation's image step against ImageMagick's `convert` and `vipsthumbnail`.
+
+Every tool gets the same camera-size JPEGs and makes the same six files per photo: 1600, 800 and
+400 px wide, each as WebP (quality 80) and progressive JPEG (quality 82), upright by EXIF
+orientation, metadata stripped. Throughput is wall-clock images per second over the whole set;
+quality is the SSIM (luminance) of each tool's 800 px JPEG against a Lanczos downscale that
+Pillow makes from the full decode of the upright original.
+
+The photos are scikit-image's sample photographs, cropped, flipped, brightened or darkened,
+upscaled to 12 MP and given a sensor-like grain (so they decode and compress like camera files,
+about 3.5 MB each), with camera EXIF and GPS; every tenth is stored turned with orientation 6, as
+phones do, and every tenth is a portrait. They are made once and kept in bench/.data/.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import skimage
+from PIL import Image, ImageChops, ImageEnhance, ImageOps, features
+from skimage import data as samples
+from skimage.metrics import structural_similarity
+
+from automation_pipelines.automations.web_images.images import ImageSettings, render_image
+
+COUNT = int(os.environ.get("BENCH_WEB_IMAGES_COUNT", "100"))
+LANDSCAPE = (4240, 2832)  # 12 MP, 3:2, a common camera size
+GRAIN_SIGMA = 5  # luminance grain of a camera at moderate ISO; it sets file size and decode cost
+SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
+DATA = Path(__file__).parent / ".data" / "web_images"
+SOURCES = DATA / "sources-v1"  # bump the version when the recipe changes
+OUTPUTS = DATA / "out"
+SETTINGS = ImageSettings()
+SSIM_TARGET = 0.98
+SPEEDUP_TARGET = 4.0  # x ImageMagick
+CLOSE_TO_VIPS = 0.8  # "close": at least 80% of vipsthumbnail's throughput
+WORKERS = 2
+
+MAKE, MODEL, ORIENTATION, DATETIME_ORIGINAL, EXIF_IFD, GPS_IFD = (
+    0x010F,
+    0x0110,
+    0x0112,
+    0x9003,
+    0x8769,
+    0x8825,
+)
+
+
+def main() -> None:
+    started = time.perf_counter()
+    convert, vipsthumbnail = real_binary("convert"), real_binary("vipsthumbnail")
+    print(describe_machine(convert, vipsthumbnail), flush=True)
+    sources = make_sources()
+    megabytes = sum(p.stat().st_size for p in sources) / 1e6
+    print(
+        f"{len(sources)} photos, {LANDSCAPE[0]}x{LANDSCAPE[1]} (12 MP), "
+        f"{megabytes / len(sources):.1f} MB each on average, in {SOURCES}",
+        flush=True,
+    )
+    for path in sources:  # every tool reads from the page cache, none from the disk
+        path.read_bytes()
+
+    shutil.rmtree(OUTPUTS, ignore_errors=True)
+    tools: list[tuple[str, Callable[[list[Path], Path], None]]] = [
+        ("this step, 1 process", run_step),
+        (f"this step, {WORKERS} processes", run_step_in_processes),
+        ("ImageMagick convert", lambda files, out: run_imagemagick(convert, files, out)),
+        ("vipsthumbnail, per photo", lambda files, out: run_vips(vipsthumbnail, files, out)),
+        ("vipsthumbnail, batched", lambda files, out: run_vips_batched(vipsthumbnail, files, out)),
+    ]
+    results: list[Result] = []
+    for name, run in tools:
+        out = OUTPUTS / slug(name)
+        out.mkdir(parents=True)
+        began = time.perf_counter()
+        run(sources, out)
+        seconds = time.perf_counter() - began
+        check_outputs(name, sources, out)
+        total = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+        results.append(Result(name, out, len(sources) / seconds, total))
+        print(f"  {name}: {seconds:.1f} s", flush=True)
+
+    similarity = measure_ssim(sources, [r.out for r in results])
+    for result, scores in zip(results, similarity, strict=True):
+        result.ssim_mean, result.ssim_min = float(np.mean(scores)), float(np.min(scores))
+    shutil.rmtree(OUTPUTS, ignore_errors=True)
+    print_table(results)
+    print(
+        "this step renders one photo at a time and encodes the largest WebP on a second thread;\n"
+        "ImageMagick (OpenMP) and libvips thread by themselves; each tool's time includes its\n"
+        "own start-up (one convert per photo, one vipsthumbnail per output or per batch).\n"
+    )
+    print_targets(results)
+    print(f"(whole benchmark: {time.perf_counter() - started:.0f} s)")
+
+
+@dataclass
+class Result:
+    tool: str
+    out: Path
+    images_per_second: float
+    output_mb: float
+    ssim_mean: float = float("nan")
+    ssim_min: float = float("nan")
+
+
+# ---------------------------------------------------------------- the tools
+
+
+def run_step(files: list[Path], out: Path) -> None:
+    for source in files:
+        render_image(source, out, Path(source.name), SETTINGS)
+
+
+def _render_one(source: Path, out: Path) -> None:
+    render_image(source, out, Path(source.name), SETTINGS)
+
+
+def run_step_in_processes(files: list[Path], out: Path) -> None:
+    with ProcessPoolExecutor(WORKERS) as pool:
+        list(pool.map(_render_one, files, [out] * len(files)))
+
+
+def imagemagick_command(convert: str, source: Path, out: Path) -> list[str]:
+    """One `convert` per photo, decoding it once and writing all six files, the way such a
+    script is usually written: +clone per width, -write per format, nothing else tuned
+    (no `-define jpeg:size`, so the whole 12 MP are decoded)."""
+    command = [convert, str(source), "-auto-orient", "-strip"]
+    for width in SETTINGS.widths:
+        command += ["(", "+clone", "-resize", f"{width}x"]
+        command += ["-quality", str(SETTINGS.jpeg_quality), "-interlace", "Plane"]
+        command += ["-write", str(out / f"{source.stem}-{width}.jpg")]
+        command += ["-quality", str(SETTINGS.webp_quality)]
+        command += ["-write", str(out / f"{source.stem}-{width}.webp"), "+delete", ")"]
+    return [*command, "null:"]
+
+
+def run_imagemagick(convert: str, files: list[Path], out: Path) -> None:
+    for source in files:
+        subprocess.run(imagemagick_command(convert, source, out), check=True)
+
+
+def vips_outputs(out: Path) -> list[tuple[int, str]]:
+    """(width, -o pattern) for the six files; vipsthumbnail writes one format and size a call,
+    shrinking on load and turning by EXIF orientation by itself."""
+    jpeg = f"Q={SETTINGS.jpeg_quality},interlace,optimize_coding,strip"
+    webp = f"Q={SETTINGS.webp_quality},strip"
+    return [
+        (width, str(out / f"%s-{width}.{suffix}[{options}]"))
+        for width in SETTINGS.widths
+        for suffix, options in (("webp", webp), ("jpg", jpeg))
+    ]
+
+
+def run_vips(vipsthumbnail: str, files: list[Path], out: Path) -> None:
+    """Six calls per photo, as an automation handling one file at a time would make them."""
+    for source in files:
+        for width, pattern in vips_outputs(out):
+            command = [vipsthumbnail, str(source), "--size", f"{width}x", "-o", pattern]
+            subprocess.run(command, check=True)
+
+
+def run_vips_batched(vipsthumbnail: str, files: list[Path], out: Path) -> None:
+    """Six calls for the whole set, as a shell loop over a folder would: no start-up per photo."""
+    for width, pattern in vips_outputs(out):
+        command = [vipsthumbnail, *map(str, files), "--size", f"{width}x", "-o", pattern]
+        subprocess.run(command, check=True)
+
+
+def check_outputs(tool: str, files: list[Path], out: Path) -> None:
+    """Each tool made the same six files per photo, at the same widths."""
+    expected = {
+        f"{p.stem}-{w}.{s}" for p in files for w in SETTINGS.widths for s in ("webp", "jpg")
+    }
+    made = {p.name for p in out.iterdir()}
+    if made != expected:
+        missing = sorted(expected - made)[:3]
+        raise SystemExit(f"{tool} did not make the expected files (missing e.g. {missing})")
+    for path in (out / f"{files[0].stem}-{w}.jpg" for w in SETTINGS.widths):
+        with Image.open(path) as image:
+            if image.width != int(path.stem.rsplit("-", 1)[1]):
+                raise SystemExit(f"{tool} wrote {path.name} {image.width} px wide")
+
+
+# ---------------------------------------------------------------- quality
+
+
+def measure_ssim(files: list[Path], outs: list[Path]) -> list[list[float]]:
+    """SSIM of every tool's 800 px JPEG of every photo, tools by photos."""
+    with ProcessPoolExecutor(WORKERS) as pool:
+        per_photo = list(pool.map(_ssim_of_photo, files, [outs] * len(files)))
+    return [list(scores) for scores in zip(*per_photo, strict=True)]
+
+
+def _ssim_of_photo(source: Path, outs: list[Path]) -> list[float]:
+    with Image.open(source) as image:
+        image.load()  # the full decode, no draft
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+    references: dict[tuple[int, int], np.ndarray] = {}
+    scores = []
+    for out in outs:
+        with Image.open(out / f"{source.stem}-800.jpg") as rendition:
+            got = np.asarray(rendition.convert("L"))
+            size = rendition.size
+        if size not in references:
+            reference = upright.resize(size, Image.Resampling.LANCZOS)
+            references[size] = np.asarray(reference.convert("L"))
+        scores.append(structural_similarity(references[size], got, data_range=255))
+    return scores
+
+
+# ---------------------------------------------------------------- the photos
+
+
+def make_sources() -> list[Path]:
+    """The benchmark photos, made once (in parallel) and reused while the recipe is the same."""
+    paths = [SOURCES / f"photo-{index:03d}.jpg" for index in range(COUNT)]
+    missing = [index for index, path in enumerate(paths) if not path.exists()]
+    if missing:
+        SOURCES.mkdir(parents=True, exist_ok=True)
+        print(f"making {len(missing)} benchmark photos in {SOURCES} (once) ...", flush=True)
+        with ProcessPoolExecutor(WORKERS) as pool:
+            list(pool.map(_make_photo, missing))
+    return paths
+
+
+def _sample(name: str) -> Image.Image:
+    if name == "motorcycle":
+        return Image.fromarray(samples.stereo_motorcycle()[0])
+    return Image.fromarray(getattr(samples, name)())
+
+
+def _make_photo(index: int) -> None:
+    rng = random.Random(index)
+    picture = _sample(SAMPLES[index % len(SAMPLES)]).convert("RGB")
+    turned, portrait = index % 10 == 3, index % 10 == 7
+    size = LANDSCAPE[::-1] if turned or portrait else LANDSCAPE  # upright size
+    # The largest crop of the sample with the photo's aspect ratio, 70-100% of it, anywhere.
+    aspect = size[0] / size[1]
+    width = min(picture.width, round(picture.height * aspect))
+    scale = rng.uniform(0.7, 1.0)
+    crop_w, crop_h = round(width * scale), round(width * scale / aspect)
+    left = rng.randint(0, picture.width - crop_w)
+    top = rng.randint(0, picture.height - crop_h)
+    picture = picture.crop((left, top, left + crop_w, top + crop_h))
+    if rng.random() < 0.5:
+        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    picture = ImageEnhance.Brightness(picture).enhance(rng.uniform(0.8, 1.2))
+    picture = picture.resize(size, Image.Resampling.BICUBIC)
+    grain = Image.effect_noise(size, GRAIN_SIGMA)
+    picture = ImageChops.add(picture, Image.merge("RGB", (grain, grain, grain)), 1.0, -128)
+
+    exif = Image.Exif()
+    exif[MAKE], exif[MODEL] = "BenchCam", "Model 12"
+    exif.get_ifd(EXIF_IFD)[DATETIME_ORIGINAL] = f"2024:06:{1 + index % 28:02d} 12:00:00"
+    exif.get_ifd(GPS_IFD).update({1: "N", 2: (41.0, 53.0, 24.0), 3: "E", 4: (12.0, 29.0, 32.0)})
+    if turned:  # the sensor's landscape pixels, to be turned upright by the viewer
+        exif[ORIENTATION] = 6
+        picture = picture.transpose(Image.Transpose.ROTATE_90)
+    target = SOURCES / f"photo-{index:03d}.jpg"
+    temp = target.with_name(f".{target.name}.tmp")
+    picture.save(temp, "JPEG", quality=92, exif=exif.tobytes())
+    os.replace(temp, target)
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def real_binary(name: str) -> str:
+    """The first compiled `name` on PATH: a wrapper script in front of it (some machines have
+    one for convert) would add an interpreter start to every call and slow the tool down."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            with candidate.resolve().open("rb") as handle:
+                if handle.read(4) == b"\x7fELF":
+                    return str(candidate)
+    raise SystemExit(f"{name} (a compiled one) is not on PATH: `make bench` installs it")
+
+
+def describe_machine(convert: str, vipsthumbnail: str) -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    magick = subprocess.run([convert, "-version"], capture_output=True, text=True).stdout
+    vips = subprocess.run([vipsthumbnail, "--vips-version"], capture_output=True, text=True)
+    return "\n".join(
+        [
+            f"machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}",
+            f"this step: Pillow {Image.__version__}, libjpeg-turbo {features.version('jpg')}, "
+            f"libwebp {features.version('webp')}; scikit-image {skimage.__version__} for SSIM",
+            f"ImageMagick: {magick.splitlines()[0].removeprefix('Version: ')}",
+            f"vipsthumbnail: {vips.stdout.strip()}",
+        ]
+    )
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
+def print_table(results: list[Result]) -> None:
+    magick = next(r for r in results if r.tool.startswith("ImageMagick"))
+    step = results[0]
+    header = ("tool", "images/s", "vs ImageMagick", "vs this step", "output MB", "SSIM 800 JPEG")
+    rows = [
+        (
+            r.tool,
+            f"{r.images_per_second:.2f}",
+            f"{r.images_per_second / magick.images_per_second:.2f}x",
+            f"{r.images_per_second / step.images_per_second:.2f}x",
+            f"{r.output_mb:.1f}",
+            f"{r.ssim_mean:.4f} (min {r.ssim_min:.4f})",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print(line)
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        print("  ".join(cells))
+    print()
+
+
+def print_targets(results: list[Result]) -> None:
+    step, magick = results[0], next(r for r in results if r.tool.startswith("ImageMagick"))
+    vips = max((r for r in results if r.tool.startswith("vips")), key=lambda r: r.images_per_second)
+    speedup = step.images_per_second / magick.images_per_second
+    fast = speedup >= SPEEDUP_TARGET and step.ssim_mean >= SSIM_TARGET
+    versus_vips = step.images_per_second / vips.images_per_second
+    print(
+        f"target: >= {SPEEDUP_TARGET:.0f}x ImageMagick at SSIM >= {SSIM_TARGET}: "
+        f"{'MET' if fast else 'NOT MET'} ({step.tool}: {speedup:.2f}x, "
+        f"SSIM {step.ssim_mean:.4f})"
+    )
+    print(
+        f"target: close to vipsthumbnail (>= {CLOSE_TO_VIPS:.0%} of its best, "
+        f"{vips.tool}): {'MET' if versus_vips >= CLOSE_TO_VIPS else 'NOT MET'} "
+        f"({versus_vips:.0%})"
+    )
