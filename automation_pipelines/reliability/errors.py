@@ -310,6 +310,18 @@ def _decide(exc: Exception, preset: RetryPreset) -> BaseException:
     )
 
 
+@contextlib.contextmanager
+def _classified(preset: RetryPreset) -> Iterator[None]:
+    """Re-raise an exception as the retry or failure `classify` decides for it."""
+    try:
+        yield
+    except Exception as exc:
+        decided = _decide(exc, preset)
+        if decided is exc:
+            raise
+        raise decided from exc
+
+
 def classify_errors(preset: RetryPreset) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap an op body so its exceptions are retried or failed according to `classify`."""
 
@@ -321,25 +333,15 @@ def classify_errors(preset: RetryPreset) -> Callable[[Callable[..., Any]], Calla
 
             @functools.wraps(fn)
             def generator(*args: Any, **kwargs: Any) -> Any:
-                try:
+                with _classified(preset):
                     yield from fn(*args, **kwargs)
-                except Exception as exc:
-                    decided = _decide(exc, preset)
-                    if decided is exc:
-                        raise
-                    raise decided from exc
 
             return generator
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _classified(preset):
                 return fn(*args, **kwargs)
-            except Exception as exc:
-                decided = _decide(exc, preset)
-                if decided is exc:
-                    raise
-                raise decided from exc
 
         return call
 
