@@ -60,12 +60,35 @@ def _dev(args: argparse.Namespace) -> int:
         f"{(home / 'dagster.yaml').resolve()}); Ctrl-C stops everything.",
         flush=True,
     )
+    receiver = [
+        str(Path(sys.executable).parent / "automation-pipelines"),
+        "webhooks",
+        "serve",
+        "--host",
+        args.host,
+        "--port",
+        str(args.webhooks_port),
+    ]
+    print(
+        f"Webhook receiver: http://{args.host}:{args.webhooks_port}/hooks/<source> "
+        "(sources in webhook_sources.yaml).",
+        flush=True,
+    )
     become_subreaper()
     parent = os.getppid()
     group = ProcessGroup(reap_orphans=True)
     leader = group.start(argv, env=env, cwd=home)
+    webhooks = group.start(receiver, env=env, cwd=PROJECT_ROOT)
     try:
         while not stop_reason and leader.poll() is None:
+            if webhooks.poll() is not None:
+                print(
+                    f"The webhook receiver exited with code {webhooks.returncode}; restarting it.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(1)
+                webhooks = group.start(receiver, env=env, cwd=PROJECT_ROOT)
             if os.getppid() != parent:
                 stop_reason.append("parent exited")
             time.sleep(0.2)
@@ -136,6 +159,62 @@ def _status(args: argparse.Namespace) -> int:
     for name in sorted(_known_automations() | set(states)):
         state = states.get(name)
         print(f"{name}: {state.explain() if state and state.open else 'active'}")
+    return 0
+
+
+def _webhooks_serve(args: argparse.Namespace) -> int:
+    """Run the webhook receiver on the project database until SIGINT/SIGTERM."""
+    from automation_pipelines.reliability import store
+    from automation_pipelines.webhooks.app import serve
+
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(prepare_home())
+    serve(args.host, args.port, store.database_url(_home()), max_group=args.max_group)
+    return 0
+
+
+def _events_engine():
+    from automation_pipelines.webhooks import inbox  # noqa: F401 - creates the inbox table
+
+    return _switch_engine()
+
+
+def _events_status(args: argparse.Namespace) -> int:
+    """Inbox rows per source and state."""
+    from automation_pipelines.webhooks import inbox
+
+    counts = inbox.counts(_events_engine())
+    if not counts:
+        print("The inbox is empty.")
+    for source in sorted({source for source, _ in counts}):
+        states = ", ".join(
+            f"{counts.get((source, state), 0)} {state}"
+            for state in (inbox.PENDING, inbox.DONE, inbox.DEAD)
+        )
+        print(f"{source}: {states}")
+    return 0
+
+
+def _events_dead(args: argparse.Namespace) -> int:
+    """Dead-lettered events with their last error."""
+    from automation_pipelines.webhooks import inbox
+
+    rows = inbox.dead_rows(_events_engine(), args.source)
+    for row in rows:
+        print(f"{row.id}\t{row.source}/{row.delivery_id}\t{row.event_type}\t{row.last_error}")
+    print(f"{len(rows)} dead-lettered event(s).")
+    return 0
+
+
+def _events_replay(args: argparse.Namespace) -> int:
+    """Re-queue dead-lettered events; the inbox sensor loads them like new ones."""
+    from automation_pipelines.webhooks import inbox
+
+    if not (args.all or args.id or args.source):
+        print("✗ say which events: --all, --id N [N ...] or --source NAME")
+        return 2
+    count = inbox.replay(_events_engine(), ids=args.id, source=args.source, everything=args.all)
+    print(f"{count} event(s) re-queued; the webhook_inbox_sensor picks them up on its next tick.")
     return 0
 
 
@@ -233,7 +312,36 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="start the Dagster webserver and daemon (make run)")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument(
+        "--webhooks-port", type=int, default=int(os.environ.get("WEBHOOKS_PORT") or 3001)
+    )
     dev.set_defaults(func=_dev)
+
+    webhooks = commands.add_parser("webhooks", help="the webhook receiver")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    serve = webhook_commands.add_parser("serve", help="receive signed webhooks into the inbox")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("WEBHOOKS_PORT") or 3001))
+    serve.add_argument(
+        "--max-group",
+        type=int,
+        default=None,
+        help="most events one inbox commit takes (default 512; 1 commits each event alone)",
+    )
+    serve.set_defaults(func=_webhooks_serve)
+
+    events = commands.add_parser("events", help="the webhook inbox: status, dead letters, replay")
+    event_commands = events.add_subparsers(dest="events_command", required=True)
+    event_status = event_commands.add_parser("status", help="inbox rows per source and state")
+    event_status.set_defaults(func=_events_status)
+    dead = event_commands.add_parser("dead", help="list dead-lettered events and why")
+    dead.add_argument("--source")
+    dead.set_defaults(func=_events_dead)
+    replay = event_commands.add_parser("replay", help="re-queue dead-lettered events")
+    replay.add_argument("--all", action="store_true", help="every dead-lettered event")
+    replay.add_argument("--id", type=int, nargs="+", help="inbox ids (see `events dead`)")
+    replay.add_argument("--source", help="only this source's dead-lettered events")
+    replay.set_defaults(func=_events_replay)
 
     pause = commands.add_parser("pause", help="stop an automation's triggers until resumed")
     pause.add_argument("name", help="automation name (its folder under automations/)")

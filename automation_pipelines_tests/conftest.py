@@ -141,3 +141,30 @@ def alert_router(tmp_path: Path, alert_routes: Path):
         retry_base_seconds=0.0,
         retry_max_seconds=0.0,
     )
+
+
+def sqlalchemy_url(db: dict[str, str]) -> str:
+    auth = f"{db['user']}:{db['password']}" if db["password"] else db["user"]
+    return f"postgresql+psycopg2://{auth}@{db['host']}:{db['port']}/{db['dbname']}"
+
+
+@pytest.fixture
+def events_db_url_postgres(postgres_database: dict[str, str]) -> Iterator[str]:
+    """A fresh PostgreSQL database as a SQLAlchemy URL for the project database."""
+    from automation_pipelines.reliability import store
+
+    yield sqlalchemy_url(postgres_database)
+    # Before postgres_database drops the database: no pooled connection may hold it.
+    store.dispose_all()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def events_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The project database on SQLite and on PostgreSQL: code that keeps state runs on both."""
+    from automation_pipelines.reliability import store
+
+    if request.param == "postgres":
+        yield request.getfixturevalue("events_db_url_postgres")
+        return
+    yield f"sqlite:///{tmp_path / 'project.db'}"
+    store.dispose_all()

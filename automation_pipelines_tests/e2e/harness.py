@@ -35,7 +35,11 @@ def venv_script(name: str) -> str:
 
 
 def wait_for(
-    what: str, probe: Callable[[], T | None], timeout: float, logs: Callable[[], str]
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    logs: Callable[[], str],
+    interval: float = 0.5,
 ) -> T:
     """Poll `probe` until it returns something truthy; fail with the process logs otherwise."""
     deadline = time.monotonic() + timeout
@@ -43,7 +47,7 @@ def wait_for(
         value = probe()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs()}")
 
 
@@ -146,6 +150,20 @@ class DagsterProcesses:
         wait_for(
             "the webserver",
             lambda: (http_get(f"{base_url}/server_info") or (0, b""))[0] == 200,
+            timeout,
+            self.logs,
+        )
+        return base_url
+
+    def start_webhooks(self, port: int, timeout: float = 60) -> str:
+        """Start `automation-pipelines webhooks serve` on this instance's home and wait until
+        /healthz answers 200; return its URL. Sources and secrets come from `env`."""
+        base_url = f"http://127.0.0.1:{port}"
+        argv = [venv_script("automation-pipelines"), "webhooks", "serve", "--port", str(port)]
+        self._start("webhooks", [*argv, "--host", "127.0.0.1"])
+        wait_for(
+            "the webhook receiver",
+            lambda: (http_get(f"{base_url}/healthz") or (0, b""))[0] == 200,
             timeout,
             self.logs,
         )

@@ -1,5 +1,6 @@
-"""`make run`'s supervisor (`automation-pipelines dev`): it serves the UI, its daemon is healthy
-as the UI reports it, and Ctrl-C or SIGTERM stops every process it started within 10 s."""
+"""`make run`'s supervisor (`automation-pipelines dev`): it serves the UI and the webhook receiver,
+its daemon is healthy as the UI reports it, and Ctrl-C or SIGTERM stops every process it started
+within 10 s."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _unhealthy(base_url: str) -> list[str] | None:
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
-    port = free_port()
+    port, webhooks_port = free_port(), free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = tmp_path / "dev.log"
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
@@ -40,7 +41,14 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
     group = ProcessGroup()
     with log.open("wb") as handle:
         dev = group.start(
-            [venv_script("automation-pipelines"), "dev", "--port", str(port)],
+            [
+                venv_script("automation-pipelines"),
+                "dev",
+                "--port",
+                str(port),
+                "--webhooks-port",
+                str(webhooks_port),
+            ],
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -56,10 +64,13 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
         page = http_get(base_url)
         assert page is not None and page[0] == 200 and b"<html" in page[1].lower()
         wait_for("a healthy daemon", lambda: _unhealthy(base_url) == [], 90, logs)
+        health = f"http://127.0.0.1:{webhooks_port}/healthz"
+        wait_for("the webhook receiver", lambda: (http_get(health) or (0,))[0] == 200, 60, logs)
         assert (tmp_path / "home" / "dagster.yaml").resolve().name == "dagster.yaml"
         started = group.members()
         names = " ".join(" ".join(p.cmdline()) for p in started)
         assert "dagster_webserver" in names and "dagster._daemon" in names, names
+        assert "webhooks serve" in names, names
 
         if how == "ctrl-c":
             os.killpg(dev.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C

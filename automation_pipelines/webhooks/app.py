@@ -1,0 +1,284 @@
+"""The receiver: `POST /hooks/{source}` verifies, then commits to the inbox, then answers 2xx.
+
+Requests are committed in groups by one writer thread: every request waiting when a commit
+starts shares that transaction (and its fsync), so the durable commit per event stays cheap under
+load while each sender still hears back only after its event is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from automation_pipelines.reliability import store
+from automation_pipelines.webhooks.inbox import Event, insert_events
+from automation_pipelines.webhooks.sources import (
+    MissingSecret,
+    SourceConfig,
+    build_verifier,
+    load_sources,
+)
+from automation_pipelines.webhooks.verifiers import Rejected, Verifier
+
+log = logging.getLogger("automation_pipelines.webhooks")
+
+#: How many waiting requests one commit takes at most.
+MAX_GROUP = 512
+
+
+class InboxUnavailable(RuntimeError):
+    """The inbox could not commit; the sender gets a 503 and delivers again later."""
+
+
+class InboxWriter:
+    """One thread that owns the write connection and commits waiting events together."""
+
+    def __init__(self, engine: sa.Engine, *, max_group: int = MAX_GROUP) -> None:
+        self.engine = engine
+        self.max_group = max_group
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
+        self.commits = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    async def put(self, event: Event) -> bool:
+        """Keep `event` durably; True if it is new, False if it was a re-delivery."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((event, future, loop))
+        return await future
+
+    def _connect(self) -> sa.Connection:
+        conn = self.engine.connect()
+        if conn.dialect.name == "sqlite":
+            # Each commit reaches the disk before its senders are answered.
+            conn.exec_driver_sql("PRAGMA synchronous=FULL")
+            conn.commit()
+        return conn
+
+    def _run(self) -> None:
+        conn = None
+        while not self._stopping.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            group = [first]
+            while len(group) < self.max_group:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if conn is None:
+                    conn = self._connect()
+                with conn.begin():
+                    added = insert_events(conn, [event for event, _, _ in group])
+                self.commits += 1
+            except Exception as exc:  # every sender must hear back
+                log.error("inbox commit failed for %d event(s): %s", len(group), exc)
+                if conn is not None:
+                    conn.invalidate()
+                    conn.close()
+                    conn = None
+                _answer(group, error=InboxUnavailable(str(exc)))
+                continue
+            _answer(group, results=added)
+        if conn is not None:
+            conn.close()
+
+
+def _answer(group, *, results=None, error: Exception | None = None) -> None:
+    """Resolve each sender's future on its own event loop."""
+    by_loop: dict = {}
+    for index, (_, future, loop) in enumerate(group):
+        outcome = error if error is not None else results[index]
+        by_loop.setdefault(loop, []).append((future, outcome))
+    for loop, pairs in by_loop.items():
+        loop.call_soon_threadsafe(_settle, pairs)
+
+
+def _settle(pairs) -> None:
+    for future, outcome in pairs:
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+@dataclass
+class Source:
+    """A configured sender and its verifier, or why it cannot be used yet."""
+
+    config: SourceConfig
+    verifier: Verifier | None
+    problem: str | None = None
+
+
+def prepare_sources(
+    configs: Mapping[str, SourceConfig], environ: Mapping[str, str] | None = None
+) -> dict[str, Source]:
+    """A verifier per source; a source whose secret is not set answers 503 and says so."""
+    prepared = {}
+    for name, config in configs.items():
+        try:
+            prepared[name] = Source(config, build_verifier(config, environ))
+        except (MissingSecret, ValueError) as exc:  # unset, or set to an unusable value
+            log.error("webhook source %r is disabled: %s", name, exc)
+            prepared[name] = Source(config, None, str(exc))
+    return prepared
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it grows past `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    database_url: str | None = None,
+    sources: Mapping[str, Source] | None = None,
+    *,
+    max_group: int = MAX_GROUP,
+) -> Starlette:
+    """The receiver's ASGI app on the project database (or `database_url`)."""
+    url = database_url or store.database_url()
+    prepared = sources if sources is not None else prepare_sources(load_sources())
+    engine = store.engine(url)
+    writer = InboxWriter(engine, max_group=max_group)
+
+    async def receive(request: Request) -> JSONResponse:
+        name = request.path_params["source"]
+        source = prepared.get(name)
+        if source is None:
+            return _error(404, f"unknown source {name!r}")
+        if source.verifier is None:
+            return _error(503, f"source {name!r} is not configured on this server")
+        body = await _read_limited(request, source.config.max_body_bytes)
+        if body is None:
+            return _error(413, f"body over {source.config.max_body_bytes} bytes")
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        try:
+            source.verifier.check_signature(body, headers, time.time())
+            try:
+                text = body.decode("utf-8")
+                payload = json.loads(text)
+            except ValueError as exc:
+                return _error(400, f"body is not JSON in UTF-8: {exc}")
+            delivery = source.verifier.identify(headers, payload)
+        except Rejected as exc:
+            log.info("rejected %s delivery: %s %s", name, exc.status, exc)
+            return _error(exc.status, str(exc))
+        event = Event(name, delivery.delivery_id, delivery.event_type, text, time.time())
+        try:
+            added = await writer.put(event)
+        except InboxUnavailable:
+            return _error(503, "the inbox cannot commit right now; deliver again later")
+        return JSONResponse(
+            {"status": "accepted" if added else "duplicate", "delivery_id": delivery.delivery_id},
+            status_code=202 if added else 200,
+        )
+
+    def database_ok() -> bool:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    async def healthz(_request: Request) -> JSONResponse:
+        ok = writer.alive and await run_in_threadpool(database_ok)
+        return JSONResponse(
+            {
+                "status": "ok" if ok else "unavailable",
+                "writer": "running" if writer.alive else "stopped",
+                "sources": {
+                    name: "ready" if s.verifier else f"disabled: {s.problem}"
+                    for name, s in sorted(prepared.items())
+                },
+            },
+            status_code=200 if ok else 503,
+        )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette):
+        writer.start()
+        try:
+            yield
+        finally:
+            writer.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/hooks/{source}", receive, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.writer = writer
+    app.state.sources = prepared
+    return app
+
+
+def serve(
+    host: str, port: int, database_url: str | None = None, *, max_group: int | None = None
+) -> None:
+    """Run the receiver in this process until SIGINT/SIGTERM (uvicorn handles both)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(database_url, max_group=max_group or MAX_GROUP)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="info",
+        # Beyond this many open requests the receiver answers 503 instead of queueing without
+        # bound; senders retry.
+        limit_concurrency=2000,
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run()

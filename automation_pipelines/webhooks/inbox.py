@@ -1,0 +1,269 @@
+"""The durable webhook inbox: one row per delivery, committed before the sender gets its 2xx.
+
+The inbox lives in the project database (SQLite in WAL mode by default, PostgreSQL when
+configured) beside the warehouse tables, so the load job can mark a row done in the same
+transaction that writes its warehouse rows. A row moves pending → done, or pending → dead after
+it failed too often or could never be valid; `replay` moves dead rows back to pending.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from automation_pipelines.reliability import store
+from automation_pipelines.reliability.deadletters import dead_letters_table
+from automation_pipelines.reliability.secrets import redact
+
+PENDING, DONE, DEAD = "pending", "done", "dead"
+
+inbox_table = sa.Table(
+    "ap_webhook_inbox",
+    store.metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("delivery_id", sa.String(255), nullable=False),
+    sa.Column("event_type", sa.String(255), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default=PENDING),
+    #: The sensor's batch key once the row was handed to a run; NULL while waiting for one.
+    sa.Column("batch", sa.String(64)),
+    sa.Column("requested_at", sa.Float),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text),
+    sa.Column("dead_letter_id", sa.Integer),
+    sa.Column("done_at", sa.Float),
+    sa.Column("run_id", sa.String(64)),
+    sa.UniqueConstraint("source", "delivery_id", name="uq_ap_webhook_inbox_delivery"),
+    sa.Index("ix_ap_webhook_inbox_status_batch", "status", "batch"),
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A verified delivery, ready to be kept."""
+
+    source: str
+    delivery_id: str
+    event_type: str
+    body: str
+    received_at: float
+
+
+def _insert_ignoring_duplicates(dialect: str):
+    """INSERT … ON CONFLICT DO NOTHING in the dialect at hand: a re-delivery adds no row."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(inbox_table).on_conflict_do_nothing(index_elements=["source", "delivery_id"])
+
+
+def insert_events(conn: sa.Connection, events: Sequence[Event]) -> list[bool]:
+    """Insert each event unless its (source, delivery id) is there already; True where a row was
+    added. Runs in the caller's transaction, so a batch of requests shares one commit."""
+    statement = _insert_ignoring_duplicates(conn.dialect.name)
+    added = []
+    for event in events:
+        result = conn.execute(
+            statement,
+            {
+                "source": event.source,
+                "delivery_id": event.delivery_id,
+                "event_type": event.event_type,
+                "body": event.body,
+                "received_at": event.received_at,
+                "status": PENDING,
+                "attempts": 0,
+            },
+        )
+        added.append(result.rowcount == 1)
+    return added
+
+
+def unbatched(engine: sa.Engine, limit: int) -> Sequence[sa.Row]:
+    """Pending rows no run has been asked for yet, oldest first."""
+    query = (
+        sa.select(inbox_table.c.id)
+        .where(inbox_table.c.status == PENDING, inbox_table.c.batch.is_(None))
+        .order_by(inbox_table.c.id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).all()
+
+
+def assign_batch(engine: sa.Engine, ids: Sequence[int], batch: str, now: float) -> int:
+    """Hand rows to a batch; rows another tick took meanwhile are left alone."""
+    with engine.begin() as conn:
+        return conn.execute(
+            inbox_table.update()
+            .where(
+                inbox_table.c.id.in_(list(ids)),
+                inbox_table.c.batch.is_(None),
+                inbox_table.c.status == PENDING,
+            )
+            .values(batch=batch, requested_at=now)
+        ).rowcount
+
+
+def in_flight_batches(engine: sa.Engine, limit: int = 200) -> Sequence[sa.Row]:
+    """Batches that still have pending rows: (batch, rows, first requested, attempts, error)."""
+    query = (
+        sa.select(
+            inbox_table.c.batch,
+            sa.func.count().label("rows"),
+            sa.func.min(inbox_table.c.requested_at).label("requested_at"),
+            sa.func.max(inbox_table.c.attempts).label("attempts"),
+            sa.func.max(inbox_table.c.last_error).label("last_error"),
+        )
+        .where(inbox_table.c.status == PENDING, inbox_table.c.batch.is_not(None))
+        .group_by(inbox_table.c.batch)
+        .order_by(sa.func.min(inbox_table.c.id))
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).all()
+
+
+def pending_in_batch(conn: sa.Connection, batch: str, limit: int | None = None) -> Sequence[sa.Row]:
+    """The rows of `batch` still to load, in arrival order (the first `limit` of them)."""
+    query = (
+        sa.select(inbox_table)
+        .where(inbox_table.c.batch == batch, inbox_table.c.status == PENDING)
+        .order_by(inbox_table.c.id)
+    )
+    return conn.execute(query.limit(limit) if limit else query).all()
+
+
+def count_attempt(engine: sa.Engine, batch: str, run_id: str) -> int:
+    """Record that `run_id` is loading the batch; return how many rows it holds."""
+    with engine.begin() as conn:
+        return conn.execute(
+            inbox_table.update()
+            .where(inbox_table.c.batch == batch, inbox_table.c.status == PENDING)
+            .values(attempts=inbox_table.c.attempts + 1, run_id=run_id)
+        ).rowcount
+
+
+def record_error(engine: sa.Engine, batch: str, error: str) -> None:
+    """Keep why the batch's last attempt failed, for the dead letter and the replay list."""
+    with engine.begin() as conn:
+        conn.execute(
+            inbox_table.update()
+            .where(inbox_table.c.batch == batch, inbox_table.c.status == PENDING)
+            .values(last_error=redact(error)[:4000])
+        )
+
+
+def mark_done(conn: sa.Connection, ids: Iterable[int], run_id: str, now: float) -> int:
+    """Mark rows loaded, in the transaction that wrote their warehouse rows."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    return conn.execute(
+        inbox_table.update()
+        .where(inbox_table.c.id.in_(ids), inbox_table.c.status == PENDING)
+        .values(status=DONE, done_at=now, run_id=run_id, last_error=None)
+    ).rowcount
+
+
+def mark_dead(
+    conn: sa.Connection, automation: str, rows: Iterable[tuple[sa.Row, str]], now: float
+) -> list[int]:
+    """Dead-letter rows with their reasons, in the caller's transaction; return the ids of the
+    dead-letter records (the digest counts them until a replay resolves them)."""
+    letters = []
+    for row, reason in rows:
+        reason = redact(reason)[:4000]
+        letter = conn.execute(
+            dead_letters_table.insert().values(
+                automation=automation,
+                item=f"{row.source}/{row.delivery_id} ({row.event_type}, inbox id {row.id})",
+                reason=reason,
+                created_at=now,
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            inbox_table.update()
+            .where(inbox_table.c.id == row.id, inbox_table.c.status == PENDING)
+            .values(status=DEAD, last_error=reason, dead_letter_id=letter, done_at=now)
+        )
+        letters.append(letter)
+    return letters
+
+
+def replay(
+    engine: sa.Engine,
+    *,
+    ids: Sequence[int] | None = None,
+    source: str | None = None,
+    everything: bool = False,
+) -> int:
+    """Put dead rows back in the queue (all, by inbox id, or by source) and resolve their dead
+    letters; return how many rows were re-queued. The sensor batches them like new events."""
+    if not (everything or ids or source):
+        raise ValueError("say which dead events to replay: ids, a source, or everything")
+    where = [inbox_table.c.status == DEAD]
+    if ids:
+        where.append(inbox_table.c.id.in_(list(ids)))
+    if source:
+        where.append(inbox_table.c.source == source)
+    now = time.time()
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(inbox_table.c.id, inbox_table.c.dead_letter_id).where(*where))
+        rows = rows.all()
+        if not rows:
+            return 0
+        letters = [r.dead_letter_id for r in rows if r.dead_letter_id is not None]
+        if letters:
+            conn.execute(
+                dead_letters_table.update()
+                .where(
+                    dead_letters_table.c.id.in_(letters),
+                    dead_letters_table.c.resolved_at.is_(None),
+                )
+                .values(resolved_at=now)
+            )
+        return conn.execute(
+            inbox_table.update()
+            .where(inbox_table.c.id.in_([r.id for r in rows]))
+            .values(
+                status=PENDING,
+                batch=None,
+                requested_at=None,
+                attempts=0,
+                dead_letter_id=None,
+                done_at=None,
+                run_id=None,
+            )
+        ).rowcount
+
+
+def dead_rows(engine: sa.Engine, source: str | None = None) -> Sequence[sa.Row]:
+    """Dead-lettered rows with their last error, oldest first."""
+    query = sa.select(
+        inbox_table.c.id,
+        inbox_table.c.source,
+        inbox_table.c.delivery_id,
+        inbox_table.c.event_type,
+        inbox_table.c.attempts,
+        inbox_table.c.last_error,
+    ).where(inbox_table.c.status == DEAD)
+    if source:
+        query = query.where(inbox_table.c.source == source)
+    with engine.connect() as conn:
+        return conn.execute(query.order_by(inbox_table.c.id)).all()
+
+
+def counts(engine: sa.Engine) -> dict[tuple[str, str], int]:
+    """Rows per (source, status), for `events status` and the tests."""
+    query = sa.select(inbox_table.c.source, inbox_table.c.status, sa.func.count()).group_by(
+        inbox_table.c.source, inbox_table.c.status
+    )
+    with engine.connect() as conn:
+        return {(source, status): n for source, status, n in conn.execute(query)}

@@ -1,0 +1,178 @@
+"""The receiver served for real by uvicorn on a loopback port, the test sources it trusts, and
+helpers that sign requests and seed the inbox.
+
+`events_db_url` (SQLite and PostgreSQL) comes from the suite's root conftest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from starlette.applications import Starlette
+
+from automation_pipelines.webhooks import inbox
+from automation_pipelines.webhooks.app import Source, create_app, prepare_sources
+from automation_pipelines.webhooks.sources import SourceConfig
+from automation_pipelines_tests.conftest import free_port
+
+GITHUB_SECRET = "gh-test-secret-4f1c9a7e"
+STRIPE_SECRET = "whsec_stripe-test-secret-b2d8e05"
+MAX_BODY = 1024
+
+
+def webhook_sources() -> dict[str, Source]:
+    """github and stripe with secrets and a 1 KiB body limit; partner without its secret."""
+    configs = {
+        "github": SourceConfig("github", "github", "GITHUB_WEBHOOK_SECRET", MAX_BODY),
+        "stripe": SourceConfig("stripe", "stripe", "STRIPE_WEBHOOK_SECRET", MAX_BODY),
+        "partner": SourceConfig("partner", "standard", "STANDARD_WEBHOOK_SECRET"),
+    }
+    environ = {"GITHUB_WEBHOOK_SECRET": GITHUB_SECRET, "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET}
+    return prepare_sources(configs, environ=environ)
+
+
+def hmac_hex(secret: str, content: bytes) -> str:
+    return hmac.new(secret.encode(), content, hashlib.sha256).hexdigest()
+
+
+def github_headers(
+    body: bytes, delivery: str | None, event: str = "push", secret: str = GITHUB_SECRET
+) -> dict[str, str]:
+    """Headers GitHub would send for `body`; no delivery header when `delivery` is None."""
+    headers = {
+        "Content-Type": "application/json",
+        "X-Hub-Signature-256": "sha256=" + hmac_hex(secret, body),
+        "X-GitHub-Event": event,
+    }
+    if delivery is not None:
+        headers["X-GitHub-Delivery"] = delivery
+    return headers
+
+
+def stripe_headers(body: bytes, timestamp: int, secret: str = STRIPE_SECRET) -> dict[str, str]:
+    signature = hmac_hex(secret, f"{timestamp}.".encode() + body)
+    return {"Content-Type": "application/json", "Stripe-Signature": f"t={timestamp},v1={signature}"}
+
+
+def push_body(delivery: str) -> bytes:
+    return json.dumps({"ref": "refs/heads/main", "after": delivery}).encode()
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """The real app under uvicorn in a thread of this process, answering on 127.0.0.1."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="receiver", daemon=True)
+
+    def start(self, timeout: float = 10) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError(f"the receiver could not start on port {self.port}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the receiver did not start within {timeout}s")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        if self.thread.is_alive():
+            raise RuntimeError("the receiver did not stop within 15s")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterable[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """One request on its own connection; an iterable body goes out chunked."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return Reply(response.status, response.read())
+        finally:
+            conn.close()
+
+    def post_push(self, delivery: str) -> Reply:
+        """A correctly signed GitHub push with this delivery id."""
+        body = push_body(delivery)
+        return self.request("POST", "/hooks/github", body, github_headers(body, delivery))
+
+
+@pytest.fixture
+def start_receiver(events_db_url: str) -> Iterator[Callable[..., Receiver]]:
+    """Start receivers on `events_db_url` (with `webhook_sources()` unless told); they stop
+    before the database is disposed of, since this fixture depends on it."""
+    started: list[Receiver] = []
+
+    def start(sources: dict[str, Source] | None = None) -> Receiver:
+        app = create_app(events_db_url, webhook_sources() if sources is None else sources)
+        receiver = Receiver(app)
+        receiver.start()
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in reversed(started):
+        receiver.stop()
+
+
+@pytest.fixture
+def receiver(start_receiver: Callable[..., Receiver]) -> Receiver:
+    return start_receiver()
+
+
+def inbox_rows(engine: sa.Engine) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(inbox.inbox_table).order_by(inbox.inbox_table.c.id)).all()
+
+
+def add_events(engine: sa.Engine, events: Iterable[tuple[str, str]]) -> list[int]:
+    """Keep (source, delivery id) events as the receiver would; return their inbox ids."""
+    rows = [
+        inbox.Event(source, delivery, "push", json.dumps({"delivery": delivery}), 1_790_000_000.0)
+        for source, delivery in events
+    ]
+    with engine.begin() as conn:
+        assert all(inbox.insert_events(conn, rows))
+    table = inbox.inbox_table
+    with engine.connect() as conn:
+        found = {
+            (row.source, row.delivery_id): row.id
+            for row in conn.execute(sa.select(table.c.id, table.c.source, table.c.delivery_id))
+        }
+    return [found[(row.source, row.delivery_id)] for row in rows]
+
+
+def kill(engine: sa.Engine, ids: Iterable[int], reason: str = "payload has no repository") -> None:
+    """Dead-letter inbox rows as the load job does when it gives up on them."""
+    table = inbox.inbox_table
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(table).where(table.c.id.in_(list(ids)))).all()
+        inbox.mark_dead(conn, "webhook_events", [(row, reason) for row in rows], time.time())

@@ -1,0 +1,220 @@
+"""The receiver over real HTTP, on SQLite and on PostgreSQL: a signed delivery is committed to the
+inbox before its 202, a re-delivery answers 200 without a second row, every rejection (404, 401,
+413, 400, 503) adds no row and never echoes a secret, concurrent requests share commits, and an
+inbox that cannot commit answers 503 until it can again."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from automation_pipelines.reliability import store
+from automation_pipelines.webhooks import inbox
+from automation_pipelines_tests.webhooks.conftest import (
+    GITHUB_SECRET,
+    MAX_BODY,
+    STRIPE_SECRET,
+    github_headers,
+    hmac_hex,
+    inbox_rows,
+    push_body,
+    stripe_headers,
+)
+
+SECRETS = (GITHUB_SECRET, STRIPE_SECRET)
+
+
+def padded_json(size: int) -> bytes:
+    """A JSON object of exactly `size` bytes."""
+    body = b'{"pad": ""}'
+    return body[:-2] + b"x" * (size - len(body)) + body[-2:]
+
+
+def test_signed_delivery_is_committed_before_202(receiver, events_db_url) -> None:
+    reply = receiver.post_push("delivery-1")
+
+    assert reply.status == 202
+    assert reply.json() == {"status": "accepted", "delivery_id": "delivery-1"}
+    [row] = inbox_rows(store.engine(events_db_url))
+    assert (row.source, row.delivery_id, row.event_type) == ("github", "delivery-1", "push")
+    assert json.loads(row.body) == json.loads(push_body("delivery-1"))
+    assert (row.status, row.batch, row.attempts) == (inbox.PENDING, None, 0)
+
+
+def test_stripe_event_is_kept_under_its_event_id(receiver, events_db_url) -> None:
+    body = json.dumps({"id": "evt_42", "type": "invoice.paid", "data": {}}).encode()
+
+    reply = receiver.request("POST", "/hooks/stripe", body, stripe_headers(body, int(time.time())))
+
+    assert reply.status == 202
+    [row] = inbox_rows(store.engine(events_db_url))
+    assert (row.source, row.delivery_id, row.event_type) == ("stripe", "evt_42", "invoice.paid")
+
+
+def test_redelivery_answers_200_without_a_second_row(receiver, events_db_url) -> None:
+    assert receiver.post_push("delivery-1").status == 202
+
+    reply = receiver.post_push("delivery-1")
+
+    assert reply.status == 200
+    assert reply.json() == {"status": "duplicate", "delivery_id": "delivery-1"}
+    assert [row.delivery_id for row in inbox_rows(store.engine(events_db_url))] == ["delivery-1"]
+
+
+def test_body_at_the_limit_is_accepted(receiver) -> None:
+    body = padded_json(MAX_BODY)
+
+    reply = receiver.request("POST", "/hooks/github", body, github_headers(body, "at-limit"))
+
+    assert reply.status == 202
+
+
+def test_chunked_body_under_the_limit_is_accepted(receiver, events_db_url) -> None:
+    body = padded_json(MAX_BODY)
+    chunks = iter([body[:500], body[500:]])
+
+    reply = receiver.request("POST", "/hooks/github", chunks, github_headers(body, "chunked"))
+
+    assert reply.status == 202
+    [row] = inbox_rows(store.engine(events_db_url))
+    assert row.body == body.decode()
+
+
+def _unsigned() -> tuple:
+    headers = github_headers(push_body("d-1"), "d-1")
+    del headers["X-Hub-Signature-256"]
+    return "/hooks/github", push_body("d-1"), headers
+
+
+def _other_secret() -> tuple:
+    body = push_body("d-1")
+    return "/hooks/github", body, github_headers(body, "d-1", secret="other")
+
+
+def _stale_stripe() -> tuple:
+    body = json.dumps({"id": "evt_1", "type": "invoice.paid"}).encode()
+    return "/hooks/stripe", body, stripe_headers(body, int(time.time()) - 3600)
+
+
+def _signed(body: bytes, delivery: str | None = "d-1", path: str = "/hooks/github") -> tuple:
+    return path, body, github_headers(body, delivery)
+
+
+def _chunked_over_limit() -> tuple:
+    body = padded_json(MAX_BODY + 1)
+    return "/hooks/github", iter([body[:600], body[600:]]), github_headers(body, "d-1")
+
+
+#: name → (request builder, expected status, part of the error message)
+REJECTIONS = {
+    "unknown source": (lambda: _signed(push_body("d-1"), path="/hooks/gitlab"), 404, "gitlab"),
+    "unconfigured source": (
+        lambda: _signed(push_body("d-1"), path="/hooks/partner"),
+        503,
+        "not configured",
+    ),
+    "missing signature": (_unsigned, 401, "missing X-Hub-Signature-256"),
+    "signature with another secret": (_other_secret, 401, "does not match"),
+    "stale stripe timestamp": (_stale_stripe, 401, "timestamp"),
+    "over the limit by content-length": (lambda: _signed(padded_json(MAX_BODY + 1)), 413, "1024"),
+    "over the limit while chunked": (_chunked_over_limit, 413, "1024"),
+    "not JSON": (lambda: _signed(b"ref=main"), 400, "not JSON"),
+    "not UTF-8": (lambda: _signed(b'{"ref": "\xff"}'), 400, "UTF-8"),
+    "no delivery header": (lambda: _signed(push_body("d-1"), None), 400, "x-github-delivery"),
+}
+
+
+@pytest.mark.parametrize("case", REJECTIONS, ids=list(REJECTIONS))
+def test_rejection_adds_no_row_and_reveals_no_secret(receiver, events_db_url, case) -> None:
+    build, status, message = REJECTIONS[case]
+    path, body, headers = build()
+
+    reply = receiver.request("POST", path, body, headers)
+
+    assert reply.status == status, reply.body
+    assert message in reply.json()["error"]
+    for secret in SECRETS:
+        assert secret.encode() not in reply.body
+    assert inbox_rows(store.engine(events_db_url)) == []
+
+
+def test_bad_signature_reply_does_not_show_the_expected_one(receiver) -> None:
+    body = push_body("d-1")
+    expected = hmac_hex(GITHUB_SECRET, body)
+
+    reply = receiver.request(
+        "POST", "/hooks/github", body, github_headers(body, "d-1", secret="other")
+    )
+
+    assert reply.status == 401
+    assert expected.encode() not in reply.body
+
+
+def test_healthz_lists_each_source_and_why_one_is_closed(receiver) -> None:
+    reply = receiver.request("GET", "/healthz")
+
+    assert reply.status == 200
+    health = reply.json()
+    assert (health["status"], health["writer"]) == ("ok", "running")
+    assert health["sources"]["github"] == "ready"
+    assert health["sources"]["stripe"] == "ready"
+    assert health["sources"]["partner"].startswith("disabled: set STANDARD_WEBHOOK_SECRET")
+    for secret in SECRETS:
+        assert secret.encode() not in reply.body
+
+
+def test_concurrent_deliveries_share_one_commit(start_receiver, events_db_url) -> None:
+    """The writer is held inside its first transaction (one delivery) while 49 more arrive,
+    10 of them re-deliveries; released, it must commit all 49 together."""
+    receiver = start_receiver()
+    writer = receiver.app.state.writer
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_first_transaction(_conn) -> None:
+        if threading.current_thread().name == "inbox-writer" and not holding.is_set():
+            holding.set()
+            release.wait(30)
+
+    distinct = [f"delivery-{n}" for n in range(40)]
+    later = distinct[1:] + distinct[1:11]
+    sa.event.listen(writer.engine, "begin", hold_first_transaction)
+    try:
+        with ThreadPoolExecutor(len(later) + 1) as pool:
+            try:
+                first = pool.submit(receiver.post_push, distinct[0])
+                assert holding.wait(10), "the writer never began a transaction"
+                rest = [pool.submit(receiver.post_push, delivery) for delivery in later]
+                deadline = time.monotonic() + 10
+                while writer._queue.qsize() < len(later):
+                    assert time.monotonic() < deadline, "the requests never reached the writer"
+                    time.sleep(0.01)
+            finally:
+                release.set()
+            replies = [first.result(), *(future.result() for future in rest)]
+    finally:
+        sa.event.remove(writer.engine, "begin", hold_first_transaction)
+
+    statuses = [reply.status for reply in replies]
+    assert (statuses.count(202), statuses.count(200), len(statuses)) == (40, 10, 50)
+    rows = inbox_rows(store.engine(events_db_url))
+    assert sorted(row.delivery_id for row in rows) == sorted(distinct)
+    assert writer.commits == 2
+
+
+def test_inbox_that_cannot_commit_answers_503_until_repaired(receiver, events_db_url) -> None:
+    engine = store.engine(events_db_url)
+    assert receiver.post_push("before").status == 202
+    inbox.inbox_table.drop(engine)
+
+    failed = receiver.post_push("during")
+
+    assert failed.status == 503
+    assert "deliver again later" in failed.json()["error"]
+    inbox.inbox_table.create(engine)
+    assert receiver.post_push("during").status == 202
+    assert [row.delivery_id for row in inbox_rows(engine)] == ["during"]

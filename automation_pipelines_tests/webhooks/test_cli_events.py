@@ -1,0 +1,207 @@
+"""`automation-pipelines events status | dead | replay` on the project database of a temporary
+DAGSTER_HOME (SQLite): what they print, what they change and their exit codes; and
+`webhooks serve` run as the real console script: it takes a signed GitHub delivery into the
+inbox and shuts down cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from automation_pipelines.cli import main
+from automation_pipelines.reliability import store
+from automation_pipelines.reliability.deadletters import open_dead_letters
+from automation_pipelines.webhooks import inbox
+from automation_pipelines_tests.conftest import free_port
+from automation_pipelines_tests.webhooks.conftest import (
+    add_events,
+    github_headers,
+    inbox_rows,
+    kill,
+    push_body,
+)
+
+#: Variables that would point the project database elsewhere than DAGSTER_HOME.
+DATABASE_ENV = (
+    store.DB_URL_ENV,
+    "DAGSTER_PG_HOST",
+    "DAGSTER_PG_PORT",
+    "DAGSTER_PG_DB",
+    "DAGSTER_PG_USERNAME",
+    "DAGSTER_PG_PASSWORD",
+)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A DAGSTER_HOME whose project database is SQLite, for the CLI run in this process."""
+    path = tmp_path / "home"
+    path.mkdir()
+    for name in DATABASE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(path))
+    yield path
+    store.dispose_all()
+
+
+@pytest.fixture
+def engine(home: Path) -> sa.Engine:
+    return store.engine(store.database_url(home))
+
+
+@pytest.fixture
+def dead(engine: sa.Engine) -> dict[str, int]:
+    """Dead rows github/a, github/b and stripe/c, and a pending github/new."""
+    names = ["github/a", "github/b", "stripe/c", "github/new"]
+    ids = dict(zip(names, add_events(engine, [tuple(n.split("/")) for n in names]), strict=True))
+    kill(engine, [ids["github/a"], ids["github/b"], ids["stripe/c"]])
+    return ids
+
+
+def statuses(engine: sa.Engine) -> dict[str, str]:
+    return {f"{row.source}/{row.delivery_id}": row.status for row in inbox_rows(engine)}
+
+
+def test_status_of_an_empty_inbox(home, capsys) -> None:
+    assert main(["events", "status"]) == 0
+
+    assert capsys.readouterr().out == "The inbox is empty.\n"
+
+
+def test_status_counts_per_source(dead, capsys) -> None:
+    assert main(["events", "status"]) == 0
+
+    assert (
+        capsys.readouterr().out
+        == "github: 1 pending, 0 done, 2 dead\nstripe: 0 pending, 0 done, 1 dead\n"
+    )
+
+
+def test_dead_lists_each_dead_event_with_its_error(dead, capsys) -> None:
+    assert main(["events", "dead"]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        f"{dead[name]}\t{name}\tpush\tpayload has no repository"
+        for name in ("github/a", "github/b", "stripe/c")
+    ]
+    assert lines[3:] == ["3 dead-lettered event(s)."]
+
+
+def test_dead_of_one_source(dead, capsys) -> None:
+    assert main(["events", "dead", "--source", "stripe"]) == 0
+
+    assert capsys.readouterr().out.splitlines() == [
+        f"{dead['stripe/c']}\tstripe/c\tpush\tpayload has no repository",
+        "1 dead-lettered event(s).",
+    ]
+
+
+def test_replay_by_id(engine, dead, capsys) -> None:
+    assert main(["events", "replay", "--id", str(dead["github/a"]), str(dead["stripe/c"])]) == 0
+
+    assert capsys.readouterr().out.startswith("2 event(s) re-queued;")
+    assert statuses(engine) == {
+        "github/a": inbox.PENDING,
+        "github/b": inbox.DEAD,
+        "stripe/c": inbox.PENDING,
+        "github/new": inbox.PENDING,
+    }
+    assert len(open_dead_letters(engine)) == 1
+
+
+def test_replay_by_source(engine, dead, capsys) -> None:
+    assert main(["events", "replay", "--source", "github"]) == 0
+
+    assert capsys.readouterr().out.startswith("2 event(s) re-queued;")
+    assert statuses(engine)["stripe/c"] == inbox.DEAD
+    assert [letter.item.split(" ")[0] for letter in open_dead_letters(engine)] == ["stripe/c"]
+
+
+def test_replay_all(engine, dead, capsys) -> None:
+    assert main(["events", "replay", "--all"]) == 0
+
+    assert capsys.readouterr().out.startswith("3 event(s) re-queued;")
+    assert set(statuses(engine).values()) == {inbox.PENDING}
+    assert open_dead_letters(engine) == []
+
+
+def test_replay_without_a_selector_exits_2_and_changes_nothing(engine, dead, capsys) -> None:
+    assert main(["events", "replay"]) == 2
+
+    assert "say which events" in capsys.readouterr().out
+    assert list(statuses(engine).values()).count(inbox.DEAD) == 3
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def test_serve_takes_a_delivery_and_stops_on_sigterm(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    secret = "serve-test-github-secret"
+    env = {key: value for key, value in os.environ.items() if key not in DATABASE_ENV}
+    env.pop("WEBHOOK_SOURCES_FILE", None)
+    env.update(DAGSTER_HOME=str(home), GITHUB_WEBHOOK_SECRET=secret)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    script = Path(sys.executable).with_name("automation-pipelines")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(script), "webhooks", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _healthy(base_url):
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+
+        body = push_body("serve-1")
+        request = urllib.request.Request(
+            f"{base_url}/hooks/github",
+            data=body,
+            headers=github_headers(body, "serve-1", secret=secret),
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert (response.status, json.load(response)["status"]) == (202, "accepted")
+        engine = sa.create_engine(f"sqlite:///{home.resolve() / store.DB_FILE}")
+        try:
+            assert [(row.source, row.delivery_id) for row in inbox_rows(engine)] == [
+                ("github", "serve-1")
+            ]
+        finally:
+            engine.dispose()
+
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    # After its graceful shutdown uvicorn re-raises the signal it caught, so -SIGTERM is clean too.
+    assert returncode in (0, -signal.SIGTERM), log_path.read_text()
+    assert "Application shutdown complete" in log_path.read_text()

@@ -1,0 +1,190 @@
+"""The inbox functions on SQLite and on PostgreSQL: duplicates are told apart inside one
+transaction, batching never takes rows another batch holds, dead-lettering writes dead letters
+(with secrets masked), replay by id, by source or of everything re-queues only dead rows and
+resolves their letters, and `counts` tallies rows per source and state."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from automation_pipelines.reliability import store
+from automation_pipelines.reliability.deadletters import dead_letters_table, open_dead_letters
+from automation_pipelines.webhooks import inbox
+from automation_pipelines_tests.webhooks.conftest import add_events, inbox_rows, kill
+
+
+@pytest.fixture
+def engine(events_db_url: str) -> sa.Engine:
+    return store.engine(events_db_url)
+
+
+def event(source: str, delivery: str, body: str = "{}") -> inbox.Event:
+    return inbox.Event(source, delivery, "push", body, 1_790_000_000.0)
+
+
+def by_id(engine: sa.Engine) -> dict[int, sa.Row]:
+    return {row.id: row for row in inbox_rows(engine)}
+
+
+def test_duplicate_in_the_same_transaction_is_not_added(engine) -> None:
+    with engine.begin() as conn:
+        added = inbox.insert_events(conn, [event("github", "d-1"), event("github", "d-1", "{}\n")])
+
+    assert added == [True, False]
+    [row] = inbox_rows(engine)
+    assert row.body == "{}"
+
+
+def test_redelivery_is_told_apart_per_source(engine) -> None:
+    add_events(engine, [("github", "d-1")])
+
+    with engine.begin() as conn:
+        added = inbox.insert_events(conn, [event("github", "d-1"), event("stripe", "d-1")])
+
+    assert added == [False, True]
+    assert sorted(row.source for row in inbox_rows(engine)) == ["github", "stripe"]
+
+
+def test_assign_batch_leaves_rows_another_batch_took(engine) -> None:
+    ids = add_events(engine, [("github", f"d-{n}") for n in range(3)])
+
+    assert inbox.assign_batch(engine, ids[:2], "batch-a", 100.0) == 2
+    assert inbox.assign_batch(engine, ids, "batch-b", 200.0) == 1
+
+    rows = by_id(engine)
+    assert [(rows[i].batch, rows[i].requested_at) for i in ids] == [
+        ("batch-a", 100.0),
+        ("batch-a", 100.0),
+        ("batch-b", 200.0),
+    ]
+    assert inbox.unbatched(engine, 10) == []
+
+
+def test_unbatched_gives_the_oldest_waiting_rows_first(engine) -> None:
+    ids = add_events(engine, [("github", f"d-{n}") for n in range(4)])
+    inbox.assign_batch(engine, [ids[0]], "batch-a", 100.0)
+
+    assert [row.id for row in inbox.unbatched(engine, 2)] == ids[1:3]
+
+
+def test_mark_dead_writes_a_dead_letter_per_row(engine, monkeypatch) -> None:
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "hunter2-webhook-secret")
+    ids = add_events(engine, [("github", "d-1"), ("github", "d-2")])
+
+    kill(engine, [ids[0]], "rejected with key hunter2-webhook-secret")
+
+    rows = by_id(engine)
+    assert (rows[ids[0]].status, rows[ids[1]].status) == (inbox.DEAD, inbox.PENDING)
+    [letter] = open_dead_letters(engine, "webhook_events")
+    assert letter.id == rows[ids[0]].dead_letter_id
+    assert letter.item == f"github/d-1 (push, inbox id {ids[0]})"
+    assert "hunter2-webhook-secret" not in letter.reason + rows[ids[0]].last_error
+    assert "***" in letter.reason
+
+
+@pytest.fixture
+def dead(engine) -> dict[str, int]:
+    """Three dead rows (two github, one stripe), one pending and one done row."""
+    names = ["github/a", "github/b", "stripe/c", "github/pending", "github/done"]
+    ids = dict(zip(names, add_events(engine, [tuple(n.split("/")) for n in names]), strict=True))
+    inbox.assign_batch(engine, list(ids.values()), "batch-a", 100.0)
+    inbox.count_attempt(engine, "batch-a", "run-1")
+    with engine.begin() as conn:
+        inbox.mark_done(conn, [ids["github/done"]], "run-1", 200.0)
+    kill(engine, [ids["github/a"], ids["github/b"], ids["stripe/c"]])
+    return ids
+
+
+def requeued(engine: sa.Engine, ids: dict[str, int]) -> list[str]:
+    """Which of the rows are back in the queue with a clean slate."""
+    rows = by_id(engine)
+    fresh = (inbox.PENDING, None, None, 0, None, None)
+    return sorted(
+        name
+        for name, row_id in ids.items()
+        if (
+            rows[row_id].status,
+            rows[row_id].batch,
+            rows[row_id].requested_at,
+            rows[row_id].attempts,
+            rows[row_id].dead_letter_id,
+            rows[row_id].run_id,
+        )
+        == fresh
+    )
+
+
+def open_items(engine: sa.Engine) -> list[str]:
+    return sorted(letter.item.split(" ")[0] for letter in open_dead_letters(engine))
+
+
+def test_replay_by_id_requeues_that_row_and_resolves_its_letter(engine, dead) -> None:
+    assert inbox.replay(engine, ids=[dead["github/a"]]) == 1
+
+    assert requeued(engine, dead) == ["github/a"]
+    assert open_items(engine) == ["github/b", "stripe/c"]
+
+
+def test_replay_by_source_requeues_only_that_source(engine, dead) -> None:
+    assert inbox.replay(engine, source="github") == 2
+
+    assert requeued(engine, dead) == ["github/a", "github/b"]
+    assert open_items(engine) == ["stripe/c"]
+    assert by_id(engine)[dead["github/done"]].status == inbox.DONE
+
+
+def test_replay_everything_requeues_every_dead_row_and_nothing_else(engine, dead) -> None:
+    assert inbox.replay(engine, everything=True) == 3
+
+    assert requeued(engine, dead) == ["github/a", "github/b", "stripe/c"]
+    assert open_items(engine) == []
+    rows = by_id(engine)
+    assert (rows[dead["github/pending"]].batch, rows[dead["github/pending"]].attempts) == (
+        "batch-a",
+        1,
+    )
+    assert rows[dead["github/done"]].status == inbox.DONE
+    with engine.connect() as conn:
+        resolved = conn.execute(
+            sa.select(sa.func.count()).where(dead_letters_table.c.resolved_at.is_not(None))
+        ).scalar()
+    assert resolved == 3
+
+
+def test_replay_of_a_row_that_is_not_dead_changes_nothing(engine, dead) -> None:
+    assert inbox.replay(engine, ids=[dead["github/pending"], dead["github/done"]]) == 0
+
+    assert requeued(engine, dead) == []
+    assert len(open_items(engine)) == 3
+
+
+def test_replay_without_a_selection_is_refused(engine, dead) -> None:
+    with pytest.raises(ValueError, match="say which dead events"):
+        inbox.replay(engine)
+
+    assert len(open_items(engine)) == 3
+
+
+def test_dead_rows_lists_dead_rows_with_their_error(engine, dead) -> None:
+    assert [(r.source, r.delivery_id) for r in inbox.dead_rows(engine)] == [
+        ("github", "a"),
+        ("github", "b"),
+        ("stripe", "c"),
+    ]
+    [stripe] = inbox.dead_rows(engine, "stripe")
+    assert (stripe.delivery_id, stripe.attempts) == ("c", 1)
+    assert stripe.last_error == "payload has no repository"
+
+
+def test_counts_per_source_and_state(engine, dead) -> None:
+    assert inbox.counts(engine) == {
+        ("github", inbox.DEAD): 2,
+        ("github", inbox.PENDING): 1,
+        ("github", inbox.DONE): 1,
+        ("stripe", inbox.DEAD): 1,
+    }
+
+
+def test_counts_of_an_empty_inbox(engine) -> None:
+    assert inbox.counts(engine) == {}
