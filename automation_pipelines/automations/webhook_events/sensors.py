@@ -1,0 +1,210 @@
+"""The inbox sensor: new inbox rows become load runs in capped batches, failed batches are run
+again, and a batch that failed too often is dead-lettered for a person.
+
+The inbox itself is the source of truth: a row belongs to at most one batch (its key is written
+on the row when the run is requested), and a batch is finished when none of its rows is pending.
+So nothing depends on the sensor's cursor surviving, and an event re-queued by `events replay`
+simply becomes part of a new batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+import sqlalchemy as sa
+
+from automation_pipelines.automations.webhook_events import AUTOMATION
+from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
+from automation_pipelines.automations.webhook_events.resources import EventWarehouse
+from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.tags import WILL_RETRY_TAG
+from automation_pipelines.webhooks import inbox
+
+MAX_EVENTS_PER_RUN = 2000
+MAX_RUNS_PER_TICK = 5
+#: A batch whose runs failed this many times is dead-lettered instead of run again.
+MAX_FAILED_RUNS = 3
+#: A batch with no run at all this long after it was requested is requested again.
+LOST_REQUEST_SECONDS = 300
+#: How long a failed run may go without Dagster's will-retry decision before we decide.
+RETRY_DECISION_WAIT_SECONDS = 60
+BATCH_TAG = "webhook_events/batch"
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def run_request(batch: str, run_key: str, events: int) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=run_key,
+        run_config={"ops": {"load_events": {"config": {"batch": batch}}}},
+        tags={BATCH_TAG: batch, "webhook_events/events": str(events)},
+    )
+
+
+@dataclass
+class Decision:
+    """What one tick decided, for the tick's log line and the tests."""
+
+    requests: list[dg.RunRequest]
+    new_events: int = 0
+    rerun_batches: int = 0
+    waiting_batches: int = 0
+    dead_batches: int = 0
+    dead_events: int = 0
+    left_for_next_tick: bool = False
+
+    def sentence(self) -> str:
+        return (
+            f"{self.new_events} new event(s) in {len(self.requests) - self.rerun_batches} run(s); "
+            f"{self.rerun_batches} failed batch(es) run again; {self.waiting_batches} batch(es) "
+            f"in flight; {self.dead_batches} batch(es) dead-lettered ({self.dead_events} events)"
+            + ("; more waiting for the next tick" if self.left_for_next_tick else "")
+        )
+
+
+def _failure_reason(instance: dg.DagsterInstance, run: dg.DagsterRun, recorded: str | None) -> str:
+    """The error the loader recorded, else what Dagster says ended the run."""
+    if recorded:
+        return f"{recorded} (last run {run.run_id})"
+    records = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE, ascending=False, limit=1
+    ).records
+    message = records[0].event_log_entry.message if records else None
+    return f"run {run.run_id} ended {run.status.value}: {message or 'no reason recorded'}"
+
+
+def _review_batch(
+    instance: dg.DagsterInstance,
+    engine: sa.Engine,
+    batch: sa.Row,
+    now: float,
+    decision: Decision,
+    dead: list[tuple[str, int, str]],
+) -> None:
+    """Leave a batch in flight, request it again, or dead-letter it."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch.batch}))
+    if any(run.status not in FINISHED for run in runs):
+        decision.waiting_batches += 1
+        return
+    if not runs:
+        if now - (batch.requested_at or now) < LOST_REQUEST_SECONDS:
+            decision.waiting_batches += 1
+            return
+    else:
+        latest = runs[0]  # newest first
+        record = instance.get_run_record_by_id(latest.run_id)
+        ended = record.update_timestamp.timestamp() if record else now
+        if latest.status == dg.DagsterRunStatus.FAILURE and instance.run_retries_enabled:
+            # Dagster may run it again itself: wait for its retry, or for its decision.
+            will_retry = latest.tags.get(WILL_RETRY_TAG)
+            patience = {"true": LOST_REQUEST_SECONDS, None: RETRY_DECISION_WAIT_SECONDS}
+            if will_retry in patience and now - ended < patience[will_retry]:
+                decision.waiting_batches += 1
+                return
+        failed = sum(1 for run in runs if run.status in FAILED)
+        if failed >= MAX_FAILED_RUNS:
+            reason = _failure_reason(instance, latest, batch.last_error)
+            with engine.begin() as conn:
+                rows = inbox.pending_in_batch(conn, batch.batch)
+                inbox.mark_dead(
+                    conn,
+                    AUTOMATION.name,
+                    [(row, f"failed {failed} runs: {reason}") for row in rows],
+                    now,
+                )
+            dead.append((batch.batch, len(rows), reason))
+            decision.dead_batches += 1
+            decision.dead_events += len(rows)
+            return
+    decision.rerun_batches += 1
+    decision.requests.append(
+        run_request(batch.batch, f"{batch.batch}/run-{len(runs) + 1}", batch.rows)
+    )
+
+
+def evaluate_inbox(
+    instance: dg.DagsterInstance, engine: sa.Engine, now: float
+) -> tuple[Decision, list[tuple[str, int, str]]]:
+    """This tick's run requests and the batches dead-lettered by it."""
+    decision = Decision(requests=[])
+    dead: list[tuple[str, int, str]] = []
+    for batch in inbox.in_flight_batches(engine):
+        if len(decision.requests) >= MAX_RUNS_PER_TICK:
+            decision.left_for_next_tick = True
+            break
+        _review_batch(instance, engine, batch, now, decision, dead)
+
+    room = MAX_RUNS_PER_TICK - len(decision.requests)
+    if room > 0:
+        ids = [row.id for row in inbox.unbatched(engine, room * MAX_EVENTS_PER_RUN + 1)]
+        if len(ids) > room * MAX_EVENTS_PER_RUN:
+            decision.left_for_next_tick = True
+            ids = ids[: room * MAX_EVENTS_PER_RUN]
+        stamp = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%dT%H%M%S%f")[:-3]
+        for start in range(0, len(ids), MAX_EVENTS_PER_RUN):
+            chunk = ids[start : start + MAX_EVENTS_PER_RUN]
+            batch = f"ev-{chunk[0]}-{chunk[-1]}-{stamp}"
+            taken = inbox.assign_batch(engine, chunk, batch, now)
+            if taken:
+                decision.new_events += taken
+                decision.requests.append(run_request(batch, batch, taken))
+    return decision, dead
+
+
+def alert_dead_batches(alerts: AlertRouter, instance, dead: list[tuple[str, int, str]]) -> None:
+    """One alert per dead-lettered batch, with the command that re-queues it."""
+    outbox = alerts.outbox(instance)
+    for batch, events, reason in dead:
+        outbox.enqueue_message(
+            AUTOMATION.owner,
+            f"[DEAD LETTER] webhook_events: {events} event(s) gave up after "
+            f"{MAX_FAILED_RUNS} failed runs",
+            "\n".join(
+                [
+                    f"Batch {batch}: {events} event(s) were moved to the dead letters.",
+                    f"Last error: {reason}",
+                    f"Runbook: {AUTOMATION.runbook_ref}",
+                    "List them: automation-pipelines events dead",
+                    "Once the cause is fixed: automation-pipelines events replay --all",
+                ]
+            ),
+            dedup_key=f"events-dead:{batch}",
+        )
+
+
+@AUTOMATION.sensor(
+    name="webhook_inbox_sensor",
+    job=load_webhook_events_job,
+    minimum_interval_seconds=5,
+    description=(
+        f"Turns new webhook inbox rows into load runs, at most {MAX_EVENTS_PER_RUN} events per "
+        f"run and {MAX_RUNS_PER_TICK} runs per tick; runs failed batches again and dead-letters "
+        f"a batch after {MAX_FAILED_RUNS} failed runs."
+    ),
+)
+def webhook_inbox_sensor(
+    context: dg.SensorEvaluationContext, warehouse: EventWarehouse, alerts: AlertRouter
+):
+    engine = warehouse.engine(context.instance)
+    decision, dead = evaluate_inbox(context.instance, engine, time.time())
+    if dead:
+        alert_dead_batches(alerts, context.instance, dead)
+    previous = json.loads(context.cursor) if context.cursor else {}
+    context.update_cursor(
+        json.dumps(
+            {
+                "events_requested": previous.get("events_requested", 0) + decision.new_events,
+                "batches_dead_lettered": previous.get("batches_dead_lettered", 0)
+                + decision.dead_batches,
+            },
+            sort_keys=True,
+        )
+    )
+    if not decision.requests:
+        return dg.SkipReason(f"nothing to run: {decision.sentence()}")
+    context.log.info(decision.sentence())
+    return decision.requests

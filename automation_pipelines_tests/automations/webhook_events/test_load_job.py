@@ -1,0 +1,129 @@
+"""The load job in process on SQLite and PostgreSQL: events land in the warehouse once, their inbox
+rows are marked done in the same transaction, invalid events are dead-lettered with their reason
+while the rest load, the owner gets one alert, and running the batch again changes nothing."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
+from automation_pipelines.automations.webhook_events.resources import EventWarehouse
+from automation_pipelines.automations.webhook_events.warehouse import (
+    events_table,
+    github_pushes_table,
+    stripe_payments_table,
+)
+from automation_pipelines.reliability import store
+from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.deadletters import open_dead_letters
+from automation_pipelines.webhooks import inbox
+from automation_pipelines_tests.automations.webhook_events.events import payment, push, seed
+
+
+@pytest.fixture
+def loader(events_db_url, sqlite_instance, alert_routes, tmp_path, monkeypatch, json_receiver):
+    monkeypatch.setenv("TEST_DEFAULT_URLS", json_receiver.url)
+    resources = {
+        "warehouse": EventWarehouse(database_url=events_db_url, reports_dir=str(tmp_path / "r")),
+        "alerts": AlertRouter(database_url=events_db_url, routes_file=str(alert_routes)),
+    }
+
+    def run(batch: str, chunk_size: int = 200) -> dg.ExecuteInProcessResult:
+        return load_webhook_events_job.execute_in_process(
+            instance=sqlite_instance,
+            resources=resources,
+            run_config={
+                "ops": {"load_events": {"config": {"batch": batch, "chunk_size": chunk_size}}}
+            },
+        )
+
+    return run
+
+
+def _count(engine: sa.Engine, table: sa.Table, *where) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar()
+
+
+def test_batch_loads_once_and_bad_events_are_dead_lettered(
+    loader, events_db_url, json_receiver
+) -> None:
+    engine = store.engine(events_db_url)
+    events = [("github", f"push-{i}", "push", push(commits=i % 4)) for i in range(430)]
+    events += [
+        ("stripe", f"evt_{i}", "payment_intent.succeeded", payment(100 * i, event_id=f"evt_{i}"))
+        for i in range(40)
+    ]
+    events += [
+        ("github", "broken-json", "push", "{oops"),
+        ("github", "no-repo", "push", {"ref": "refs/heads/x", "commits": []}),
+        ("stripe", "evt_bad", "payment_intent.succeeded", {**payment(), "data": {}}),
+    ]
+    ids = seed(engine, events)
+    assert inbox.assign_batch(engine, ids, "ev-test", now=1.0) == len(events)
+
+    result = loader("ev-test", chunk_size=100)
+
+    assert result.success
+    assert _count(engine, events_table) == 470
+    assert _count(engine, github_pushes_table) == 430
+    assert _count(engine, stripe_payments_table) == 40
+    assert _count(engine, events_table, events_table.c.load_count != 1) == 0
+    counts = inbox.counts(engine)
+    assert counts == {
+        ("github", "done"): 430,
+        ("github", "dead"): 2,
+        ("stripe", "done"): 40,
+        ("stripe", "dead"): 1,
+    }
+    letters = {
+        row.item.split(" ")[0]: row.reason for row in open_dead_letters(engine, "webhook_events")
+    }
+    assert set(letters) == {"github/broken-json", "github/no-repo", "stripe/evt_bad"}
+    assert "payload is not JSON" in letters["github/broken-json"]
+    assert "required field repository.full_name is missing" in letters["github/no-repo"]
+    assert "data.object.id" in letters["stripe/evt_bad"]
+
+    [materialization] = result.asset_materializations_for_node("load_events")
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata["events_loaded"] == 470 and metadata["events_dead_lettered"] == 3
+    assert metadata["by_type"]["github/push"] == 430
+
+    # One alert for the run, naming each dead-lettered event and the replay command.
+    assert len(json_receiver.received) == 1
+    alert = json_receiver.received[0]
+    assert "[DEAD LETTER] webhook_events: 3 event(s) failed validation" in alert["title"]
+    for delivery in ("broken-json", "no-repo", "evt_bad"):
+        assert delivery in alert["message"]
+    assert "automation-pipelines events replay --id" in alert["message"]
+
+    # The same batch again: nothing pending, nothing loaded twice, no second alert.
+    again = loader("ev-test")
+    assert again.success
+    assert again.output_for_node("load_events")["events_loaded"] == 0
+    assert _count(engine, events_table, events_table.c.load_count != 1) == 0
+    assert len(json_receiver.received) == 1
+
+
+def test_replayed_event_loads_after_the_fix(loader, events_db_url) -> None:
+    engine = store.engine(events_db_url)
+    ids = seed(engine, [("github", "late", "push", {"ref": "r", "commits": []})])
+    inbox.assign_batch(engine, ids, "ev-1", now=1.0)
+    assert loader("ev-1").success
+    assert inbox.counts(engine) == {("github", "dead"): 1}
+
+    # The sender's payload was incomplete; after fixing the data the event is replayed.
+    with engine.begin() as conn:
+        conn.execute(
+            inbox.inbox_table.update()
+            .where(inbox.inbox_table.c.id == ids[0])
+            .values(body='{"ref": "r", "commits": [], "repository": {"full_name": "a/b"}}')
+        )
+    assert inbox.replay(engine, ids=ids) == 1
+    assert open_dead_letters(engine, "webhook_events") == []
+    inbox.assign_batch(engine, ids, "ev-2", now=2.0)
+    assert loader("ev-2").success
+    assert inbox.counts(engine) == {("github", "done"): 1}
+    assert _count(engine, github_pushes_table) == 1

@@ -1,0 +1,185 @@
+"""The inbox sensor's scenarios on a real instance, on SQLite and PostgreSQL: first events, nothing
+new, a burst over the caps, a lost request, a failed run run again, a batch dead-lettered after
+its third failed run (with one alert), a replayed event batched anew, and the pause switch."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from automation_pipelines.automations.webhook_events import sensors
+from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
+from automation_pipelines.automations.webhook_events.resources import EventWarehouse
+from automation_pipelines.automations.webhook_events.sensors import (
+    BATCH_TAG,
+    MAX_EVENTS_PER_RUN,
+    MAX_RUNS_PER_TICK,
+    evaluate_inbox,
+    webhook_inbox_sensor,
+)
+from automation_pipelines.reliability import breaker, store
+from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.deadletters import open_dead_letters
+from automation_pipelines.reliability.tags import WILL_RETRY_TAG
+from automation_pipelines.webhooks import inbox
+from automation_pipelines_tests.automations.webhook_events.events import push, seed
+
+NOW = 1_790_000_000.0
+
+
+@pytest.fixture
+def engine(events_db_url) -> sa.Engine:
+    return store.engine(events_db_url)
+
+
+def _seed(engine: sa.Engine, n: int, prefix: str = "d") -> list[int]:
+    return seed(engine, [("github", f"{prefix}{i}", "push", push()) for i in range(n)])
+
+
+def _batches(engine: sa.Engine) -> dict[str, int]:
+    return {row.batch: row.rows for row in inbox.in_flight_batches(engine)}
+
+
+def _failed_run(instance: dg.DagsterInstance, batch: str) -> dg.DagsterRun:
+    """A finished, failed run of the batch that Dagster will not retry."""
+    run = instance.create_run_for_job(
+        load_webhook_events_job,
+        run_config={"ops": {"load_events": {"config": {"batch": batch}}}},
+        tags={BATCH_TAG: batch},
+    )
+    instance.report_run_failed(run, message="the warehouse is unreachable")
+    instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+    return run
+
+
+def test_nothing_new(sqlite_instance, engine) -> None:
+    decision, dead = evaluate_inbox(sqlite_instance, engine, NOW)
+    assert decision.requests == [] and dead == []
+    assert "0 new event(s)" in decision.sentence()
+
+
+def test_first_events(sqlite_instance, engine) -> None:
+    _seed(engine, 5)
+    decision, _ = evaluate_inbox(sqlite_instance, engine, NOW)
+    [request] = decision.requests
+    batch = request.tags[BATCH_TAG]
+    assert request.run_key == batch
+    assert request.run_config == {"ops": {"load_events": {"config": {"batch": batch}}}}
+    assert _batches(engine) == {batch: 5}
+    # The next tick sees the batch in flight (requested, no run yet) and asks for nothing.
+    again, _ = evaluate_inbox(sqlite_instance, engine, NOW + 5)
+    assert again.requests == [] and again.waiting_batches == 1
+
+
+def test_burst_is_capped(sqlite_instance, engine) -> None:
+    total = MAX_EVENTS_PER_RUN * MAX_RUNS_PER_TICK + 7
+    _seed(engine, total)
+    first, _ = evaluate_inbox(sqlite_instance, engine, NOW)
+    assert len(first.requests) == MAX_RUNS_PER_TICK
+    assert first.new_events == MAX_EVENTS_PER_RUN * MAX_RUNS_PER_TICK
+    assert first.left_for_next_tick
+    assert sorted(_batches(engine).values()) == [MAX_EVENTS_PER_RUN] * MAX_RUNS_PER_TICK
+    second, _ = evaluate_inbox(sqlite_instance, engine, NOW + 5)
+    assert second.new_events == 7 and len(second.requests) == 1
+    assert len(inbox.unbatched(engine, 10)) == 0
+
+
+def test_lost_request_is_made_again(sqlite_instance, engine) -> None:
+    _seed(engine, 3)
+    [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
+    later, _ = evaluate_inbox(sqlite_instance, engine, NOW + sensors.LOST_REQUEST_SECONDS + 1)
+    [again] = later.requests
+    assert again.tags[BATCH_TAG] == request.tags[BATCH_TAG]
+    assert again.run_key == f"{request.run_key}/run-1"
+
+
+def test_running_batch_is_left_alone(sqlite_instance, engine) -> None:
+    _seed(engine, 3)
+    [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
+    sqlite_instance.create_run_for_job(
+        load_webhook_events_job,
+        run_config=request.run_config,
+        tags=request.tags,
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    decision, _ = evaluate_inbox(sqlite_instance, engine, NOW + 10_000)
+    assert decision.requests == [] and decision.waiting_batches == 1
+
+
+def test_failed_batch_runs_again_then_is_dead_lettered(
+    sqlite_instance, engine, events_db_url, alert_routes, monkeypatch, json_receiver
+) -> None:
+    monkeypatch.setenv("TEST_DEFAULT_URLS", json_receiver.url)
+    _seed(engine, 4)
+    [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
+    batch = request.tags[BATCH_TAG]
+    inbox.record_error(engine, batch, "OperationalError: could not connect to server")
+
+    keys = []
+    for failures in range(1, sensors.MAX_FAILED_RUNS):
+        _failed_run(sqlite_instance, batch)
+        decision, dead = evaluate_inbox(sqlite_instance, engine, NOW + 10 * failures)
+        assert dead == [] and decision.rerun_batches == 1
+        keys.append(decision.requests[0].run_key)
+    assert keys == [f"{batch}/run-2", f"{batch}/run-3"]
+
+    _failed_run(sqlite_instance, batch)
+    alerts = AlertRouter(database_url=events_db_url, routes_file=str(alert_routes))
+    context = dg.build_sensor_context(
+        instance=sqlite_instance,
+        resources={
+            "warehouse": EventWarehouse(database_url=events_db_url, reports_dir="unused"),
+            "alerts": alerts,
+        },
+    )
+    result = webhook_inbox_sensor(context)
+    assert isinstance(result, dg.SkipReason)
+    assert "1 batch(es) dead-lettered (4 events)" in result.skip_message
+    assert json.loads(context.cursor)["batches_dead_lettered"] == 1
+    assert inbox.counts(engine) == {("github", "dead"): 4}
+    letters = open_dead_letters(engine, "webhook_events")
+    assert len(letters) == 4
+    assert all("failed 3 runs: OperationalError: could not connect" in x.reason for x in letters)
+
+    alerts.outbox().deliver_due(budget_seconds=10)
+    [alert] = json_receiver.received
+    assert "4 event(s) gave up after 3 failed runs" in alert["title"]
+    assert "automation-pipelines events replay --all" in alert["message"]
+
+    # Replayed, the events are batched anew with a fresh run key.
+    assert inbox.replay(engine, everything=True) == 4
+    replayed, _ = evaluate_inbox(sqlite_instance, engine, NOW + 100)
+    [fresh] = replayed.requests
+    assert fresh.tags[BATCH_TAG] != batch and replayed.new_events == 4
+
+
+def test_failed_run_without_retry_decision_is_waited_for(sqlite_instance, engine) -> None:
+    _seed(engine, 2)
+    [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
+    run = sqlite_instance.create_run_for_job(
+        load_webhook_events_job, run_config=request.run_config, tags=request.tags
+    )
+    sqlite_instance.report_run_failed(run)
+    sqlite_instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "true"})
+    decision, _ = evaluate_inbox(sqlite_instance, engine, time.time())
+    assert decision.requests == [] and decision.waiting_batches == 1
+
+
+def test_paused_automation_requests_nothing(sqlite_instance, events_db_url, engine) -> None:
+    _seed(engine, 2)
+    breaker.pause(breaker.engine_for(sqlite_instance), "webhook_events", "maintenance", by="test")
+    context = dg.build_sensor_context(
+        instance=sqlite_instance,
+        resources={
+            "warehouse": EventWarehouse(database_url=events_db_url, reports_dir="unused"),
+            "alerts": AlertRouter(database_url=events_db_url),
+        },
+    )
+    result = webhook_inbox_sensor(context)
+    assert isinstance(result, dg.SkipReason)
+    assert "paused" in result.skip_message and "maintenance" in result.skip_message
+    assert len(inbox.unbatched(engine, 10)) == 2
