@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from croniter import croniter
 
-from automation_pipelines.monitoring.watchdog import MONITORING_OWNER, Finding
+from automation_pipelines.monitoring.watchdog import MONITORING_OWNER, Finding, report
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG
@@ -196,22 +196,13 @@ def report_stale(
     """Open an incident per newly stale asset (with a link to it) and close those that are fresh
     again with a recovery notice; `held_subjects` (paused) stay as they are. Return how many
     alerts were opened."""
-    opened = 0
-    for finding in findings:
-        key = finding.subject.removeprefix("asset:")
-        if outbox.report_condition(
-            subject=finding.subject,
-            kind=finding.kind,
-            owner=finding.owner,
-            automation=finding.automation,
-            sentence=finding.sentence,
-            details=[f"Asset: {asset_url(ui_base_url, key)}"],
-        ):
-            opened += 1
-    active = {(f.subject, f.kind) for f in findings}
-    active |= {(subject, STALE_KIND) for subject in held_subjects}
-    outbox.clear_conditions(active, {STALE_KIND})
-    return opened
+    return report(
+        outbox,
+        findings,
+        kinds={STALE_KIND},
+        held_subjects=held_subjects,
+        details=lambda f: [f"Asset: {asset_url(ui_base_url, f.subject.removeprefix('asset:'))}"],
+    )
 
 
 @dg.sensor(

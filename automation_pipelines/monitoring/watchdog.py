@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -290,10 +290,11 @@ def report(
     findings: Sequence[Finding],
     kinds: Iterable[str] = KINDS,
     held_subjects: Iterable[str] = (),
+    details: Callable[[Finding], list[str]] | None = None,
 ) -> int:
     """Open an incident per new finding and close those of `kinds` that cleared (each with a
     recovery notice); incidents of `held_subjects` (paused, so not evaluated) stay as they are.
-    Return how many alerts were opened."""
+    `details` adds lines (a link, say) to a finding's alert. Return how many alerts were opened."""
     opened = sum(
         1
         for f in findings
@@ -303,6 +304,7 @@ def report(
             owner=f.owner,
             automation=f.automation,
             sentence=f.sentence,
+            details=details(f) if details else (),
         )
     )
     kinds = set(kinds)
