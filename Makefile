@@ -35,13 +35,14 @@ test: lint check
 	$(BIN)/pytest
 
 bench: install
-	@# ImageMagick and vipsthumbnail are what the benchmarks compare against. `convert -version`
-	@# rather than `command -v convert`: some machines carry a stand-in script of that name.
+	@# ImageMagick and vipsthumbnail are what the benchmarks compare against; wrk loads the
+	@# webhook receiver. `convert -version` rather than `command -v convert`: some machines carry
+	@# a stand-in script of that name.
 	@if ! convert -version 2>/dev/null | grep -q 'Version: ImageMagick' \
-		|| ! command -v vipsthumbnail >/dev/null; then \
+		|| ! command -v vipsthumbnail >/dev/null || ! command -v wrk >/dev/null; then \
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y --no-install-recommends imagemagick libvips-tools; \
+			apt-get install -y --no-install-recommends imagemagick libvips-tools wrk; \
 	fi
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
