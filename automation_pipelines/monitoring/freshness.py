@@ -21,9 +21,10 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from croniter import croniter
 
-from automation_pipelines.monitoring.watchdog import MONITORING_OWNER, Finding, report
+from automation_pipelines.monitoring.watchdog import MONITORING_OWNER
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG
 
 FRESHNESS_SENSOR = "freshness_alert_sensor"
@@ -196,7 +197,7 @@ def report_stale(
     """Open an incident per newly stale asset (with a link to it) and close those that are fresh
     again with a recovery notice; `held_subjects` (paused) stay as they are. Return how many
     alerts were opened."""
-    return report(
+    return report_findings(
         outbox,
         findings,
         kinds={STALE_KIND},

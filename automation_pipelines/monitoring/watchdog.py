@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -21,6 +21,7 @@ from croniter import croniter
 
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
     EXPECT_MAX_RUNS_TAG,
@@ -89,15 +90,6 @@ class JobView:
     @property
     def subject(self) -> str:
         return f"job:{self.name}"
-
-
-@dataclass(frozen=True)
-class Finding:
-    subject: str
-    kind: str
-    owner: str
-    automation: str | None
-    sentence: str
 
 
 def _when(timestamp: float | None) -> str:
@@ -290,28 +282,10 @@ def report(
     findings: Sequence[Finding],
     kinds: Iterable[str] = KINDS,
     held_subjects: Iterable[str] = (),
-    details: Callable[[Finding], list[str]] | None = None,
 ) -> int:
-    """Open an incident per new finding and close those of `kinds` that cleared (each with a
-    recovery notice); incidents of `held_subjects` (paused, so not evaluated) stay as they are.
-    `details` adds lines (a link, say) to a finding's alert. Return how many alerts were opened."""
-    opened = sum(
-        1
-        for f in findings
-        if outbox.report_condition(
-            subject=f.subject,
-            kind=f.kind,
-            owner=f.owner,
-            automation=f.automation,
-            sentence=f.sentence,
-            details=details(f) if details else (),
-        )
-    )
-    kinds = set(kinds)
-    still = {(f.subject, f.kind) for f in findings}
-    still |= {(subject, kind) for subject in held_subjects for kind in kinds}
-    outbox.clear_conditions(still, kinds)
-    return opened
+    """`report_findings` for the watchdog's kinds: one alert per new finding, a recovery notice
+    per cleared one; paused subjects are held as they are."""
+    return report_findings(outbox, findings, kinds, held_subjects)
 
 
 @dg.sensor(
