@@ -39,10 +39,11 @@ bench: install
 	@# webhook receiver. `convert -version` rather than `command -v convert`: some machines carry
 	@# a stand-in script of that name.
 	@if ! convert -version 2>/dev/null | grep -q 'Version: ImageMagick' \
-		|| ! command -v vipsthumbnail >/dev/null || ! command -v wrk >/dev/null; then \
+		|| ! command -v vipsthumbnail >/dev/null || ! command -v wrk >/dev/null \
+		|| ! command -v zstd >/dev/null; then \
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y --no-install-recommends imagemagick libvips-tools wrk; \
+			apt-get install -y --no-install-recommends imagemagick libvips-tools wrk zstd; \
 	fi
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench

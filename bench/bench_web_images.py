@@ -32,6 +32,7 @@ from skimage import data as samples
 from skimage.metrics import structural_similarity
 
 from automation_pipelines.automations.web_images.images import ImageSettings, render_image
+from bench.tables import print_columns
 
 COUNT = int(os.environ.get("BENCH_WEB_IMAGES_COUNT", "100"))
 LANDSCAPE = (4240, 2832)  # 12 MP, 3:2, a common camera size
@@ -329,15 +330,7 @@ def print_table(results: list[Result]) -> None:
         )
         for r in results
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-    print()
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print(line)
-    for row in rows:
-        cells = [row[0].ljust(widths[0])]
-        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-        print("  ".join(cells))
+    print_columns(header, rows)
     print()
 
 

@@ -63,6 +63,7 @@ from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines.webhooks.inbox import DEAD, PENDING, inbox_table
 from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import DagsterProcesses, http_get, venv_script, wait_for
+from bench.tables import print_columns
 
 SECONDS = int(os.environ.get("BENCH_WEBHOOKS_SECONDS", "10"))
 BURST = int(os.environ.get("BENCH_WEBHOOKS_BURST", "10000"))
@@ -827,14 +828,7 @@ def print_table(results: list[Result]) -> None:
         else (r.mode, r.note, "-", "-", "-", "-", "-")
         for r in results
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    print()
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        cells = [row[0].ljust(widths[0])]
-        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-        print("  ".join(cells))
+    print_columns(header, rows)
     print(
         "\nevents/s: 202 answers per second of load, each sent only after its inbox commit; "
         "latency as wrk\nmeasures it. launchRun: launches per second and latency per launch; it "
