@@ -101,6 +101,18 @@ def _dev(args: argparse.Namespace) -> int:
     return leader.returncode or 1
 
 
+def _prod(args: argparse.Namespace) -> int:
+    """Run the production topology (code server, webserver, daemon, receiver) on PostgreSQL."""
+    from dotenv import dotenv_values
+
+    from automation_pipelines import production
+
+    env = {k: v for k, v in dotenv_values(PROJECT_ROOT / ".env").items() if v is not None}
+    env.update(os.environ)
+    ports = production.Ports(args.host, args.port, args.webhooks_port, args.code_server_port)
+    return production.run(ports, env)
+
+
 def _home() -> str:
     return os.environ.get("DAGSTER_HOME") or str(DEFAULT_HOME)
 
@@ -384,6 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhooks-port", type=int, default=int(os.environ.get("WEBHOOKS_PORT") or 3001)
     )
     dev.set_defaults(func=_dev)
+
+    prod = commands.add_parser(
+        "prod", help="the production topology on PostgreSQL: code server, UI, daemon, receiver"
+    )
+    prod.add_argument("--host", default="127.0.0.1")
+    prod.add_argument("--port", type=int, default=3000, help="the UI")
+    prod.add_argument(
+        "--webhooks-port", type=int, default=int(os.environ.get("WEBHOOKS_PORT") or 3001)
+    )
+    prod.add_argument("--code-server-port", type=int, default=4000)
+    prod.set_defaults(func=_prod)
 
     webhooks = commands.add_parser("webhooks", help="the webhook receiver")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
