@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install run run-prod test lint format check bench clean
+.PHONY: install run run-prod demo test lint format check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required; set PYTHON=/path/to/python3.11")'
@@ -24,6 +24,10 @@ run: install
 # the webserver and the daemon reading it, and the webhook receiver, as separate processes.
 run-prod: install
 	$(BIN)/automation-pipelines prod --host $(HOST) --port $(PORT)
+
+# With `make run` up in another terminal: sample photos and signed webhook events to watch.
+demo: install
+	$(BIN)/automation-pipelines demo --ui http://$(HOST):$(PORT)
 
 lint: install
 	$(BIN)/ruff check .

@@ -113,6 +113,28 @@ def _prod(args: argparse.Namespace) -> int:
     return production.run(ports, env)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """Send the demo through the running `make run` (see automation_pipelines/demo.py)."""
+    from dotenv import load_dotenv
+
+    from automation_pipelines import demo
+    from automation_pipelines.automations.web_images.resources import PhotoFolders
+
+    load_dotenv(PROJECT_ROOT / ".env", override=False)  # the same settings `make run` read
+    try:
+        result = demo.run_demo(
+            args.receiver,
+            PhotoFolders.from_env().inbox,
+            os.environ.get(demo.SECRET_ENV),
+            events=args.events,
+        )
+    except demo.DemoError as exc:
+        print(f"✗ {exc}", file=sys.stderr)
+        return 1
+    print(demo.where_to_look(args.ui, result))
+    return 0
+
+
 def _home() -> str:
     return os.environ.get("DAGSTER_HOME") or str(DEFAULT_HOME)
 
@@ -407,6 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prod.add_argument("--code-server-port", type=int, default=4000)
     prod.set_defaults(func=_prod)
+
+    demo = commands.add_parser(
+        "demo", help="with `make run` up: sample photos and signed webhook events to watch"
+    )
+    demo.add_argument(
+        "--receiver",
+        default=f"http://127.0.0.1:{os.environ.get('WEBHOOKS_PORT') or 3001}",
+        help="the webhook receiver's URL",
+    )
+    demo.add_argument("--ui", default="http://127.0.0.1:3000", help="the Dagster UI's URL")
+    demo.add_argument("--events", type=int, default=12)
+    demo.set_defaults(func=_demo)
 
     webhooks = commands.add_parser("webhooks", help="the webhook receiver")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
