@@ -131,6 +131,9 @@ class DagsterProcesses:
 
     def start_daemon(self, timeout: float = 90) -> None:
         """Start `dagster-daemon run` and wait until its sensor daemon has sent a heartbeat."""
+        # Create the instance's storage here first: two processes migrating a fresh SQLite home
+        # at once can leave it with two schema heads, and then nothing can open it.
+        assert self.instance.get_daemon_heartbeats() is not None
         self._start("daemon", [venv_script("dagster-daemon"), "run", "-w", str(self.workspace)])
         wait_for(
             "the daemon's first heartbeats",
