@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import urllib.error
@@ -57,6 +58,22 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
             return response.status, response.read()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
+
+
+def http_ok(url: str) -> bool:
+    """True when `url` answers 200 now."""
+    answer = http_get(url)
+    return answer is not None and answer[0] == 200
+
+
+def start_dev(
+    group: ProcessGroup, port: int, webhooks_port: int, env: dict[str, str], log: Path
+) -> subprocess.Popen:
+    """`automation-pipelines dev` (what `make run` runs) in `group`, its output in `log`."""
+    argv = [venv_script("automation-pipelines"), "dev", "--port", str(port)]
+    argv += ["--webhooks-port", str(webhooks_port)]
+    with log.open("wb") as handle:
+        return group.start(argv, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def graphql(base_url: str, query: str) -> dict:
@@ -145,17 +162,17 @@ class DagsterProcesses:
             self.logs,
         )
 
+    def _start_http(self, name: str, argv: list[str], url: str, timeout: float) -> None:
+        """Start a process and wait until `url` answers 200."""
+        self._start(name, argv)
+        wait_for(f"the {name}", lambda: http_ok(url), timeout, self.logs)
+
     def start_webserver(self, port: int, timeout: float = 90) -> str:
         """Start `dagster-webserver` and wait until /server_info answers 200; return its URL."""
         base_url = f"http://127.0.0.1:{port}"
         argv = [venv_script("dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)]
-        self._start("webserver", [*argv, "-w", str(self.workspace)])
-        wait_for(
-            "the webserver",
-            lambda: (http_get(f"{base_url}/server_info") or (0, b""))[0] == 200,
-            timeout,
-            self.logs,
-        )
+        argv += ["-w", str(self.workspace)]
+        self._start_http("webserver", argv, f"{base_url}/server_info", timeout)
         return base_url
 
     def start_webhooks(self, port: int, timeout: float = 60) -> str:
@@ -163,13 +180,8 @@ class DagsterProcesses:
         /healthz answers 200; return its URL. Sources and secrets come from `env`."""
         base_url = f"http://127.0.0.1:{port}"
         argv = [venv_script("automation-pipelines"), "webhooks", "serve", "--port", str(port)]
-        self._start("webhooks", [*argv, "--host", "127.0.0.1"])
-        wait_for(
-            "the webhook receiver",
-            lambda: (http_get(f"{base_url}/healthz") or (0, b""))[0] == 200,
-            timeout,
-            self.logs,
-        )
+        argv += ["--host", "127.0.0.1"]
+        self._start_http("webhooks", argv, f"{base_url}/healthz", timeout)
         return base_url
 
     def wait_for_run(self, job_name: str, timeout: float = 120) -> dg.DagsterRun:

@@ -19,7 +19,7 @@ from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines_tests.conftest import free_port
-from automation_pipelines_tests.e2e.harness import http_get, venv_script, wait_for
+from automation_pipelines_tests.e2e.harness import http_get, start_dev, venv_script, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -60,20 +60,7 @@ def test_walkthrough_demo_flows_through(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     group = ProcessGroup()
     try:
-        with log.open("wb") as handle:
-            dev = group.start(
-                [
-                    venv_script("automation-pipelines"),
-                    "dev",
-                    "--port",
-                    str(port),
-                    "--webhooks-port",
-                    str(webhooks_port),
-                ],
-                env=env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
+        dev = start_dev(group, port, webhooks_port, env, log)
         logs = lambda: log.read_text(errors="replace")[-5000:]  # noqa: E731
         health = f"http://127.0.0.1:{webhooks_port}/healthz"
         wait_for("the receiver", lambda: (http_get(health) or (0,))[0] == 200, 120, logs)

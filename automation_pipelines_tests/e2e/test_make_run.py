@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +14,12 @@ import pytest
 
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines_tests.conftest import free_port
-from automation_pipelines_tests.e2e.harness import graphql, http_get, venv_script, wait_for
+from automation_pipelines_tests.e2e.harness import (
+    graphql,
+    http_get,
+    start_dev,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,20 +43,7 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
     env.pop("AUTOMATION_INSTANCE_CONFIG", None)
     group = ProcessGroup()
-    with log.open("wb") as handle:
-        dev = group.start(
-            [
-                venv_script("automation-pipelines"),
-                "dev",
-                "--port",
-                str(port),
-                "--webhooks-port",
-                str(webhooks_port),
-            ],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    dev = start_dev(group, port, webhooks_port, env, log)
 
     def logs() -> str:
         return log.read_text(errors="replace")[-6000:]

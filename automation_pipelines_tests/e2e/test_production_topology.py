@@ -9,8 +9,6 @@ processed twice, and the pending event loads once the automation is resumed.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -25,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.warehouse import events_table
+from automation_pipelines.demo import post_github
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines.webhooks import inbox
@@ -99,20 +98,7 @@ class Topology:
 
 
 def post_push(base_url: str, delivery: str) -> int:
-    body = json.dumps(push(commits=2)).encode()
-    request = urllib.request.Request(
-        f"{base_url}/hooks/github",
-        data=body,
-        headers={
-            "Content-Type": "application/json",
-            "X-Hub-Signature-256": "sha256="
-            + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
-            "X-GitHub-Delivery": delivery,
-            "X-GitHub-Event": "push",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.status
+    return post_github(base_url, SECRET, delivery, "push", push(commits=2))
 
 
 def launch(ui: str, job: str) -> str:

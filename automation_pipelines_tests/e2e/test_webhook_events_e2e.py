@@ -12,14 +12,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import json
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,6 +30,7 @@ from automation_pipelines.automations.webhook_events.report import (
 )
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.automations.webhook_events.warehouse import events_table
+from automation_pipelines.demo import post_github
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.deadletters import open_dead_letters
 from automation_pipelines.webhooks import inbox
@@ -48,23 +44,7 @@ SECRET = "e2e-github-webhook-secret"
 
 
 def post_push(base_url: str, delivery: str, payload: dict) -> int:
-    body = json.dumps(payload).encode()
-    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    request = urllib.request.Request(
-        f"{base_url}/hooks/github",
-        data=body,
-        headers={
-            "Content-Type": "application/json",
-            "X-Hub-Signature-256": signature,
-            "X-GitHub-Delivery": delivery,
-            "X-GitHub-Event": "push",
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return post_github(base_url, SECRET, delivery, "push", payload)
 
 
 def post_many(base_url: str, items: list[tuple[str, dict]]) -> list[int]:

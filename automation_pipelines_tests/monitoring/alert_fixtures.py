@@ -78,3 +78,15 @@ def run_config(mode: str, counter_file: str = "") -> dict:
 
 SECRET = "Zq8-not-for-alerts-91x"
 os.environ.setdefault("FIXTURE_ACCESS_CODE", SECRET)
+
+
+def tick_sensor(sensor, instance, defs: dg.Definitions, router: AlertRouter, cursor: str | None):
+    """Evaluate one tick of a monitoring sensor for real; return (new cursor, skip message)."""
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        repository_def=defs.get_repository_def(),
+        resources={"alerts": router},
+    )
+    result = sensor(context)
+    return context.cursor, result.skip_message

@@ -20,6 +20,7 @@ from automation_pipelines.monitoring.freshness import (
 )
 from automation_pipelines.monitoring.watchdog import MONITORING_OWNER
 from automation_pipelines.reliability import breaker
+from automation_pipelines_tests.monitoring.alert_fixtures import tick_sensor
 
 HOUR = 3600.0
 # 2026-11-22 10:30 UTC; the daily 02:00 UTC deadline before it had the window 00:00-02:00.
@@ -241,14 +242,9 @@ def test_sensor_alerts_once_and_recovers_on_a_real_instance(
     outbox = alert_router.outbox()
 
     def tick(cursor):
-        context = dg.build_sensor_context(
-            instance=sqlite_instance,
-            cursor=cursor,
-            repository_def=defs.get_repository_def(),
-            resources={"alerts": alert_router},
+        return tick_sensor(
+            freshness.freshness_alert_sensor, sqlite_instance, defs, alert_router, cursor
         )
-        result = freshness.freshness_alert_sensor(context)
-        return context.cursor, result.skip_message
 
     assert dg.materialize([daily_report], instance=sqlite_instance).success
     materialized = sqlite_instance.get_latest_materialization_event(

@@ -15,6 +15,7 @@ import pytest
 
 from automation_pipelines.monitoring import watchdog
 from automation_pipelines.monitoring.watchdog import JobView, TriggerView, evaluate
+from automation_pipelines_tests.monitoring.alert_fixtures import tick_sensor
 
 HOUR = 3600.0
 # 2026-11-22 10:30 UTC: an hourly schedule was due at 10:00, and at 09:00 before it.
@@ -229,14 +230,7 @@ def test_sensor_on_real_history_with_time_moved_forward(
     monkeypatch.setattr(watchdog.time, "time", lambda: clock["now"])
 
     def tick(cursor):
-        context = dg.build_sensor_context(
-            instance=sqlite_instance,
-            cursor=cursor,
-            repository_def=defs.get_repository_def(),
-            resources={"alerts": alert_router},
-        )
-        result = watchdog.watchdog_sensor(context)
-        return context.cursor, result.skip_message
+        return tick_sensor(watchdog.watchdog_sensor, sqlite_instance, defs, alert_router, cursor)
 
     cursor, message = tick(None)
     assert "1 finding(s)" in message and "3 runs of watched_job" in message
