@@ -28,12 +28,18 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(f.ok for f in findings) else 1
 
 
-def _dev_env(home: Path) -> dict[str, str]:
-    """The environment for `dagster dev`: the project's .env under what the caller already set."""
+def _project_env() -> dict[str, str]:
+    """The project's .env under what the caller already set (the environment wins)."""
     from dotenv import dotenv_values
 
     env = {k: v for k, v in dotenv_values(PROJECT_ROOT / ".env").items() if v is not None}
     env.update(os.environ)
+    return env
+
+
+def _dev_env(home: Path) -> dict[str, str]:
+    """The environment for `dagster dev`: the project's .env under what the caller already set."""
+    env = _project_env()
     env["DAGSTER_HOME"] = str(home)
     # `dagster dev` suggests `dg dev`, which needs a package this project does not use.
     env.setdefault("PYTHONWARNINGS", "ignore:Function `dev_command` is superseded")
@@ -103,14 +109,10 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _prod(args: argparse.Namespace) -> int:
     """Run the production topology (code server, webserver, daemon, receiver) on PostgreSQL."""
-    from dotenv import dotenv_values
-
     from automation_pipelines import production
 
-    env = {k: v for k, v in dotenv_values(PROJECT_ROOT / ".env").items() if v is not None}
-    env.update(os.environ)
     ports = production.Ports(args.host, args.port, args.webhooks_port, args.code_server_port)
-    return production.run(ports, env)
+    return production.run(ports, _project_env())
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ readiness check looks for, so an automation cannot forget one of them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,11 +129,17 @@ class Automation:
         description: str,
         execution_timezone: str = "UTC",
         run_config: dict | None = None,
+        request: Callable[[dg.ScheduleEvaluationContext], dg.RunRequest] | None = None,
     ) -> dg.ScheduleDefinition:
-        """A schedule (running by default) that requests nothing while the breaker is open."""
+        """A schedule (running by default) that requests nothing while the breaker is open.
+        `request` builds the run request from the tick (e.g. to pick a partition); by default
+        the request carries `run_config`."""
 
         def evaluate(context: dg.ScheduleEvaluationContext):
-            return self.blocked(context) or dg.RunRequest(run_config=run_config or {})
+            blocked = self.blocked(context)
+            if blocked:
+                return blocked
+            return request(context) if request else dg.RunRequest(run_config=run_config or {})
 
         return dg.ScheduleDefinition(
             name=name,

@@ -13,8 +13,8 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from automation_pipelines.automations.backups import snapshots as s
 from automation_pipelines.reliability.conditions import Finding
@@ -63,17 +63,20 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h" if seconds >= 36_000 else f"{seconds / 3600:.1f} h"
 
 
-def _destination_problem(destination: Path, min_free_percent: float, last_archive: int) -> str:
-    """Why the destination cannot take the next snapshot, or ""."""
+def _destination_problem(
+    destination: Path, min_free_percent: float, last_archive: int
+) -> tuple[str, Any]:
+    """(why the destination cannot take the next snapshot or "", its `shutil.disk_usage` if it
+    could be read, else None)."""
     if not destination.exists():
-        return f"destination {destination} does not exist"
+        return f"destination {destination} does not exist", None
     if not destination.is_dir():
-        return f"destination {destination} is not a folder"
+        return f"destination {destination} is not a folder", None
     probe = destination / f".health-probe-{os.getpid()}"
     try:
         probe.write_bytes(b"probe")
     except OSError as exc:
-        return f"destination {destination} is not writable: {exc.strerror or exc}"
+        return f"destination {destination} is not writable: {exc.strerror or exc}", None
     finally:
         probe.unlink(missing_ok=True)
     usage = shutil.disk_usage(destination)
@@ -88,8 +91,8 @@ def _destination_problem(destination: Path, min_free_percent: float, last_archiv
         return (
             f"destination {destination} is almost full: {usage.free / 1e9:.2f} GB free "
             f"({free_percent:.1f}%), {why}"
-        )
-    return ""
+        ), usage
+    return "", usage
 
 
 def inspect(
@@ -122,11 +125,10 @@ def inspect(
     newest = verified[0] if verified else None
     last_archive = newest.archive.stat().st_size if newest and newest.archive.exists() else 0
 
-    trouble = _destination_problem(destination, min_free_percent, last_archive)
+    trouble, usage = _destination_problem(destination, min_free_percent, last_archive)
     if trouble:
         problem(DESTINATION, CHECK_DESTINATION, trouble)
     else:
-        usage = shutil.disk_usage(destination)
         checks[CHECK_DESTINATION] = CheckOutcome(
             True,
             f"destination {destination} is writable with {usage.free / 1e9:.2f} GB free",
@@ -170,9 +172,12 @@ def inspect(
 
     # Intact: every file of the newest snapshot read back; the older ones by archive hash.
     damaged = []
+    newest_sound = False
     for index, snapshot in enumerate(found):
         depth = s.EVERY_FILE if index == 0 else s.ARCHIVE_HASH
-        damaged.extend(s.verify(snapshot.path, depth=depth))
+        problems = s.verify(snapshot.path, depth=depth)
+        newest_sound = newest_sound or (index == 0 and not problems)
+        damaged.extend(problems)
         if not snapshot.verified:
             damaged.append(f"snapshot {snapshot.id} was never verified ({s.VERIFIED} is missing)")
     if damaged:
@@ -187,7 +192,7 @@ def inspect(
 
     # Restore: a sample of the newest snapshot's files into a temp folder, hash-compared.
     if found:
-        failed = s.sample_restore(found[0].path, sample_files, rng)
+        failed = s.sample_restore(found[0].path, sample_files, rng, verified=newest_sound)
         if failed:
             problem(RESTORE, CHECK_RESTORE, "; ".join(failed[:3]), files=sample_files)
         else:
@@ -199,8 +204,3 @@ def inspect(
     else:
         checks[CHECK_RESTORE] = CheckOutcome(False, "no snapshot to restore from")
     return HealthReport(checks=checks, findings=findings)
-
-
-def created_at(snapshot_id: str) -> float:
-    moment = s.parse_id(snapshot_id)
-    return moment.timestamp() if moment else datetime.now(tz=UTC).timestamp()

@@ -200,21 +200,17 @@ webhook_daily_report_job = dg.define_asset_job(
 )
 
 
-@dg.schedule(
-    name="webhook_report_daily_schedule",
-    job=webhook_daily_report_job,
-    cron_schedule="30 0 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=AUTOMATION.describe(
-        "At 00:30 UTC, reports on the day that just ended (skipped while the automation is "
-        "paused or its circuit breaker is open)."
-    ),
-)
-def webhook_report_daily_schedule(context: dg.ScheduleEvaluationContext):
-    blocked = AUTOMATION.blocked(context)
-    if blocked:
-        return blocked
+def _previous_day(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """The report of the UTC day that ended before the tick."""
     scheduled = context.scheduled_execution_time or datetime.now(tz=UTC)
     day = (scheduled.astimezone(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
     return dg.RunRequest(run_key=f"report-{day}", partition_key=day)
+
+
+webhook_report_daily_schedule = AUTOMATION.schedule(
+    name="webhook_report_daily_schedule",
+    job=webhook_daily_report_job,
+    cron_schedule="30 0 * * *",
+    description="At 00:30 UTC, reports on the day that just ended.",
+    request=_previous_day,
+)

@@ -172,3 +172,30 @@ def test_day_with_events_still_in_the_inbox_waits(loaded: EventWarehouse) -> Non
     with pytest.raises(TransientError, match="1 event\\(s\\) received on 2026-03-03 are still"):
         webhook_daily_report(context)
     assert stored_report(loaded.engine(), [DAYS[2]]) == []
+
+
+def test_schedule_reports_the_day_that_ended_and_skips_while_paused(sqlite_instance) -> None:
+    from datetime import UTC, datetime
+
+    from automation_pipelines.automations.webhook_events.report import (
+        webhook_report_daily_schedule,
+    )
+    from automation_pipelines.definitions import defs
+    from automation_pipelines.reliability import breaker
+
+    tick = datetime(2026, 3, 2, 0, 30, tzinfo=UTC)
+
+    def context() -> dg.ScheduleEvaluationContext:
+        return dg.build_schedule_context(
+            instance=sqlite_instance,
+            scheduled_execution_time=tick,
+            repository_def=defs.get_repository_def(),
+        )
+
+    [request] = webhook_report_daily_schedule.evaluate_tick(context()).run_requests
+    assert (request.partition_key, request.run_key) == ("2026-03-01", "report-2026-03-01")
+
+    breaker.pause(breaker.engine_for(sqlite_instance), "webhook_events", reason="schema change")
+    paused = webhook_report_daily_schedule.evaluate_tick(context())
+    assert paused.run_requests == []
+    assert "webhook_events is paused" in paused.skip_message
