@@ -107,8 +107,9 @@ class Automation:
         return f"{text.strip()}\n\n{RUNBOOK_PREFIX}{self.runbook_ref} (owner: {self.owner})"
 
     def job(self, **kwargs):
-        """`dg.job` with this automation's tags and the alerting hook; the description gets the
-        runbook link."""
+        """`dg.job` with this automation's tags, the alerting hook and the in-process executor;
+        the description gets the runbook link."""
+        kwargs.setdefault("executor_def", dg.in_process_executor)
         kwargs["tags"] = {**self.job_tags(), **kwargs.get("tags", {})}
         kwargs["hooks"] = {alert_on_failure_hook, *kwargs.get("hooks", ())}
         if "description" in kwargs:

@@ -77,6 +77,9 @@ _TRANSIENT_ERRNOS = {
     errno.EPIPE,
 }
 
+#: A full volume is not the input's fault and goes away when someone frees space.
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
 #: Exception classes (by module-qualified name, so no import is needed) that are transient.
 _TRANSIENT_CLASSES = {
     "requests.exceptions.ConnectionError": "connection error",
@@ -175,6 +178,8 @@ def _builtin(exc: BaseException) -> Verdict | None:
         return Verdict(True, "timeout")
     if isinstance(exc, ConnectionError | BlockingIOError | InterruptedError):
         return Verdict(True, "connection error")
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return Verdict(True, "disk full or over quota (clears when space is freed)")
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return Verdict(True, f"OS error {errno.errorcode.get(exc.errno, exc.errno)}")
     if isinstance(exc, PermissionError):

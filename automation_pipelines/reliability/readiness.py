@@ -190,6 +190,16 @@ def _concurrency(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None
 
 
+@rule("in_process", "its ops run inside the run worker, so a killed worker leaves no step behind")
+def _in_process(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    if job.executor_def.name != dg.in_process_executor.name:
+        return (
+            f"executor {job.executor_def.name!r} runs steps in processes of their own, which "
+            "outlive a killed run worker and overlap the next run: use dg.in_process_executor"
+        )
+    return None
+
+
 @rule("alerting", f"the `{HOOK_NAME}` failure hook records failed ops for the owner's alert")
 def _alerting(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     if not any(hook.name == HOOK_NAME for hook in job.hook_defs):

@@ -11,6 +11,8 @@ RETRY_ON_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
 #: Dagster's own tags on failed runs and their automatic retries.
 WILL_RETRY_TAG = "dagster/will_retry"
 ROOT_RUN_TAG = "dagster/root_run_id"
+#: Dagster's own tag: the run key a sensor or schedule requested the run under.
+RUN_KEY_TAG = "dagster/run_key"
 #: What healthy means (see Expectation): read by the watchdog sensor.
 EXPECT_SUCCESS_TAG = "expect/success_within_seconds"
 EXPECT_MAX_RUNS_TAG = "expect/max_runs_per_hour"

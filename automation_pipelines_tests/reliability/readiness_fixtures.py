@@ -42,6 +42,7 @@ def _make(
     automation=GOOD,
     triggered=True,
     hooks=frozenset({alert_on_failure_hook}),
+    executor=dg.in_process_executor,
 ) -> dg.Definitions:
     tags = automation.job_tags() if tags is None else tags
 
@@ -50,6 +51,7 @@ def _make(
         tags=tags,
         description=automation.describe("Adds numbers.") if description is None else description,
         hooks=hooks,
+        executor_def=executor,
     )
     def _job():
         value = add_numbers()
@@ -81,6 +83,7 @@ unexpected = _make(
         if k not in ("expect/success_within_seconds", "expect/trigger_stale_seconds")
     },
 )
+multiprocess = _make("multiprocess_job", executor=dg.multiprocess_executor)
 unrouted = _make("unrouted_job", tags={**GOOD.job_tags(), "owner": "team:nobody"})
 
 
@@ -95,6 +98,7 @@ def plain_op() -> int:
     description=GOOD.describe("Retries come from the job."),
     op_retry_policy=LOCAL_IO_RETRY,
     hooks={alert_on_failure_hook},
+    executor_def=dg.in_process_executor,
 )
 def job_level_retry_job():
     plain_op()

@@ -75,6 +75,8 @@ CLASSIFY_CASES: list[tuple[str, Callable[[], BaseException], bool, str | None]] 
     ("ConnectionRefusedError", lambda: ConnectionRefusedError("refused"), True, None),
     ("BrokenPipeError", lambda: BrokenPipeError("pipe"), True, None),
     ("OSError-EHOSTUNREACH", lambda: OSError(errno.EHOSTUNREACH, "no route"), True, "OS error"),
+    ("OSError-ENOSPC", lambda: OSError(errno.ENOSPC, "No space left on device"), True, "disk full"),
+    ("OSError-EDQUOT", lambda: OSError(errno.EDQUOT, "Disk quota exceeded"), True, "disk full"),
     ("urllib-HTTP-404", lambda: http_error(404), False, "HTTP 404"),
     ("urllib-HTTP-401", lambda: http_error(401), False, "credentials"),
     ("urllib-HTTP-403", lambda: http_error(403), False, "credentials"),

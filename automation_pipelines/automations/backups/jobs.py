@@ -13,6 +13,7 @@ backup_snapshots_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(BACKUP_KEY).without_checks(),
     tags=AUTOMATION.job_tags(),
     hooks={alert_on_failure_hook},
+    executor_def=dg.in_process_executor,
     description=AUTOMATION.describe(
         "Makes a verified snapshot of every source in backups.yaml, then deletes old snapshots "
         "beyond the retention policy (never before the new one is verified)."
@@ -24,6 +25,7 @@ check_backups_job = dg.define_asset_job(
     selection=dg.AssetSelection.checks_for_assets(BACKUP_KEY),
     tags=AUTOMATION.job_tags(),
     hooks={alert_on_failure_hook},
+    executor_def=dg.in_process_executor,
     description=AUTOMATION.describe(
         "Checks the backups: destination ready, newest snapshot recent, every snapshot intact, "
         "a sample restore matches; alerts the owner once per problem."

@@ -1,4 +1,5 @@
-"""The web images job."""
+"""The web images job. Its step runs inside the run worker (the in-process executor that
+`Automation.job` sets), so a killed worker leaves no step process writing behind it."""
 
 from automation_pipelines.automations.web_images import AUTOMATION
 from automation_pipelines.automations.web_images.ops import render_web_images

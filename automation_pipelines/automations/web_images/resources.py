@@ -10,6 +10,8 @@ import dagster as dg
 from automation_pipelines.paths import PROJECT_ROOT
 
 ROOT_ENV = "WEB_IMAGES_ROOT"
+MARGIN_ENV = "WEB_IMAGES_FREE_SPACE_MARGIN_MB"
+DEFAULT_MARGIN_MB = 100.0
 
 
 class PhotoFolders(dg.ConfigurableResource):
@@ -17,11 +19,18 @@ class PhotoFolders(dg.ConfigurableResource):
     files that cannot become web images to `root/quarantine` with a reason."""
 
     root: str
+    #: Space left free on the output volume beyond the photos of a batch; below it the sensor
+    #: requests nothing (a run would only fail with "disk full") and says how much is free.
+    free_space_margin_mb: float = DEFAULT_MARGIN_MB
 
     @classmethod
     def from_env(cls) -> PhotoFolders:
-        """$WEB_IMAGES_ROOT, else `data/web_images` in the project (git-ignored)."""
-        return cls(root=os.environ.get(ROOT_ENV) or str(PROJECT_ROOT / "data" / "web_images"))
+        """$WEB_IMAGES_ROOT, else `data/web_images` in the project (git-ignored);
+        $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB."""
+        return cls(
+            root=os.environ.get(ROOT_ENV) or str(PROJECT_ROOT / "data" / "web_images"),
+            free_space_margin_mb=float(os.environ.get(MARGIN_ENV) or DEFAULT_MARGIN_MB),
+        )
 
     @property
     def inbox(self) -> Path:
@@ -42,6 +51,16 @@ class PhotoFolders(dg.ConfigurableResource):
     @property
     def manifest(self) -> Path:
         return self.output / "manifest.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held by a run for its whole batch, so two runs never write the tree at once."""
+        return Path(self.root) / ".web_images.lock"
+
+    @property
+    def output_volume(self) -> Path:
+        """Where free space is measured: `web/`, or the root until `web/` exists."""
+        return self.output if self.output.is_dir() else Path(self.root)
 
     def own_folders(self) -> list[Path]:
         return [self.output, self.processed, self.quarantine]

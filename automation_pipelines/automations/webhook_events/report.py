@@ -193,6 +193,7 @@ webhook_daily_report_job = dg.define_asset_job(
     selection=[REPORT_KEY],
     tags=AUTOMATION.job_tags(**{EXPECT_SUCCESS_TAG: str(int(FRESH_WITHIN.total_seconds()))}),
     hooks={alert_on_failure_hook},
+    executor_def=dg.in_process_executor,
     description=AUTOMATION.describe(
         "Computes the daily webhook report for one UTC day (a partition). Backfill it from the "
         "UI to recompute past days; each day's result depends only on that day's events."

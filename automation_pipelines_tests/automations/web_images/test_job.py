@@ -1,21 +1,30 @@
 """The web images job on real photographs: renditions at the configured widths with orientation
-applied and GPS stripped, WebP and JPEG written, originals moved, manifest correct, re-runs
-idempotent; and a batch mixing a corpus of bad files with good ones delivers the good ones,
-quarantines each bad one with its reason and sends one alert."""
+applied and GPS stripped, WebP and JPEG written, one row per photo, originals moved, manifest
+correct, re-runs idempotent; a batch mixing a corpus of bad files with good ones delivers the good
+ones, quarantines each bad one with its reason and sends one alert; a run waits while another
+holds the automation's lock; and the next run repairs what a killed run left (a photo recorded but
+not moved is only moved, a half-rendered one rendered again, stale temp files and a stale
+manifest replaced)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from PIL import Image
 
+from automation_pipelines.automations.web_images import records
+from automation_pipelines.automations.web_images.images import render_image
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability.deadletters import open_dead_letters
+from automation_pipelines.reliability.locks import exclusive_lock
 from automation_pipelines_tests.automations.web_images.photos import GPS_IFD, photo
 
 
@@ -108,12 +117,105 @@ def test_re_running_a_batch_is_idempotent(run, folders) -> None:
 
     again = run(["a.jpg"])  # the same batch again: nothing left to do
     assert materialization(again)["already_done"] == 1
-    # As if the first run had crashed after writing outputs but before moving the original:
+    # As if the first run had died after recording the photo but before moving the original:
     original.write_bytes(kept)
-    run(["a.jpg"])
+    repaired = run(["a.jpg"])
+    meta = materialization(repaired)
+    assert (meta["repaired"], meta["images_processed"]) == (1, 0)  # moved, not rendered again
     assert digest(folders.output) == before
     assert folders.manifest.read_text() == manifest
     assert [p.name for p in folders.processed.iterdir()] == ["a.jpg"]
+
+
+def test_each_photo_has_one_row_with_its_source_hash(run, folders, alert_router) -> None:
+    kept = photo(folders.inbox / "trip/a.jpg", 1700).read_bytes()
+    result = run(["trip/a.jpg"])
+    engine = alert_router.outbox().engine
+    row = records.get_record(engine, folders.root, "trip/a.jpg")
+    assert row.source_sha256 == hashlib.sha256(kept).hexdigest()
+    assert row.run_id == result.run_id
+    assert json.loads(folders.manifest.read_text()) == {
+        "trip/a.jpg": records.manifest_entry_of(row)
+    }
+    assert materialization(result)["manifest_entries"] == 1
+
+
+def test_other_settings_render_again_instead_of_reusing_outputs(run, folders) -> None:
+    kept = photo(folders.inbox / "a.jpg", 1700).read_bytes()
+    run(["a.jpg"])
+    (folders.inbox / "a.jpg").write_bytes(kept)
+    meta = materialization(run(["a.jpg"], webp_quality=50))
+    assert (meta["images_processed"], meta["repaired"]) == (1, 0)
+
+
+def test_a_run_waits_while_another_holds_the_lock(run, folders, sqlite_instance) -> None:
+    photo(folders.inbox / "a.jpg", 1700)
+    results: list = []
+    with exclusive_lock(folders.lock, holder={"run_id": "the-other-run"}):
+        worker = threading.Thread(target=lambda: results.append(run(["a.jpg"])), daemon=True)
+        worker.start()
+
+        def waiting_logged() -> bool:
+            logs = [
+                entry.user_message
+                for other in sqlite_instance.get_runs()
+                for entry in sqlite_instance.all_logs(other.run_id)
+            ]
+            return any("held by run_id the-other-run" in message for message in logs)
+
+        deadline = time.monotonic() + 60
+        while not waiting_logged():
+            assert time.monotonic() < deadline, "the run never said it waits for the lock"
+            time.sleep(0.1)
+        # The holder is still working: the waiting run has touched nothing.
+        assert (folders.inbox / "a.jpg").exists()
+        assert not folders.output.exists() and not folders.processed.exists()
+    worker.join(timeout=120)
+    [result] = results
+    assert result.success and (folders.processed / "a.jpg").exists()
+    assert (folders.output / "a-1600.webp").exists()
+
+
+def test_the_next_run_repairs_what_a_killed_run_left(run, folders, alert_router) -> None:
+    # recorded.jpg: rendered and recorded, the run died before moving the original.
+    kept = photo(folders.inbox / "recorded.jpg", 1700).read_bytes()
+    run(["recorded.jpg"])
+    (folders.inbox / "recorded.jpg").write_bytes(kept)
+    untouched = {p.name: p.stat().st_mtime_ns for p in folders.output.glob("recorded-*")}
+    # earlier.jpg: delivered, but the manifest was last written before its row.
+    photo(folders.inbox / "earlier.jpg", 900, sample="coffee")
+    run(["earlier.jpg"])
+    stale = json.loads(folders.manifest.read_text())
+    del stale["earlier.jpg"]
+    folders.manifest.write_text(json.dumps(stale))
+    # half.jpg: the run died while writing its renditions.
+    source = photo(folders.inbox / "half.jpg", 1700, sample="chelsea")
+    scratch = Path(folders.root) / "scratch"
+    render_image(source, scratch, Path("half.jpg"))
+    shutil.copy(scratch / "half-1600.webp", folders.output / "half-1600.webp")
+    (folders.output / ".half-800.webp.k1ll3d.tmp").write_bytes(b"RIFF half a file")
+    (folders.output / ".manifest.json.4242.tmp").write_bytes(b'{"half": ')
+    shutil.rmtree(scratch)
+
+    result = run(["recorded.jpg", "half.jpg"])
+
+    meta = materialization(result)
+    assert (meta["repaired"], meta["images_processed"]) == (1, 1)
+    assert {p.name: p.stat().st_mtime_ns for p in folders.output.glob("recorded-*")} == untouched
+    assert not list(folders.output.glob(".*.tmp"))
+    assert sorted(p.name for p in folders.processed.iterdir()) == [
+        "earlier.jpg",
+        "half.jpg",
+        "recorded.jpg",
+    ]
+    assert list(folders.inbox.iterdir()) == []
+    manifest = json.loads(folders.manifest.read_text())
+    assert sorted(manifest) == ["earlier.jpg", "half.jpg", "recorded.jpg"]
+    engine = alert_router.outbox().engine
+    assert manifest == records.manifest_from_records(engine, folders.root)
+    for entry in manifest.values():
+        for output in entry["outputs"]:
+            assert (folders.output / output["path"]).stat().st_size == output["bytes"]
 
 
 def test_bad_files_are_quarantined_and_the_good_ones_delivered(

@@ -1,19 +1,31 @@
 """Inbox sensor scenarios: first files (taken on the second look), nothing new, a half-written
 file waits, a burst above the cap is split across ticks, own output and temp names ignored, a
-file is requested once, and the real sensor honours the circuit breaker."""
+file is requested once, and the real sensor honours the circuit breaker.
+
+With the real sensor on a real instance (runs created the way the daemon creates them, carrying
+the request's run key): a file whose run failed is requested again after a backoff counted from
+the run's end, under a new run key; a run still queued or running, or one Dagster will retry,
+is not doubled; with too little free space on the output volume nothing is requested and the
+tick says how much is free, and the first tick after space is back requests the files; an
+unreadable inbox folder is named and looked at again next tick."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from automation_pipelines.automations.web_images import sensors
+from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability import breaker
+from automation_pipelines.reliability.tags import WILL_RETRY_TAG
 
 NOW = 1_800_000_000.0
 
@@ -104,7 +116,7 @@ def test_own_output_temp_names_and_other_files_are_ignored(tmp_path) -> None:
     assert [rel for rel, _, _ in sensors.scan(nested.inbox, own)] == ["real.jpg"]
 
 
-def test_a_file_is_requested_once_and_again_only_after_a_long_wait(folders) -> None:
+def test_a_file_whose_run_is_gone_is_requested_again_after_a_long_wait(folders) -> None:
     drop(folders, "a.jpg", mtime=1)
     _, cursor, _ = sensors.evaluate_inbox(folders, None, NOW)
     first, cursor, _ = sensors.evaluate_inbox(folders, cursor, NOW + 15)
@@ -135,3 +147,232 @@ def test_real_sensor_honours_the_breaker(folders, sqlite_instance) -> None:
     breaker.resume(breaker.engine_for(sqlite_instance), "web_images")
     result, _ = tick(cursor)
     assert [r.run_key for r in result] and files_of(result) == [["a.jpg"]]
+
+
+# -- the real sensor on a real instance ----------------------------------------------------------
+
+
+def tick(instance, folders, cursor):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"folders": folders}
+    )
+    return sensors.photo_inbox_sensor(context), context.cursor
+
+
+def requested(result) -> list[dg.RunRequest]:
+    assert isinstance(result, list), f"expected run requests, got {result}"
+    return result
+
+
+def skipped(result) -> str:
+    assert isinstance(result, dg.SkipReason), f"expected a skip, got {result}"
+    return result.skip_message
+
+
+def launch(instance, request: dg.RunRequest, status=dg.DagsterRunStatus.STARTED) -> dg.DagsterRun:
+    """What the daemon makes of a request: a run of the job carrying the request's run key."""
+    return instance.create_run_for_job(
+        render_web_images_job,
+        run_config=request.run_config,
+        tags={**request.tags, sensors.RUN_KEY_TAG: request.run_key},
+        status=status,
+    )
+
+
+def record_event(instance, run, kind: dg.DagsterEventType, seconds_ago: float = 0.0) -> None:
+    """A run event as the run worker or the daemon writes it, dated `seconds_ago`."""
+    instance.handle_new_event(
+        dg.EventLogEntry(
+            error_info=None,
+            level=logging.INFO,
+            user_message="",
+            run_id=run.run_id,
+            timestamp=time.time() - seconds_ago,
+            job_name=run.job_name,
+            dagster_event=dg.DagsterEvent(
+                event_type_value=kind.value, job_name=run.job_name, message=kind.value
+            ),
+        )
+    )
+
+
+def end(instance, run, seconds_ago: float, *, will_retry: bool = False, failed: bool = True):
+    """Finish `run` as if it had ended `seconds_ago`, with Dagster's retry decision."""
+    kind = dg.DagsterEventType.RUN_FAILURE if failed else dg.DagsterEventType.RUN_CANCELED
+    record_event(instance, run, kind, seconds_ago)
+    if failed:
+        instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: str(will_retry).lower()})
+
+
+def first_request(instance, folders, *names: str) -> tuple[dg.RunRequest, str]:
+    for name in names:
+        drop(folders, name, mtime=len(name))
+    _, cursor = tick(instance, folders, None)
+    result, cursor = tick(instance, folders, cursor)
+    [request] = requested(result)
+    return request, cursor
+
+
+def test_a_failed_run_is_requested_again_after_backoff_under_a_new_run_key(
+    folders, sqlite_instance
+) -> None:
+    instance = sqlite_instance
+    request_a, cursor = first_request(instance, folders, "a.jpg")
+    run_a = launch(instance, request_a)
+    drop(folders, "b.jpg", mtime=7)
+    _, cursor = tick(instance, folders, cursor)
+    result, cursor = tick(instance, folders, cursor)
+    [request_b] = requested(result)
+    run_b = launch(instance, request_b)
+    message = skipped(tick(instance, folders, cursor)[0])
+    assert "2 waiting for their run" in message  # both runs are still going
+
+    # a's run failed long enough ago, b's just now: only a is requested again.
+    end(instance, run_a, seconds_ago=sensors.re_request_delay(0, request_a.run_key) + 1)
+    end(instance, run_b, seconds_ago=0)
+    result, cursor = tick(instance, folders, cursor)
+    [again] = requested(result)
+    assert files_of([again]) == [["a.jpg"]]
+    assert again.run_key not in (request_a.run_key, request_b.run_key)
+    assert again.run_key.endswith("-try2")
+    assert "2 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
+
+    # The second attempt fails too: its backoff is longer than the first one was.
+    run_again = launch(instance, again)
+    end(instance, run_again, seconds_ago=sensors.re_request_delay(0, again.run_key) + 1)
+    assert sensors.re_request_delay(1, again.run_key) > sensors.re_request_delay(0, again.run_key)
+    assert "2 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
+    (folders.inbox / "b.jpg").unlink()  # b left the inbox after all
+    _, cursor = tick(instance, folders, cursor)
+    assert list(json.loads(cursor)["requested"]) == ["a.jpg"]  # only files still in the inbox
+    assert json.loads(cursor)["requested"]["a.jpg"][3:] == [again.run_key, 1]
+
+
+def test_every_backoff_is_capped_and_jittered() -> None:
+    delays = [sensors.re_request_delay(attempt, "photos-x") for attempt in range(8)]
+    assert delays == [sensors.re_request_delay(attempt, "photos-x") for attempt in range(8)]
+    assert all(d <= sensors.RE_REQUEST_MAX_SECONDS for d in delays)
+    assert delays[0] >= sensors.RE_REQUEST_BASE_SECONDS / 2
+    keys = {sensors.re_request_delay(0, f"photos-{n}") for n in range(20)}
+    assert len(keys) > 1  # jitter spreads files that failed together
+
+
+def test_a_run_not_started_yet_or_running_is_not_requested_again(folders, sqlite_instance) -> None:
+    instance = sqlite_instance
+    request, cursor = first_request(instance, folders, "a.jpg")
+    # Waiting in the queue: a QUEUED run needs a code location; NOT_STARTED is as unfinished.
+    run = launch(instance, request, status=dg.DagsterRunStatus.NOT_STARTED)
+    assert "1 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
+    record_event(instance, run, dg.DagsterEventType.RUN_START)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+    assert "1 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
+    # Not even after the long fallback: the run exists and has not finished.
+    later = time.time() + 10 * sensors.REQUEST_AGAIN_AFTER_SECONDS
+    requests, _, _ = sensors.evaluate_inbox(
+        folders, cursor, later, runs=lambda key: sensors.run_outcome(instance, key, later)
+    )
+    assert requests == []
+
+
+def test_a_run_dagster_will_retry_is_not_requested_again(folders, sqlite_instance) -> None:
+    instance = sqlite_instance
+    request, cursor = first_request(instance, folders, "a.jpg")
+    run = launch(instance, request)
+    end(instance, run, seconds_ago=sensors.RE_REQUEST_MAX_SECONDS + 1, will_retry=True)
+    assert "1 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
+    # Dagster's retry carries the parent's run key; while it runs, nothing is requested.
+    retry = launch(instance, request, status=dg.DagsterRunStatus.NOT_STARTED)
+    assert "1 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
+    end(instance, retry, seconds_ago=sensors.RE_REQUEST_MAX_SECONDS + 1, will_retry=False)
+    [again] = requested(tick(instance, folders, cursor)[0])
+    assert files_of([again]) == [["a.jpg"]] and again.run_key != request.run_key
+
+
+def test_a_canceled_run_is_requested_again_too(folders, sqlite_instance) -> None:
+    instance = sqlite_instance
+    request, cursor = first_request(instance, folders, "a.jpg")
+    end(instance, launch(instance, request), seconds_ago=600, failed=False)
+    [again] = requested(tick(instance, folders, cursor)[0])
+    assert again.run_key.endswith("-try2")
+
+
+def fake_disk(monkeypatch, free_bytes: dict) -> list[Path]:
+    """shutil.disk_usage reporting `free_bytes["free"]`; returns the paths it was asked about."""
+    asked: list[Path] = []
+    real = shutil.disk_usage
+
+    def disk_usage(path):
+        asked.append(Path(path))
+        usage = real(path)
+        return type(usage)(usage.total, usage.total - free_bytes["free"], free_bytes["free"])
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    return asked
+
+
+def test_low_free_space_requests_nothing_until_space_is_back(
+    tmp_path, sqlite_instance, monkeypatch
+) -> None:
+    folders = PhotoFolders(root=str(tmp_path / "photos"), free_space_margin_mb=1.0)
+    folders.inbox.mkdir(parents=True)
+    drop(folders, "a.jpg", b"x" * 1_500_000, mtime=1)
+    drop(folders, "b.jpg", b"x" * 1_500_000, mtime=2)
+    disk = {"free": 2_000_000}
+    asked = fake_disk(monkeypatch, disk)
+
+    _, cursor = tick(sqlite_instance, folders, None)
+    message = skipped(tick(sqlite_instance, folders, cursor)[0])
+    assert message.startswith("waiting for disk space: 2.0 MB free on ")
+    assert "the next 2 photo(s) need 4.0 MB (3.0 MB of photos + 1.0 MB margin)" in message
+    assert "2 file(s) wait" in message
+    assert asked[-1] == Path(folders.root)  # web/ does not exist yet: the root's volume
+    result, cursor = tick(sqlite_instance, folders, cursor)
+    skipped(result)
+    assert json.loads(cursor)["requested"] == {}  # nothing counts as asked for
+
+    folders.output.mkdir()
+    disk["free"] = 3_000_000  # room for one photo and the margin
+    [one] = requested(tick(sqlite_instance, folders, cursor)[0])
+    assert files_of([one]) == [["a.jpg"]] and asked[-1] == folders.output
+    disk["free"] = 100_000_000
+    result, cursor = tick(sqlite_instance, folders, cursor)
+    assert files_of(requested(result)) == [["a.jpg", "b.jpg"]]
+
+
+def test_after_a_disk_full_failure_files_go_on_the_first_tick_with_space(
+    folders, sqlite_instance, monkeypatch
+) -> None:
+    instance = sqlite_instance
+    request, cursor = first_request(instance, folders, "a.jpg")
+    disk = {"free": 0}
+    fake_disk(monkeypatch, disk)
+    end(instance, launch(instance, request), seconds_ago=sensors.RE_REQUEST_MAX_SECONDS + 1)
+    for _ in range(3):  # however long the disk stays full, no run is wasted on it
+        message = skipped(tick(instance, folders, cursor)[0])
+        assert message.startswith("waiting for disk space: 0.0 MB free")
+    disk["free"] = 10**10
+    [again] = requested(tick(instance, folders, cursor)[0])
+    assert files_of([again]) == [["a.jpg"]] and again.run_key != request.run_key
+
+
+def test_an_unreadable_folder_is_named_and_looked_at_again(
+    folders, sqlite_instance, monkeypatch
+) -> None:
+    drop(folders, "ok.jpg", mtime=1)
+    drop(folders, "locked/a.jpg", mtime=2)
+    real = os.scandir
+    locked = {"now": True}
+
+    def scandir(path):
+        if locked["now"] and Path(path) == folders.inbox / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    _, cursor = tick(sqlite_instance, folders, None)
+    result, cursor = tick(sqlite_instance, folders, cursor)
+    assert files_of(requested(result)) == [["ok.jpg"]]
+    locked["now"] = False
+    _, cursor = tick(sqlite_instance, folders, cursor)
+    result, cursor = tick(sqlite_instance, folders, cursor)
+    assert files_of(requested(result)) == [["locked/a.jpg"]]

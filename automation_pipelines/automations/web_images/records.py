@@ -1,0 +1,186 @@
+"""One row per rendered photo in the project database; `web/manifest.json` is made from the rows.
+
+A manifest read, changed and rewritten per photo loses records when two writers overlap (the
+other's changes are overwritten) and goes stale when a run dies between the move of the original
+and the write. A row per photo, written in one upsert after the renditions and before the
+original moves, survives a kill at any instant; the manifest is regenerated whole from the rows
+by every run, so the next run repairs one a killed run left behind.
+
+Rows are keyed by the photos root and the path relative to the inbox, so two roots sharing one
+project database never mix. A manifest entry without a row (a manifest from before this table,
+a fresh database, a moved root) is adopted as a row first, so regenerating never drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from automation_pipelines.reliability import store
+from automation_pipelines.reliability.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+web_images_table = sa.Table(
+    "ap_web_images",
+    store.metadata,
+    sa.Column("root", sa.String(1024), primary_key=True),
+    sa.Column("path", sa.String(1024), primary_key=True),
+    #: None for a row adopted from an old manifest, which never recorded it.
+    sa.Column("source_sha256", sa.String(64)),
+    #: The output settings (widths, qualities) the renditions were made with.
+    sa.Column("settings", sa.String(255)),
+    sa.Column("source_bytes", sa.BigInteger, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("outputs", sa.JSON, nullable=False),
+    sa.Column("bytes_saved", sa.BigInteger, nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("rendered_at", sa.Float, nullable=False),
+)
+
+_ENTRY_FIELDS = ("source_bytes", "width", "height", "outputs", "bytes_saved")
+
+
+def root_key(root: str | Path) -> str:
+    """The photos root as rows name it: absolute, symlinks resolved."""
+    return Path(root).resolve().as_posix()
+
+
+def _insert(engine: sa.Engine):
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"web_images records need SQLite or PostgreSQL, not {dialect}")
+
+
+def record_photo(
+    engine: sa.Engine,
+    root: str | Path,
+    entry: Mapping,
+    *,
+    source_sha256: str | None,
+    settings: str | None,
+    run_id: str | None,
+) -> None:
+    """Insert or replace the row of one photo (`entry` as the manifest shows it), in one
+    transaction: a reader sees the old row or the new one."""
+    values = {
+        "root": root_key(root),
+        "path": entry["source"],
+        "source_sha256": source_sha256,
+        "settings": settings,
+        **{name: entry[name] for name in _ENTRY_FIELDS},
+        "run_id": run_id,
+        "rendered_at": time.time(),
+    }
+    statement = _insert(engine)(web_images_table).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["root", "path"],
+        set_={name: statement.excluded[name] for name in values if name not in ("root", "path")},
+    )
+    with engine.begin() as conn:
+        conn.execute(statement)
+
+
+def get_record(engine: sa.Engine, root: str | Path, relative: str) -> sa.Row | None:
+    table = web_images_table
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(table).where(table.c.root == root_key(root), table.c.path == relative)
+        ).first()
+
+
+def manifest_entry_of(row: sa.Row) -> dict:
+    """The manifest's entry for a row: the shape readers of manifest.json know."""
+    return {"source": row.path, **{name: getattr(row, name) for name in _ENTRY_FIELDS}}
+
+
+def manifest_from_records(engine: sa.Engine, root: str | Path) -> dict[str, dict]:
+    table = web_images_table
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table).where(table.c.root == root_key(root)).order_by(table.c.path)
+        ).all()
+    return {row.path: manifest_entry_of(row) for row in rows}
+
+
+def outputs_present(output_root: Path, row: sa.Row) -> bool:
+    """Every output the row lists is on disk with the recorded size."""
+    for output in row.outputs:
+        try:
+            if (output_root / output["path"]).stat().st_size != output["bytes"]:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def adopt_manifest(engine: sa.Engine, root: str | Path, manifest: Mapping[str, Mapping]) -> int:
+    """Keep, as rows, the manifest entries that have none; return how many were adopted."""
+    key = root_key(root)
+    known = set(manifest_from_records(engine, root))
+    rows = []
+    for relative, entry in manifest.items():
+        if relative in known or not _is_entry(entry):
+            continue
+        rows.append(
+            {
+                "root": key,
+                "path": relative,
+                "source_sha256": None,
+                "settings": None,
+                **{name: entry[name] for name in _ENTRY_FIELDS},
+                "run_id": None,
+                "rendered_at": time.time(),
+            }
+        )
+    if rows:
+        statement = _insert(engine)(web_images_table).on_conflict_do_nothing(
+            index_elements=["root", "path"]
+        )
+        with engine.begin() as conn:
+            conn.execute(statement, rows)
+    return len(rows)
+
+
+def _is_entry(entry: object) -> bool:
+    return isinstance(entry, Mapping) and all(name in entry for name in _ENTRY_FIELDS)
+
+
+def read_manifest(path: Path) -> tuple[dict, bytes | None]:
+    """The manifest on disk and its bytes; an unreadable or garbled one counts as empty."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}, None
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        log.warning("%s is not valid JSON; it will be regenerated from the records", path)
+        return {}, data
+    return (manifest if isinstance(manifest, dict) else {}), data
+
+
+def manifest_bytes(manifest: Mapping) -> bytes:
+    return json.dumps(manifest, indent=1, sort_keys=True).encode()
+
+
+def regenerate_manifest(engine: sa.Engine, root: str | Path, path: Path) -> int:
+    """Write `path` whole from the rows of `root` (atomically; not at all when unchanged), after
+    adopting entries the rows lack; return the number of entries."""
+    current, data = read_manifest(path)
+    adopt_manifest(engine, root, current)
+    manifest = manifest_from_records(engine, root)
+    new = manifest_bytes(manifest)
+    if new != data:
+        atomic_write_bytes(path, new)
+    return len(manifest)
