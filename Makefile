@@ -3,8 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-HOST ?= 127.0.0.1
-PORT ?= 3000
+# Where the processes listen: `make run PORT=3100` etc. win over .env (AUTOMATION_HOST, UI_PORT,
+# WEBHOOKS_PORT, CODE_SERVER_PORT), which wins over the defaults (127.0.0.1, 3000, 3001, 4000).
+LISTEN := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) \
+	$(if $(WEBHOOKS_PORT),--webhooks-port $(WEBHOOKS_PORT)) \
+	$(if $(CODE_SERVER_PORT),--code-server-port $(CODE_SERVER_PORT))
 
 .PHONY: install run run-prod demo test lint format check bench clean
 
@@ -17,17 +20,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A gRPC code server, the webserver and the daemon reading it, and the webhook receiver, each
+# supervised on its own, on the instance .env chooses (SQLite in .dagster_home/ by default).
 run: install
-	$(BIN)/automation-pipelines dev --host $(HOST) --port $(PORT)
+	$(BIN)/automation-pipelines dev $(LISTEN)
 
-# The team topology on PostgreSQL (DAGSTER_PG_* from the environment or .env): a gRPC code server,
-# the webserver and the daemon reading it, and the webhook receiver, as separate processes.
+# The same processes on PostgreSQL only (DAGSTER_PG_* from .env or the environment).
 run-prod: install
-	$(BIN)/automation-pipelines prod --host $(HOST) --port $(PORT)
+	$(BIN)/automation-pipelines prod $(LISTEN)
 
 # With `make run` up in another terminal: sample photos and signed webhook events to watch.
 demo: install
-	$(BIN)/automation-pipelines demo --ui http://$(HOST):$(PORT)
+	$(BIN)/automation-pipelines demo $(if $(PORT),--ui http://$(or $(HOST),127.0.0.1):$(PORT))
 
 lint: install
 	$(BIN)/ruff check .

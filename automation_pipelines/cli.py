@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
+import re
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from automation_pipelines.instance import DEFAULT_HOME, instance_config_path, prepare_home
-from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines import settings
+from automation_pipelines.instance import instance_config_path, instance_home
 from automation_pipelines.reliability import readiness
-from automation_pipelines.reliability.processes import ProcessGroup, become_subreaper
+from automation_pipelines.settings import ConfigurationError
 
 DEFAULT_DEFS = "automation_pipelines.definitions:defs"
 
@@ -28,101 +27,32 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(f.ok for f in findings) else 1
 
 
-def _project_env() -> dict[str, str]:
-    """The project's .env under what the caller already set (the environment wins)."""
-    from dotenv import dotenv_values
+def _ports(args: argparse.Namespace):
+    from automation_pipelines import topology
 
-    env = {k: v for k, v in dotenv_values(PROJECT_ROOT / ".env").items() if v is not None}
-    env.update(os.environ)
-    return env
-
-
-def _dev_env(home: Path) -> dict[str, str]:
-    """The environment for `dagster dev`: the project's .env under what the caller already set."""
-    env = _project_env()
-    env["DAGSTER_HOME"] = str(home)
-    # `dagster dev` suggests `dg dev`, which needs a package this project does not use.
-    env.setdefault("PYTHONWARNINGS", "ignore:Function `dev_command` is superseded")
-    return env
+    return topology.Ports(args.host, args.port, args.webhooks_port, args.code_server_port)
 
 
 def _dev(args: argparse.Namespace) -> int:
-    """Run `dagster dev` on a persistent home and stop all of it within 10 s of a signal."""
-    stop_reason: list[str] = []
+    """`make run`: the UI, daemon, code server and receiver on the instance in force, each
+    supervised on its own."""
+    from automation_pipelines import topology
 
-    def request_stop(signum: int, _frame: object) -> None:
-        stop_reason.append(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, request_stop)
-
-    home = prepare_home()
-    env = _dev_env(home)
-    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
-    workspace = PROJECT_ROOT / "workspace.yaml"
-    argv = [dagster, "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
-    print(
-        f"Dagster UI: http://{args.host}:{args.port}  (instance {home}, config "
-        f"{(home / 'dagster.yaml').resolve()}); Ctrl-C stops everything.",
-        flush=True,
-    )
-    receiver = [
-        str(Path(sys.executable).parent / "automation-pipelines"),
-        "webhooks",
-        "serve",
-        "--host",
-        args.host,
-        "--port",
-        str(args.webhooks_port),
-    ]
-    print(
-        f"Webhook receiver: http://{args.host}:{args.webhooks_port}/hooks/<source> "
-        "(sources in webhook_sources.yaml).",
-        flush=True,
-    )
-    become_subreaper()
-    parent = os.getppid()
-    group = ProcessGroup(reap_orphans=True)
-    leader = group.start(argv, env=env, cwd=home)
-    webhooks = group.start(receiver, env=env, cwd=PROJECT_ROOT)
-    try:
-        while not stop_reason and leader.poll() is None:
-            if webhooks.poll() is not None:
-                print(
-                    f"The webhook receiver exited with code {webhooks.returncode}; restarting it.",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                time.sleep(1)
-                webhooks = group.start(receiver, env=env, cwd=PROJECT_ROOT)
-            if os.getppid() != parent:
-                stop_reason.append("parent exited")
-            time.sleep(0.2)
-    finally:
-        group.stop()
-    if stop_reason:
-        print(f"Stopped ({stop_reason[0]}); every Dagster process has exited.", flush=True)
-        return 0
-    print(f"dagster dev exited with code {leader.returncode}.", file=sys.stderr, flush=True)
-    return leader.returncode or 1
+    return topology.run(_ports(args), production=False)
 
 
 def _prod(args: argparse.Namespace) -> int:
-    """Run the production topology (code server, webserver, daemon, receiver) on PostgreSQL."""
-    from automation_pipelines import production
+    """`make run-prod`: the same processes, on PostgreSQL only."""
+    from automation_pipelines import topology
 
-    ports = production.Ports(args.host, args.port, args.webhooks_port, args.code_server_port)
-    return production.run(ports, _project_env())
+    return topology.run(_ports(args), production=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
     """Send the demo through the running `make run` (see automation_pipelines/demo.py)."""
-    from dotenv import load_dotenv
-
     from automation_pipelines import demo
     from automation_pipelines.automations.web_images.resources import PhotoFolders
 
-    load_dotenv(PROJECT_ROOT / ".env", override=False)  # the same settings `make run` read
     try:
         result = demo.run_demo(
             args.receiver,
@@ -137,21 +67,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _home() -> str:
-    return os.environ.get("DAGSTER_HOME") or str(DEFAULT_HOME)
+def _project_database() -> str:
+    """The URL of the project database of the instance in force, after one round trip to it."""
+    from automation_pipelines.reliability import store
+
+    return store.check_reachable(instance_home())
 
 
 def _outbox():
-    from automation_pipelines.reliability import store
     from automation_pipelines.reliability.alerts import AlertRouter
 
-    return AlertRouter.from_env().outbox_at(store.database_url(_home()))
+    return AlertRouter.from_env().outbox_at(_project_database())
 
 
 def _switch_engine():
     from automation_pipelines.reliability import store
 
-    return store.engine(store.database_url(_home()))
+    return store.engine(_project_database())
 
 
 def _known_automations() -> set[str]:
@@ -203,9 +135,9 @@ def _webhooks_serve(args: argparse.Namespace) -> int:
     from automation_pipelines.reliability import store
     from automation_pipelines.webhooks.app import serve
 
-    if not os.environ.get("DAGSTER_HOME"):
-        os.environ["DAGSTER_HOME"] = str(prepare_home())
-    serve(args.host, args.port, store.database_url(_home()), max_group=args.max_group)
+    home = instance_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    serve(args.host, args.port, store.database_url(home), max_group=args.max_group)
     return 0
 
 
@@ -342,14 +274,36 @@ def _alerts_test(args: argparse.Namespace) -> int:
 
 def _alerts_pending(args: argparse.Namespace) -> int:
     """List alerts not yet accepted by every channel; exit 1 if there are any."""
-    pending = _outbox().alerts(status="pending")
+    outbox = _outbox()
+    pending = outbox.alerts(status="pending")
+    deliveries: dict[int, list] = {}
+    for delivery in outbox.deliveries():
+        deliveries.setdefault(delivery.alert_id, []).append(delivery)
     for alert in pending:
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(alert.created_at))
         print(f"#{alert.id} {created} UTC {alert.owner}: {alert.title}")
-        if alert.last_error:
+        waiting = [d for d in deliveries.get(alert.id, []) if d.status in ("pending", "sending")]
+        for delivery in waiting:
+            when = time.strftime("%H:%M:%S", time.gmtime(delivery.next_attempt_at))
+            why = _one_line(delivery.last_error) or "not tried yet"
+            print(
+                f"    {delivery.channel_label}: {why} ({delivery.attempts} attempt(s); next at "
+                f"{when} UTC)"
+            )
+        if alert.last_error and not waiting:
             print(f"    {alert.last_error}")
     print(f"{len(pending)} alert(s) waiting for delivery")
     return 1 if pending else 0
+
+
+def _one_line(error: str | None) -> str:
+    """A channel's error as one line, without the log format's time and level."""
+    parts = [
+        re.sub(r"^\d{4}-\d\d-\d\d [\d:,.]+ - [A-Z]+ - ", "", line.strip())
+        for line in (error or "").splitlines()
+    ]
+    text = "; ".join(part for part in parts if part)
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _alerts_deliver(args: argparse.Namespace) -> int:
@@ -363,37 +317,41 @@ def _alerts_deliver(args: argparse.Namespace) -> int:
 
 def _watchdog(args: argparse.Namespace) -> int:
     """Check the daemon and the watchdog sensor from outside Dagster (cron, systemd timer)."""
-    import urllib.request
+    from automation_pipelines.monitoring import outside
+    from automation_pipelines.reliability.alerts import AlertRouter
 
-    import dagster as dg
+    outcome = outside.check(
+        AlertRouter.from_env(),
+        ping_url=args.ping_url or os.environ.get("DEADMAN_PING_URL"),
+        max_heartbeat_age=args.max_heartbeat_age,
+        max_watchdog_age=args.max_watchdog_age,
+    )
+    print("\n".join(outcome.lines), flush=True)
+    return 0 if outcome.healthy else 1
 
-    from automation_pipelines.monitoring import watchdog
 
-    home = prepare_home() if not os.environ.get("DAGSTER_HOME") else Path(_home())
-    instance = dg.DagsterInstance.from_config(str(home))
-    try:
-        findings = watchdog.check_from_outside(
-            instance, time.time(), args.max_heartbeat_age, args.max_watchdog_age
-        )
-    finally:
-        instance.dispose()
-    outbox = _outbox()
-    watchdog.report(outbox, findings, watchdog.OUTSIDE_KINDS)
-    report = outbox.deliver_due(budget_seconds=60)
-    for finding in findings:
-        print(f"✗ {finding.sentence}")
-    for error in report.errors:
-        print(f"✗ alert not delivered: {error}")
-    ping = args.ping_url or os.environ.get("DEADMAN_PING_URL")
-    if ping:
-        url = ping if not findings else ping.rstrip("/") + "/fail"
-        try:
-            urllib.request.urlopen(url, timeout=10).close()
-        except OSError as error:
-            print(f"✗ dead-man's switch ping to {url.split('?')[0]} failed: {error}")
-    if not findings:
-        print("✓ daemon heartbeats and the watchdog sensor are current")
-    return 1 if findings else 0
+def _host() -> str:
+    return os.environ.get("AUTOMATION_HOST") or "127.0.0.1"
+
+
+def _topology_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the processes listen: flags, else the settings (.env), else the defaults."""
+    parser.add_argument("--host", default=_host(), help="env AUTOMATION_HOST (127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=settings.port("UI_PORT", 3000), help="the UI (env UI_PORT)"
+    )
+    parser.add_argument(
+        "--webhooks-port",
+        type=int,
+        default=settings.port("WEBHOOKS_PORT", 3001),
+        help="the webhook receiver (env WEBHOOKS_PORT)",
+    )
+    parser.add_argument(
+        "--code-server-port",
+        type=int,
+        default=settings.port("CODE_SERVER_PORT", 4000),
+        help="the gRPC code server (env CODE_SERVER_PORT)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -413,23 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_check)
 
-    dev = commands.add_parser("dev", help="start the Dagster webserver and daemon (make run)")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=3000)
-    dev.add_argument(
-        "--webhooks-port", type=int, default=int(os.environ.get("WEBHOOKS_PORT") or 3001)
+    dev = commands.add_parser(
+        "dev", help="the UI, daemon, code server and webhook receiver, supervised (make run)"
     )
+    _topology_arguments(dev)
     dev.set_defaults(func=_dev)
 
     prod = commands.add_parser(
         "prod", help="the production topology on PostgreSQL: code server, UI, daemon, receiver"
     )
-    prod.add_argument("--host", default="127.0.0.1")
-    prod.add_argument("--port", type=int, default=3000, help="the UI")
-    prod.add_argument(
-        "--webhooks-port", type=int, default=int(os.environ.get("WEBHOOKS_PORT") or 3001)
-    )
-    prod.add_argument("--code-server-port", type=int, default=4000)
+    _topology_arguments(prod)
     prod.set_defaults(func=_prod)
 
     demo = commands.add_parser(
@@ -437,18 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--receiver",
-        default=f"http://127.0.0.1:{os.environ.get('WEBHOOKS_PORT') or 3001}",
+        default=f"http://{_host()}:{settings.port('WEBHOOKS_PORT', 3001)}",
         help="the webhook receiver's URL",
     )
-    demo.add_argument("--ui", default="http://127.0.0.1:3000", help="the Dagster UI's URL")
+    demo.add_argument(
+        "--ui", default=f"http://{_host()}:{settings.port('UI_PORT', 3000)}", help="the UI's URL"
+    )
     demo.add_argument("--events", type=int, default=12)
     demo.set_defaults(func=_demo)
 
     webhooks = commands.add_parser("webhooks", help="the webhook receiver")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
     serve = webhook_commands.add_parser("serve", help="receive signed webhooks into the inbox")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("WEBHOOKS_PORT") or 3001))
+    serve.add_argument("--host", default=_host())
+    serve.add_argument("--port", type=int, default=settings.port("WEBHOOKS_PORT", 3001))
     serve.add_argument(
         "--max-group",
         type=int,
@@ -501,8 +454,18 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watchdog", help="check the daemon and the watchdog sensor from outside (for cron)"
     )
-    watch.add_argument("--max-heartbeat-age", type=float, default=180.0, help="seconds")
-    watch.add_argument("--max-watchdog-age", type=float, default=600.0, help="seconds")
+    watch.add_argument(
+        "--max-heartbeat-age",
+        type=float,
+        default=float(settings.integer("WATCHDOG_MAX_HEARTBEAT_AGE", 180, minimum=1)),
+        help="seconds (env WATCHDOG_MAX_HEARTBEAT_AGE, default 180)",
+    )
+    watch.add_argument(
+        "--max-watchdog-age",
+        type=float,
+        default=float(settings.integer("WATCHDOG_MAX_SENSOR_AGE", 600, minimum=1)),
+        help="seconds (env WATCHDOG_MAX_SENSOR_AGE, default 600)",
+    )
     watch.add_argument(
         "--ping-url", help="dead-man's switch URL to ping when healthy (env DEADMAN_PING_URL)"
     )
@@ -523,8 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Dagster warns about its own beta parameter when it binds resources to sensors.
     warnings.filterwarnings("ignore", message="Parameter `owners` of initializer")
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        settings.load_project_env()  # before the parser: its defaults come from the settings
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except ConfigurationError as error:
+        print(f"✗ {error}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ class JsonReceiver:
         self.port = free_port()
         self.received: list[dict] = []
         self.pings: list[str] = []
+        #: The body of each ping, "" for a GET (a dead-man's switch `/fail` carries the reason).
+        self.ping_bodies: list[str] = []
         self.refused = 0
         self.status = 200
         self._server: ThreadingHTTPServer | None = None
@@ -36,7 +38,10 @@ class JsonReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if receiver.status >= 400:
+                if self.path.startswith("/ping"):
+                    receiver.pings.append(self.path)
+                    receiver.ping_bodies.append(body.decode(errors="replace"))
+                elif receiver.status >= 400:
                     receiver.refused += 1
                 else:
                     receiver.received.append(json.loads(body))
@@ -46,6 +51,7 @@ class JsonReceiver:
 
             def do_GET(self) -> None:
                 receiver.pings.append(self.path)
+                receiver.ping_bodies.append("")
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

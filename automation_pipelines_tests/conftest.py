@@ -21,6 +21,21 @@ import pytest
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
 from automation_pipelines.paths import PROJECT_ROOT
 
+# Commands read the project's .env; a developer's own must not leak into the tests (the tests that
+# are about .env give their commands a project copy with one of its own).
+os.environ["AUTOMATION_ENV_FILE"] = os.devnull
+
+#: What deploy/postgres/dagster.yaml reads, and with AUTOMATION_DB_URL, every variable that would
+#: point the project database elsewhere than the instance home.
+PG_VARIABLES = (
+    "DAGSTER_PG_HOST",
+    "DAGSTER_PG_PORT",
+    "DAGSTER_PG_DB",
+    "DAGSTER_PG_USERNAME",
+    "DAGSTER_PG_PASSWORD",
+)
+DATABASE_ENV = ("AUTOMATION_DB_URL", *PG_VARIABLES)
+
 POSTGRES_URL_ENV = "AP_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "AP_REQUIRE_POSTGRES"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -52,3 +52,22 @@ def test_refused_delivery_fails_the_command(monkeypatch, json_receiver, capsys) 
     json_receiver.status = 500
     assert cli.main(["alerts", "test", "--owner", "team:platform"]) == 1
     assert "500" in capsys.readouterr().out
+
+
+def test_pending_shows_why_each_channel_refused(monkeypatch, json_receiver, capsys) -> None:
+    from automation_pipelines_tests.conftest import free_port
+
+    closed = f"json://127.0.0.1:{free_port()}/alerts"  # nothing listens there
+    monkeypatch.setenv("ALERT_URLS", f"{closed},{json_receiver.url}")
+    json_receiver.status = 503
+    assert cli.main(["alerts", "test", "--owner", "team:platform"]) == 1
+    capsys.readouterr()
+
+    assert cli.main(["alerts", "pending"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+
+    channels = [line.strip() for line in lines if line.startswith("    ")]
+    assert len(channels) == 2, lines
+    assert any("A Connection error occurred" in line for line in channels), lines
+    assert any("503" in line for line in channels), lines
+    assert all("1 attempt(s); next at" in line for line in channels), lines

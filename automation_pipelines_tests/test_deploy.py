@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from automation_pipelines import production
+from automation_pipelines import topology
 from automation_pipelines.paths import PACKAGE_ROOT, PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
@@ -72,7 +72,7 @@ def test_helm_runs_each_run_as_a_kubernetes_job_on_external_postgres() -> None:
     assert VALUES["postgresql"]["enabled"] is False
     assert VALUES["generatePostgresqlPasswordSecret"] is False
     [deployment] = VALUES["dagster-user-deployments"]["deployments"]
-    assert deployment["codeServerArgs"] == ["-m", production.MODULE]
+    assert deployment["codeServerArgs"] == ["-m", topology.MODULE]
     assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
     assert deployment["image"]["tag"] != "latest"
 
@@ -127,7 +127,7 @@ def test_dockerfile_starts_the_code_server_prod_starts() -> None:
     command = re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.MULTILINE)
     assert command
     argv = yaml.safe_load(command.group(1))
-    services = production.services(production.Ports(), Path("workspace.yaml"))
+    services = topology.services(topology.Ports(), Path("workspace.yaml"))
     [code_server] = [service for service in services if service.name == "code server"]
     expected = code_server.argv[1:]
     assert argv[:3] == ["dagster", "code-server", "start"]

@@ -83,20 +83,24 @@ def _run_level_detail(instance: dg.DagsterInstance, run_id: str) -> FailureDetai
 
 
 def pause_hint(job: str, repository: dg.RepositoryDefinition) -> str:
-    """How to stop the triggers that launch `job`, in the UI and from a shell."""
-    commands = [
-        f"dagster schedule stop {s.name} -w workspace.yaml"
-        for s in repository.schedule_defs
-        if s.job_name == job
-    ] + [
-        f"dagster sensor stop {s.name} -w workspace.yaml"
+    """How to stop the triggers that launch `job`: the automation's own switch, which the
+    watchdog respects (a sensor turned off in the UI is reported as `trigger_stopped`)."""
+    triggers = [("schedule", s.name) for s in repository.schedule_defs if s.job_name == job] + [
+        ("sensor", s.name)
         for s in repository.sensor_defs
         if any(t.job_name == job for t in s.targets)
     ]
-    if not commands:
+    if not triggers:
         return "nothing in this code location launches it; stop whoever does"
-    names = ", ".join(c.split()[3] for c in commands)
-    return f"turn off {names} in the UI (Automation page), or run: " + "; ".join(commands)
+    names = [name for _, name in triggers]
+    tags = repository.get_job(job).tags if repository.has_job(job) else {}
+    automation = tags.get(AUTOMATION_TAG)
+    if not automation:
+        return "; ".join(f"dagster {kind} stop {name} -w workspace.yaml" for kind, name in triggers)
+    return (
+        f'automation-pipelines pause {automation} --reason "…" (holds {", ".join(names)}; '
+        f"`automation-pipelines resume {automation}` undoes it)"
+    )
 
 
 def run_facts(

@@ -324,7 +324,7 @@ def check_from_outside(
     instance: dg.DagsterInstance, now: float, max_heartbeat_age: float, max_watchdog_age: float
 ) -> list[Finding]:
     """What `automation-pipelines watchdog` (cron, systemd) finds without any Dagster process:
-    daemons whose heartbeat is old or missing, and a watchdog sensor that stopped ticking."""
+    daemons whose heartbeat is old or missing, else a watchdog sensor that stopped ticking."""
 
     def finding(subject: str, kind: str, sentence: str) -> Finding:
         return Finding(subject, kind, MONITORING_OWNER, "monitoring", sentence)
@@ -346,6 +346,8 @@ def check_from_outside(
                 "it (`make run`, or the dagster-daemon service).",
             )
         )
+    if stale:
+        return findings  # a dead daemon silences the sensor too: one alert says it all
     state = next(
         (s for s in instance.all_instigator_state() if s.instigator_name == WATCHDOG_SENSOR), None
     )

@@ -1,7 +1,8 @@
 """The project database: durable state of our own (alert outbox, incidents) beside Dagster's.
 
 SQLite in WAL mode inside the instance home by default; PostgreSQL when AUTOMATION_DB_URL is set,
-or when the instance itself runs on PostgreSQL (DAGSTER_PG_* set), so a team shares one server.
+or when the instance itself runs on PostgreSQL (its dagster.yaml says so), so a team shares one
+server and the project's state always lives beside the instance's.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from urllib.parse import quote
 
 import sqlalchemy as sa
+
+from automation_pipelines.instance import home_path, storage_of
+from automation_pipelines.settings import ConfigurationError
 
 DB_URL_ENV = "AUTOMATION_DB_URL"
 DB_FILE = "automation_pipelines.db"
@@ -25,22 +28,45 @@ _lock = threading.Lock()
 
 
 def database_url(instance_root: str | Path | None = None) -> str:
-    """AUTOMATION_DB_URL, else the instance's PostgreSQL, else SQLite in the instance home."""
+    """AUTOMATION_DB_URL, else the PostgreSQL server of the instance at `instance_root` (default:
+    the instance home), else SQLite in that home. An instance on PostgreSQL whose settings are
+    missing raises `ConfigurationError`: its state never goes to a SQLite file by mistake."""
+    return database_target(instance_root)[0]
+
+
+def database_target(instance_root: str | Path | None = None) -> tuple[str, str]:
+    """The project database's URL and, for messages, the settings it comes from."""
     explicit = os.environ.get(DB_URL_ENV)
     if explicit:
-        return explicit
-    if os.environ.get("DAGSTER_PG_HOST"):
-        user = quote(os.environ.get("DAGSTER_PG_USERNAME") or "postgres", safe="")
-        password = quote(os.environ.get("DAGSTER_PG_PASSWORD") or "", safe="")
-        auth = f"{user}:{password}" if password else user
-        host = os.environ["DAGSTER_PG_HOST"]
-        port = os.environ.get("DAGSTER_PG_PORT") or "5432"
-        name = os.environ.get("DAGSTER_PG_DB") or "dagster"
-        return f"postgresql+psycopg2://{auth}@{host}:{port}/{name}"
-    root = instance_root or os.environ.get("DAGSTER_HOME")
-    if not root:
-        raise RuntimeError(f"no project database: set {DB_URL_ENV} or DAGSTER_HOME")
-    return f"sqlite:///{Path(root).resolve() / DB_FILE}"
+        return explicit, DB_URL_ENV
+    root = Path(instance_root) if instance_root else home_path()
+    storage = storage_of(root)
+    if storage.postgres_url:
+        return storage.postgres_url, ", ".join(storage.settings) or str(storage.config)
+    return f"sqlite:///{root.resolve() / DB_FILE}", f"DAGSTER_HOME={root}"
+
+
+def check_reachable(instance_root: str | Path | None = None, timeout: int = 5) -> str:
+    """The project database's URL after one round trip to it; `ConfigurationError` naming the
+    settings when it cannot be reached, so a command fails clearly instead of half-acting."""
+    url, named = database_target(instance_root)
+    if url.startswith("sqlite"):
+        return url
+    probe = sa.create_engine(
+        url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": timeout}
+    )
+    try:
+        with probe.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.DBAPIError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        where = sa.engine.make_url(url).render_as_string(hide_password=True)
+        raise ConfigurationError(
+            f"cannot reach the project database {where} (settings: {named}): {reason}"
+        ) from None
+    finally:
+        probe.dispose()
+    return url
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -66,12 +66,36 @@ def http_ok(url: str) -> bool:
     return answer is not None and answer[0] == 200
 
 
+def dev_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `make run` on a fresh SQLite home in `tmp_path`, with every folder an
+    automation writes inside `tmp_path` too."""
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "WEB_IMAGES_ROOT": str(tmp_path / "photos"),
+        "WEBHOOK_REPORTS_DIR": str(tmp_path / "reports"),
+        "BACKUP_DESTINATION": str(tmp_path / "backups"),
+        **extra,
+    }
+    for name in ("AUTOMATION_DB_URL", "AUTOMATION_INSTANCE_CONFIG", "DAGSTER_PG_HOST"):
+        env.pop(name, None)
+    return env
+
+
 def start_dev(
-    group: ProcessGroup, port: int, webhooks_port: int, env: dict[str, str], log: Path
+    group: ProcessGroup,
+    port: int,
+    webhooks_port: int,
+    env: dict[str, str],
+    log: Path,
+    code_server_port: int | None = None,
 ) -> subprocess.Popen:
     """`automation-pipelines dev` (what `make run` runs) in `group`, its output in `log`."""
+    from automation_pipelines_tests.conftest import free_port
+
     argv = [venv_script("automation-pipelines"), "dev", "--port", str(port)]
     argv += ["--webhooks-port", str(webhooks_port)]
+    argv += ["--code-server-port", str(code_server_port or free_port())]
     with log.open("wb") as handle:
         return group.start(argv, env=env, stdout=handle, stderr=subprocess.STDOUT)
 

@@ -60,7 +60,8 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
         assert (tmp_path / "home" / "dagster.yaml").resolve().name == "dagster.yaml"
         started = group.members()
         names = " ".join(" ".join(p.cmdline()) for p in started)
-        assert "dagster_webserver" in names and "dagster._daemon" in names, names
+        for part in ("dagster-webserver", "dagster-daemon run", "code-server start"):
+            assert part in names, names
         assert "webhooks serve" in names, names
 
         if how == "ctrl-c":
@@ -73,6 +74,6 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
         left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert left == [], f"left behind after {took:.1f}s: {left}\n{logs()}"
         assert code == 0, logs()
-        assert "every Dagster process has exited" in logs()
+        assert "every process of the topology has exited" in logs()
     finally:
         group.stop()

@@ -160,14 +160,17 @@ def test_topology_serves_restarts_and_loses_nothing(
         "AUTOMATION_INSTANCE_CONFIG": "",
     }
     topology = Topology(tmp_path, env)
-    engine = store.engine(store.database_url())  # the project database on DAGSTER_PG_*
+    engine = None
     try:
         topology.start()
+        engine = store.engine(store.database_url(home))  # the project database: PostgreSQL
+        assert engine.url.get_backend_name() == "postgresql"
         instance = dg.DagsterInstance.from_config(str(home))
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
 
         # A webhook event reaches the warehouse; a photo becomes web images.
-        assert post_push(topology.webhooks, "prod-1") == 202
+        status = post_push(topology.webhooks, "prod-1")
+        assert status == 202, (status, topology.logs())
         staged = photo(tmp_path / "staging" / "street.jpg", 1800)
         staged.rename(photos / "inbox" / "street.jpg")
         wait_for("the event in the warehouse", lambda: _loaded(engine) == 1, 180, topology.logs)

@@ -75,7 +75,10 @@ def test_op_failing_after_retries_gives_one_alert(world) -> None:
     assert f"Link: http://dagster.example:3000/runs/{result.run_id}" in body
     assert "Attempts: 3 attempt(s) of the op; run attempt 1" in body
     assert "Runbook: " in body and "fixture_runbooks/complete/README.md" in body
-    assert "upstream_hourly_schedule" in body
+    assert (
+        'How to pause: automation-pipelines pause alert_fixture --reason "…" (holds '
+        "upstream_hourly_schedule; `automation-pipelines resume alert_fixture` undoes it)"
+    ) in body
 
     world.run("down")
     world.tick()

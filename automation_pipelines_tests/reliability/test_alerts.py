@@ -32,7 +32,7 @@ def facts(run_id: str = "run-1", message: str = "upstream refused: 503", **kw) -
         run_attempt=1,
         details=(detail,),
         runbook="automation_pipelines/automations/webhook_events/README.md",
-        pause="turn off load_events_sensor in the UI",
+        pause="automation-pipelines pause webhook_events",
     )
     base.update(kw)
     return RunFacts(**base)
@@ -55,7 +55,7 @@ FIELDS = [
     "Item at fault: e-17",
     "Attempts: 4 attempt(s) of the op; run attempt 1",
     "Runbook: automation_pipelines/automations/webhook_events/README.md",
-    "How to pause: turn off load_events_sensor in the UI",
+    "How to pause: automation-pipelines pause webhook_events",
 ]
 
 

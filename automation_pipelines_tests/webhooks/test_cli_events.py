@@ -24,23 +24,13 @@ from automation_pipelines.cli import main
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.deadletters import open_dead_letters
 from automation_pipelines.webhooks import inbox
-from automation_pipelines_tests.conftest import free_port
+from automation_pipelines_tests.conftest import DATABASE_ENV, free_port
 from automation_pipelines_tests.webhooks.conftest import (
     add_events,
     github_headers,
     inbox_rows,
     kill,
     push_body,
-)
-
-#: Variables that would point the project database elsewhere than DAGSTER_HOME.
-DATABASE_ENV = (
-    store.DB_URL_ENV,
-    "DAGSTER_PG_HOST",
-    "DAGSTER_PG_PORT",
-    "DAGSTER_PG_DB",
-    "DAGSTER_PG_USERNAME",
-    "DAGSTER_PG_PASSWORD",
 )
 
 

@@ -1,0 +1,156 @@
+"""`make run` (the `dev` supervisor) when a part dies: the daemon, the webserver and the code server
+are each killed with SIGKILL in turn while a sender keeps posting signed webhooks. Every POST is
+answered 202 (events land in the inbox while the daemon is down), each killed process is back
+within 60 s while the others kept their pids, the owner gets exactly one alert per restart from
+the supervisor itself, and every event accepted reaches the warehouse exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from automation_pipelines.automations.webhook_events.warehouse import events_table
+from automation_pipelines.demo import post_github
+from automation_pipelines.reliability import store
+from automation_pipelines.reliability.processes import ProcessGroup
+from automation_pipelines_tests.automations.webhook_events.events import push
+from automation_pipelines_tests.conftest import free_port
+from automation_pipelines_tests.e2e.harness import (
+    dev_environment,
+    graphql,
+    http_ok,
+    start_dev,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "supervision-e2e-secret"
+#: What identifies each supervised process in the process table.
+VICTIMS = {
+    "daemon": "dagster-daemon run",
+    "webserver": "dagster-webserver",
+    "code server": "code-server start",
+}
+LOCATION = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
+DAEMONS = "{ instance { daemonHealth { allDaemonStatuses { healthy required } } } }"
+
+
+class Sender(threading.Thread):
+    """Posts a signed push every 0.1 s and records every answer."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.answers: list[tuple[str, int | str]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        number = 0
+        while not self.halt.is_set():
+            number += 1
+            delivery = f"supervised-{number}"
+            try:
+                answer: int | str = post_github(self.url, SECRET, delivery, "push", push(1))
+            except (urllib.error.URLError, OSError) as error:
+                answer = f"{type(error).__name__}: {error}"
+            self.answers.append((delivery, answer))
+            time.sleep(0.1)
+
+
+def find(group: ProcessGroup, needle: str) -> psutil.Process | None:
+    for process in group.members():
+        try:
+            if needle in " ".join(process.cmdline()) and "setpriv" not in process.name():
+                return process
+        except psutil.Error:
+            continue
+    return None
+
+
+def healthy(ui: str) -> bool:
+    try:
+        entries = graphql(ui, LOCATION)["workspaceOrError"]["locationEntries"]
+        statuses = graphql(ui, DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
+    except (urllib.error.URLError, OSError, KeyError, TypeError):
+        return False
+    daemons_ok = all(s["healthy"] for s in statuses if s["required"])
+    return bool(entries) and entries[0]["loadStatus"] == "LOADED" and daemons_ok
+
+
+def loaded(engine: sa.Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(events_table.c.load_count)).scalars())
+
+
+@pytest.mark.timeout(600)
+def test_each_part_dies_alone_and_the_owner_hears_once(tmp_path: Path, json_receiver) -> None:
+    ports = [free_port() for _ in range(3)]
+    ui, hooks = f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+    env = dev_environment(tmp_path, GITHUB_WEBHOOK_SECRET=SECRET, ALERT_URLS=json_receiver.url)
+    log = tmp_path / "run.log"
+    group = ProcessGroup()
+    sender = Sender(hooks)
+
+    def logs() -> str:
+        return log.read_text(errors="replace")[-8000:]
+
+    try:
+        start_dev(group, ports[0], ports[1], env, log, code_server_port=ports[2])
+        wait_for("the receiver", lambda: http_ok(f"{hooks}/healthz"), 180, logs)
+        wait_for("the UI, its code location and the daemon", lambda: healthy(ui), 180, logs)
+        sender.start()
+
+        for name, needle in VICTIMS.items():
+            victim = find(group, needle)
+            assert victim is not None, f"no {name} in {[p.cmdline() for p in group.members()]}"
+            others = {n: find(group, s).pid for n, s in VICTIMS.items() if n != name}
+            os.kill(victim.pid, signal.SIGKILL)
+
+            def back(needle: str = needle, old: int = victim.pid) -> bool:
+                found = find(group, needle)
+                return found is not None and found.pid != old and healthy(ui)
+
+            wait_for(f"the {name} back, and everything healthy", back, 60, logs)
+            assert {n: find(group, s).pid for n, s in VICTIMS.items() if n != name} == others
+            wait_for(
+                f"the alert about the {name}",
+                lambda name=name: any(
+                    t.startswith(f"[RESTARTED] {name}: killed by SIGKILL")
+                    for t in json_receiver.titles()
+                ),
+                60,
+                logs,
+            )
+
+        sender.halt.set()
+        sender.join(timeout=30)
+        refused = [(d, a) for d, a in sender.answers if a != 202]
+        assert refused == [], refused[:5]
+        restarts = [t for t in json_receiver.titles() if t.startswith("[RESTARTED]")]
+        assert sorted(t.split(":")[0] for t in restarts) == sorted(
+            f"[RESTARTED] {name}" for name in VICTIMS
+        ), restarts
+
+        engine = store.engine(store.database_url(tmp_path / "home"))
+        accepted = len(sender.answers)
+        wait_for(
+            f"all {accepted} accepted events in the warehouse",
+            lambda: len(loaded(engine)) >= accepted,
+            240,
+            logs,
+        )
+        counts = loaded(engine)
+        assert len(counts) == accepted and set(counts) == {1}
+    finally:
+        sender.halt.set()
+        group.stop()
+        store.dispose_all()
