@@ -137,7 +137,7 @@ def _webhooks_serve(args: argparse.Namespace) -> int:
 
     home = instance_home()
     os.environ["DAGSTER_HOME"] = str(home)
-    serve(args.host, args.port, store.database_url(home), max_group=args.max_group)
+    serve(args.host, args.port, store.database_url(home), max_group=args.max_group, fd=args.fd)
     return 0
 
 
@@ -402,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = webhook_commands.add_parser("serve", help="receive signed webhooks into the inbox")
     serve.add_argument("--host", default=_host())
     serve.add_argument("--port", type=int, default=settings.port("WEBHOOKS_PORT", 3001))
+    serve.add_argument(
+        "--fd",
+        type=int,
+        help="serve this inherited listening socket instead of binding --host/--port",
+    )
     serve.add_argument(
         "--max-group",
         type=int,

@@ -21,6 +21,8 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +38,15 @@ from automation_pipelines.instance import (
     prepare_home,
 )
 from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import become_subreaper
-from automation_pipelines.reliability.supervisor import Notice, Policy, Service, Supervisor
+from automation_pipelines.reliability.supervisor import (
+    Dependency,
+    Notice,
+    Policy,
+    Service,
+    Supervisor,
+)
 
 MODULE = "automation_pipelines.definitions"
 LOCATION = "automation_pipelines"
@@ -81,10 +90,39 @@ def _code_server_ready(host: str, port: int) -> bool:
     return done.returncode == 0
 
 
-def services(ports: Ports, workspace_file: Path) -> list[Service]:
-    """The four processes, in the order they start."""
+def _answers_http(url: str) -> bool:
+    """True once something answers HTTP at `url` (503 too: serving, its database may be down)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def receiver_socket(host: str, port: int) -> socket.socket:
+    """The webhook receiver's listening socket, held by the supervisor for its whole life and
+    handed to each receiver process: while the receiver restarts, connections wait in its
+    backlog instead of being refused."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def services(ports: Ports, workspace_file: Path, receiver_fd: int | None = None) -> list[Service]:
+    """The four processes, in the order they start; with `receiver_fd` the receiver serves
+    that inherited socket."""
     host = ports.host
     ws = ["-w", str(workspace_file)]
+    listen = (
+        ["--fd", str(receiver_fd)]
+        if receiver_fd is not None
+        else ["--host", host, "--port", str(ports.webhooks)]
+    )
     return [
         Service(
             "code server",
@@ -111,16 +149,9 @@ def services(ports: Ports, workspace_file: Path) -> list[Service]:
         Service("daemon", [_script("dagster-daemon"), "run", *ws]),
         Service(
             "webhook receiver",
-            [
-                _script("automation-pipelines"),
-                "webhooks",
-                "serve",
-                "--host",
-                host,
-                "--port",
-                str(ports.webhooks),
-            ],
-            ready=lambda: _port_open(host, ports.webhooks),
+            [_script("automation-pipelines"), "webhooks", "serve", *listen],
+            ready=lambda: _answers_http(f"http://{host}:{ports.webhooks}/healthz"),
+            pass_fds=(receiver_fd,) if receiver_fd is not None else (),
         ),
     ]
 
@@ -153,7 +184,6 @@ class OutboxNotifier:
                 self.say(f"✗ alert about the {notice.service} not delivered: {error}")
 
     def _deliver(self, notice: Notice) -> None:
-        from automation_pipelines.reliability import store
         from automation_pipelines.reliability.alerts import AlertRouter, send_apprise
 
         router = AlertRouter.from_env()
@@ -188,6 +218,13 @@ def busy_ports(ports: Ports) -> list[str]:
             except OSError:
                 busy.append(f"{ports.host}:{port} ({setting})")
     return busy
+
+
+def _shown(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _init_instance(home: Path, say) -> None:
@@ -247,22 +284,32 @@ def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int
         )
         return 2
     home = prepare_home(home_path(), config)
-    config_storage(config)  # missing PostgreSQL settings stop here, named
+    storage = config_storage(config)  # missing PostgreSQL settings stop here, named
     env = {**os.environ, HOME_ENV: str(home), CONFIG_ENV: str(config)}
     workspace_file = home / "workspace.yaml"
     workspace_file.write_text(yaml.safe_dump(workspace(ports.host, ports.code_server)))
     print(
-        f"Instance {home} ({config.name}). Code server {ports.host}:{ports.code_server}, "
+        f"Instance {home} ({_shown(config)}). Code server {ports.host}:{ports.code_server}, "
         f"UI http://{ports.host}:{ports.webserver}, webhook receiver "
         f"http://{ports.host}:{ports.webhooks}/hooks/<source>. Ctrl-C stops everything.",
         flush=True,
     )
+    listening = receiver_socket(ports.host, ports.webhooks)
+    dependencies = []
+    if storage.is_postgres:
+        dependencies.append(
+            Dependency(
+                f"PostgreSQL {storage.where}",
+                lambda: store.check_reachable(home, timeout=3),
+            )
+        )
     supervisor = Supervisor(
-        services(ports, workspace_file),
+        services(ports, workspace_file, listening.fileno()),
         env=env,
         cwd=PROJECT_ROOT,
         notify=lambda notice: None,
         policy=policy,
+        dependencies=dependencies,
     )
     notifier = OutboxNotifier(home, say=supervisor.say)
     supervisor.notify = notifier
@@ -273,6 +320,7 @@ def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int
         supervisor.start_all(stop)
         supervisor.run(stop, parent=parent)
     finally:
+        listening.close()  # new connections are refused from now on, not left waiting
         supervisor.stop()
         with contextlib.suppress(Exception):
             notifier.close()

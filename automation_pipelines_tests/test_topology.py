@@ -19,6 +19,7 @@ import pytest
 from automation_pipelines import topology
 from automation_pipelines.reliability.processes import become_subreaper
 from automation_pipelines.reliability.supervisor import (
+    Dependency,
     Notice,
     Policy,
     Service,
@@ -33,7 +34,6 @@ FAST = Policy(
     loop_window=30.0,
     slow_retry=1.0,
     stable_after=1.5,
-    fold_seconds=600.0,
     ready_timeout=10.0,
 )
 SLEEPER = [sys.executable, "-c", "import time; print('serving', flush=True); time.sleep(600)"]
@@ -93,7 +93,7 @@ def harnesses():
 
 def test_a_killed_process_is_restarted_alone_and_reported_once(harnesses, tmp_path) -> None:
     steady, victim = Service("steady", SLEEPER), Service("victim", SLEEPER)
-    h = harnesses([steady, victim], tmp_path)
+    h = harnesses([steady, victim], tmp_path, Policy(**{**FAST.__dict__, "stable_after": 8.0}))
     h.supervisor.start_all(h.stop)
     steady_pid, victim_pid = steady.process.pid, victim.process.pid
     h.until(lambda: "serving" in victim.tail())
@@ -109,12 +109,19 @@ def test_a_killed_process_is_restarted_alone_and_reported_once(harnesses, tmp_pa
     assert "serving" in notice.body  # its last output
     assert "✗ the victim exited (killed by SIGKILL)" in h.out.getvalue()
 
-    # A second crash in the fold window restarts again but is not alerted again.
+    # Killed again before it stayed up: the same incident, restarted but not alerted again.
     second = victim.process.pid
     h.until(lambda: "serving" in victim.tail())
     os.kill(second, signal.SIGKILL)
     h.until(lambda: victim.process is not None and victim.process.pid != second)
     assert len(h.notices) == 1
+
+    # Once it has stayed up, the next crash is a new incident with its own alert.
+    h.until(lambda: not victim.incident_open, timeout=30)
+    third = victim.process.pid
+    os.kill(third, signal.SIGKILL)
+    h.until(lambda: victim.process is not None and victim.process.pid != third)
+    assert [n.kind for n in h.notices] == ["restarted", "restarted"]
 
 
 def test_backoff_doubles_between_restarts_up_to_its_cap(harnesses, tmp_path) -> None:
@@ -296,3 +303,43 @@ def test_notices_go_through_the_outbox_and_straight_out_when_it_is_down(
     assert "the alert outbox is unreachable" in json_receiver.received[-1]["message"]
     assert said == ["  alert sent directly to 1 of 1 channel(s)"]
     store.dispose_all()
+
+
+def test_an_outage_is_one_alert_is_waited_out_and_ends_with_a_notice(harnesses, tmp_path) -> None:
+    database_up = tmp_path / "database-up"
+    needs_database = Service("daemon", crasher(database_up, code=1))
+
+    def probe() -> None:
+        if not database_up.exists():
+            raise ConnectionError("connection refused")
+
+    dependency = Dependency("PostgreSQL db:5432/dagster", probe)
+    h = harnesses([needs_database], tmp_path)
+    h.supervisor.dependencies = [dependency]
+    h.supervisor.look_at(dependency)
+    assert h.notices == []  # one failed look is a blip, not an outage
+    h.supervisor.look_at(dependency)
+    [outage] = h.notices
+    assert (
+        outage.kind == "outage"
+        and outage.title == "[OUTAGE] PostgreSQL db:5432/dagster unreachable"
+    )
+    assert "connection refused" in outage.body
+
+    h.supervisor.start_all(h.stop)
+    h.until(lambda: len(needs_database.exits) >= FAST.loop_exits + 1)
+    assert not needs_database.given_up  # exits while its database is down are not a crash loop
+    assert [n.kind for n in h.notices] == ["outage"]  # the outage is the incident
+    assert "while PostgreSQL db:5432/dagster is down" in h.out.getvalue()
+    h.supervisor.look_at(dependency)
+    assert len(h.notices) == 1  # still down: nothing more
+
+    database_up.touch()
+    waiting = needs_database.process is None
+    h.supervisor.look_at(dependency)
+    assert h.notices[-1].kind == "recovered"
+    assert h.notices[-1].title.startswith("[RECOVERED] PostgreSQL db:5432/dagster reachable again")
+    assert "process exit(s), each restarted: daemon (exit code 1)" in h.notices[-1].body
+    if waiting:
+        assert needs_database.next_start_at <= time.monotonic()
+    h.until(lambda: needs_database.process is not None and "serving" in needs_database.tail())

@@ -64,6 +64,7 @@ class ProcessGroup:
         cwd: str | Path | None = None,
         stdout: IO[Any] | int | None = None,
         stderr: IO[Any] | int | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> subprocess.Popen[Any]:
         popen = subprocess.Popen(
             list(argv),
@@ -73,6 +74,7 @@ class ProcessGroup:
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         self.popens.append(popen)
         return popen

@@ -85,27 +85,40 @@ def _create_tables(created: sa.Engine) -> None:
         metadata.create_all(created)
 
 
-def engine(url: str) -> sa.Engine:
+def engine(url: str, *, lazy: bool = False) -> sa.Engine:
     """One engine per URL per process, with every table of `metadata` created — including
-    tables of modules imported after the engine was first made."""
+    tables of modules imported after the engine was first made. With `lazy`, a database that
+    is down now does not stop the caller: its tables are made by a later call (`ensure_tables`)
+    once it is back, so a process can start, answer 503 and wait for its database."""
     with _lock:
         found = _engines.get(url)
-        if found is not None:
-            if _tables_created[url] != len(metadata.tables):
+        if found is None:
+            if url.startswith("sqlite"):
+                found = sa.create_engine(url, connect_args={"timeout": 30})
+                sa.event.listen(found, "connect", _sqlite_pragmas)
+            else:
+                found = sa.create_engine(
+                    url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+                )
+            _engines[url] = found
+            _tables_created[url] = -1
+        if _tables_created[url] != len(metadata.tables):
+            try:
                 _create_tables(found)
-                _tables_created[url] = len(metadata.tables)
-            return found
-        if url.startswith("sqlite"):
-            created = sa.create_engine(url, connect_args={"timeout": 30})
-            sa.event.listen(created, "connect", _sqlite_pragmas)
-        else:
-            created = sa.create_engine(
-                url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
-            )
-        _create_tables(created)
-        _engines[url] = created
-        _tables_created[url] = len(metadata.tables)
-        return created
+            except sa.exc.DBAPIError:
+                if lazy:
+                    return found
+                raise
+            _tables_created[url] = len(metadata.tables)
+        return found
+
+
+def ensure_tables(created: sa.Engine) -> None:
+    """Create the tables of an engine made with `lazy=True` (raises while its database is down)."""
+    for url, known in list(_engines.items()):
+        if known is created:
+            engine(url)
+            return
 
 
 def dispose_all() -> None:

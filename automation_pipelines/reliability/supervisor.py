@@ -3,11 +3,17 @@
 `dagster dev` runs the webserver and the daemon as one unit: when the daemon dies, everything
 stops. Here every process (code server, webserver, daemon, webhook receiver) is watched alone:
 an exit restarts that process with exponential backoff while the others keep serving; every
-exit is logged with its reason and the last lines it printed, and reported to the owner once
-(repeats within `fold_seconds` only count). A process that exits `loop_exits` times within
+exit is logged with its reason and the last lines it printed. A crash is one incident until the
+process has stayed up `stable_after` seconds again: its first exit is reported to the owner,
+further exits before then only count. A process that exits `loop_exits` times within
 `loop_window` seconds is given up on loudly — its owner is told, with its last output — and
 then tried again only every `slow_retry` seconds (a database that comes back is picked up without
 a person). A recovery notice follows once it has stayed up for `stable_after` seconds.
+
+Dependencies (the instance's PostgreSQL) are looked at every few seconds: an outage is one alert
+and its end one recovery notice, which also lists the exits during it; while it lasts, exits are
+restarted with capped backoff and never given up on — a process that cannot reach its database
+is not a crash loop to abandon.
 """
 
 from __future__ import annotations
@@ -40,16 +46,17 @@ class Policy:
     loop_exits: int = 5
     loop_window: float = 120.0
     slow_retry: float = 60.0
-    stable_after: float = 60.0
-    fold_seconds: float = 600.0
+    stable_after: float = 30.0
     ready_timeout: float = 120.0
+    probe_seconds: float = 5.0  # how often dependencies are looked at
+    outage_after: int = 2  # failed looks in a row that make an outage (one blip is not)
 
 
 @dataclass(frozen=True)
 class Notice:
-    """Something the owner must hear about: a restart, a give-up, a recovery."""
+    """Something the owner must hear about: a restart, a give-up, an outage, a recovery."""
 
-    kind: str  # restarted | given_up | recovered
+    kind: str  # restarted | given_up | outage | recovered
     service: str
     title: str
     body: str
@@ -63,6 +70,7 @@ class Service:
     name: str
     argv: list[str]
     ready: Callable[[], bool] = field(default=lambda: True)
+    pass_fds: tuple[int, ...] = ()  # inherited descriptors, e.g. a listening socket
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     exits: list[float] = field(default_factory=list)
@@ -70,12 +78,26 @@ class Service:
     next_start_at: float | None = None
     delays: list[float] = field(default_factory=list)  # each restart's backoff, for the record
     given_up: bool = False
-    last_notice_at: float = 0.0
+    incident_open: bool = False  # alerted, and not stable since
     folded: int = 0
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=30))
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join(list(self.output)[-lines:])
+
+
+@dataclass
+class Dependency:
+    """Something the processes need, such as the instance's PostgreSQL. While it is down, exits
+    are waited out with capped backoff instead of being given up on, its outage is one alert, and
+    its return one recovery notice."""
+
+    name: str
+    probe: Callable[[], object]  # raises while the dependency cannot be reached
+    failures: int = 0
+    down_since: float | None = None  # wall-clock time of the first failed look
+    alerted: bool = False
+    last_error: str = ""
 
 
 def exit_reason(returncode: int | None) -> str:
@@ -119,8 +141,12 @@ class Supervisor:
         notify: Callable[[Notice], None],
         policy: Policy = Policy(),
         out: IO[str] | None = None,
+        dependencies: list[Dependency] | None = None,
     ) -> None:
         self.services = services
+        self.dependencies = list(dependencies or [])
+        self._outage_exits: list[str] = []
+        self._halt = threading.Event()
         self.env = dict(env)
         self.cwd = cwd
         self.notify = notify
@@ -156,6 +182,7 @@ class Supervisor:
             cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            pass_fds=service.pass_fds,
         )
         service.process = process
         service.started_at = time.monotonic()
@@ -194,6 +221,8 @@ class Supervisor:
 
     def run(self, stop: list[str], *, parent: int | None = None) -> None:
         """Supervise until `stop` gets an entry (a signal handler appends to it)."""
+        if self.dependencies:
+            threading.Thread(target=self._watch_dependencies, name="probes", daemon=True).start()
         while not stop:
             if parent is not None and os.getppid() != parent:
                 stop.append("parent exited")
@@ -233,7 +262,8 @@ class Supervisor:
                 f"{self.policy.slow_retry:.0f} s"
             )
             return
-        if len(service.exits) >= self.policy.loop_exits:
+        outage = self.outage()
+        if len(service.exits) >= self.policy.loop_exits and not outage:
             service.given_up = True
             service.next_start_at = now + self.policy.slow_retry
             self.say(
@@ -255,32 +285,35 @@ class Supervisor:
                     "Its last output:",
                     tail or "(nothing)",
                 ],
-                now,
             )
             return
         delay = min(
             self.policy.max_delay, self.policy.first_delay * 2 ** max(0, service.failures - 1)
         )
+        because = f" while {outage} is down" if outage else ""
         service.next_start_at = now + delay
         service.delays.append(delay)
         self.say(
-            f"✗ the {service.name} exited ({reason}) after {_duration(uptime)}; restarting it "
-            f"in {delay:.0f} s"
+            f"✗ the {service.name} exited ({reason}) after {_duration(uptime)}{because}; "
+            f"restarting it in {delay:.0f} s"
         )
-        if now - service.last_notice_at < self.policy.fold_seconds:
+        if outage:
+            self._outage_exits.append(f"{service.name} ({reason})")
+            return  # the outage is the incident; its recovery notice lists this exit
+        if service.incident_open:
             service.folded += 1
             return
+        service.incident_open = True
         self._notify(
             service,
             "restarted",
             f"[RESTARTED] {service.name}: {reason} after {_duration(uptime)} up",
             [
-                f"The {service.name} exited ({reason}) after {_duration(uptime)} and is being "
-                f"restarted in {delay:.0f} s; the other processes kept running.",
+                f"The {service.name} exited ({reason}) after {_duration(uptime)}{because} and is "
+                f"being restarted in {delay:.0f} s; the other processes kept running.",
                 "Its last output:",
                 tail or "(nothing)",
             ],
-            now,
         )
 
     def _stable(self, service: Service) -> None:
@@ -297,24 +330,86 @@ class Supervisor:
                     f"The {service.name}, given up on after a crash loop, has stayed up for "
                     f"{_duration(self.policy.stable_after)}."
                 ],
-                time.monotonic(),
             )
         service.failures = 0
         service.exits = []
         service.folded = 0
+        service.incident_open = False
 
-    def _notify(
-        self, service: Service, kind: str, title: str, lines: list[str], now: float
-    ) -> None:
-        service.last_notice_at = now
+    def _notify(self, service: Service, kind: str, title: str, lines: list[str]) -> None:
         if service.folded:
             lines = [*lines, f"({service.folded} earlier exit(s) were not alerted separately.)"]
             service.folded = 0
-        key = f"supervisor:{kind}:{service.name}:{os.getpid()}:{time.time_ns()}"
+        self._send(kind, service.name, title, lines)
+
+    # -- dependencies ----------------------------------------------------------------------
+
+    def outage(self) -> str | None:
+        """The names of the dependencies that are down now, or None."""
+        down = [d.name for d in self.dependencies if d.alerted]
+        return ", ".join(down) if down else None
+
+    def _watch_dependencies(self) -> None:
+        while not self._halt.wait(self.policy.probe_seconds):
+            for dependency in self.dependencies:
+                self.look_at(dependency)
+
+    def look_at(self, dependency: Dependency) -> None:
+        """Probe one dependency; alert once when it has been down `outage_after` looks in a
+        row, and once more when it is back."""
         try:
-            self.notify(Notice(kind, service.name, title, "\n".join(lines), key))
+            dependency.probe()
+        except Exception as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            dependency.failures += 1
+            dependency.last_error = reason
+            dependency.down_since = dependency.down_since or time.time()
+            if dependency.failures >= self.policy.outage_after and not dependency.alerted:
+                dependency.alerted = True
+                since = time.strftime("%H:%M:%S UTC", time.gmtime(dependency.down_since))
+                self.say(f"✗ {dependency.name} is unreachable since {since}: {reason}")
+                self._send(
+                    "outage",
+                    dependency.name,
+                    f"[OUTAGE] {dependency.name} unreachable",
+                    [
+                        f"{dependency.name} cannot be reached since {since}: {reason}",
+                        "The processes keep running and retry; the webhook receiver answers 503, "
+                        "so senders deliver again later. Processes that exit meanwhile are "
+                        "restarted, never given up on, until it is back.",
+                    ],
+                )
+            return
+        if dependency.alerted:
+            lasted = _duration(time.time() - (dependency.down_since or time.time()))
+            self.say(f"✓ {dependency.name} is reachable again after {lasted}")
+            for service in self.services:  # waiting out a backoff: start now, not later
+                if service.process is None and service.next_start_at is not None:
+                    service.next_start_at = time.monotonic()
+            exits, self._outage_exits = self._outage_exits, []
+            meanwhile = (
+                f"Meanwhile {len(exits)} process exit(s), each restarted: {', '.join(exits)}."
+                if exits
+                else "No process exited meanwhile."
+            )
+            self._send(
+                "recovered",
+                dependency.name,
+                f"[RECOVERED] {dependency.name} reachable again after {lasted}",
+                [
+                    f"{dependency.name} was unreachable for {lasted} "
+                    f"(last error: {dependency.last_error}).",
+                    meanwhile,
+                ],
+            )
+        dependency.failures, dependency.down_since, dependency.alerted = 0, None, False
+
+    def _send(self, kind: str, subject: str, title: str, lines: list[str]) -> None:
+        key = f"supervisor:{kind}:{subject}:{os.getpid()}:{time.time_ns()}"
+        try:
+            self.notify(Notice(kind, subject, title, "\n".join(lines), key))
         except Exception as error:  # telling must never stop supervising
-            self.say(f"✗ could not queue the alert about the {service.name}: {error}")
+            self.say(f"✗ could not queue the alert about {subject}: {error}")
 
     def reap_orphans(self) -> None:
         """Collect exited processes this supervisor adopted (as a subreaper) but did not start,
@@ -329,4 +424,5 @@ class Supervisor:
                         os.waitpid(child.pid, os.WNOHANG)
 
     def stop(self) -> None:
+        self._halt.set()
         self.group.stop()

@@ -8,6 +8,7 @@ load while each sender still hears back only after its event is on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -74,6 +75,7 @@ class InboxWriter:
         return await future
 
     def _connect(self) -> sa.Connection:
+        store.ensure_tables(self.engine)  # the receiver may have started with its database down
         conn = self.engine.connect()
         if conn.dialect.name == "sqlite":
             # Each commit reaches the disk before its senders are answered.
@@ -183,7 +185,9 @@ def create_app(
     """The receiver's ASGI app on the project database (or `database_url`)."""
     url = database_url or store.database_url()
     prepared = sources if sources is not None else prepare_sources(load_sources())
-    engine = store.engine(url)
+    # Lazy: with its database down the receiver still starts, answers 503 (senders deliver
+    # again) and makes its tables on the first commit once the database is back.
+    engine = store.engine(url, lazy=True)
     writer = InboxWriter(engine, max_group=max_group)
 
     async def receive(request: Request) -> JSONResponse:
@@ -261,9 +265,18 @@ def create_app(
 
 
 def serve(
-    host: str, port: int, database_url: str | None = None, *, max_group: int | None = None
+    host: str,
+    port: int,
+    database_url: str | None = None,
+    *,
+    max_group: int | None = None,
+    fd: int | None = None,
 ) -> None:
-    """Run the receiver in this process until SIGINT/SIGTERM (uvicorn handles both)."""
+    """Run the receiver in this process until SIGINT/SIGTERM (uvicorn handles both). With `fd`,
+    serve the listening socket the supervisor holds open: while this process restarts, new
+    connections wait in that socket's backlog instead of being refused."""
+    import socket
+
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -281,4 +294,6 @@ def serve(
         limit_concurrency=2000,
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    sockets = [socket.socket(fileno=fd)] if fd is not None else None
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it handled
+        uvicorn.Server(config).run(sockets=sockets)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import dagster as dg
+import psutil
 import yaml
 
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
@@ -228,3 +230,57 @@ class DagsterProcesses:
         finally:
             if self._instance is not None:
                 self._instance.dispose()
+
+
+#: What identifies each process of `make run` / `make run-prod` in the process table.
+TOPOLOGY_PROCESSES = {
+    "code server": "code-server start",
+    "webserver": "dagster-webserver",
+    "daemon": "dagster-daemon run",
+    "webhook receiver": "webhooks serve",
+}
+
+
+def find_process(group: ProcessGroup, needle: str) -> psutil.Process | None:
+    """The process of `group` whose command line holds `needle` (not its setpriv wrapper)."""
+    for process in group.members():
+        try:
+            if needle in " ".join(process.cmdline()) and process.name() != "setpriv":
+                return process
+        except psutil.Error:
+            continue
+    return None
+
+
+class Sender(threading.Thread):
+    """Posts a signed GitHub push every `interval` seconds and records every answer (a status,
+    or the name of the connection error)."""
+
+    def __init__(self, url: str, secret: str, prefix: str, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.url, self.secret, self.prefix, self.interval = url, secret, prefix, interval
+        self.answers: list[tuple[str, object]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        from automation_pipelines.demo import post_github
+
+        number = 0
+        while not self.halt.is_set():
+            number += 1
+            delivery = f"{self.prefix}-{number}"
+            payload = {
+                "ref": "refs/heads/main",
+                "repository": {"full_name": "acme/app"},
+                "commits": [{"id": "c0"}],
+                "pusher": {"name": "ci-bot"},
+            }
+            try:
+                answer: object = post_github(self.url, self.secret, delivery, "push", payload)
+            except OSError as error:  # URLError is an OSError
+                answer = f"{type(error).__name__}: {error}"
+            self.answers.append((delivery, answer))
+            time.sleep(self.interval)
+
+    def acknowledged(self) -> set[str]:
+        return {delivery for delivery, answer in self.answers if answer == 202}

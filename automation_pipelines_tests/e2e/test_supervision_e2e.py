@@ -1,30 +1,30 @@
-"""`make run` (the `dev` supervisor) when a part dies: the daemon, the webserver and the code server
-are each killed with SIGKILL in turn while a sender keeps posting signed webhooks. Every POST is
-answered 202 (events land in the inbox while the daemon is down), each killed process is back
-within 60 s while the others kept their pids, the owner gets exactly one alert per restart from
-the supervisor itself, and every event accepted reaches the warehouse exactly once."""
+"""`make run` (the `dev` supervisor) when a part dies: the daemon, the webserver, the code server
+and the webhook receiver are each killed with SIGKILL in turn while a sender keeps posting signed
+webhooks. Every POST is answered 202 — events land in the inbox while the daemon is down, and
+while the receiver itself restarts, connections wait on the socket the supervisor keeps open
+instead of being refused — each killed process is back within 60 s while the others kept their
+pids, the owner gets exactly one alert per restart from the supervisor itself, and every event
+accepted reaches the warehouse exactly once."""
 
 from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 import urllib.error
 from pathlib import Path
 
-import psutil
 import pytest
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.warehouse import events_table
-from automation_pipelines.demo import post_github
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import ProcessGroup
-from automation_pipelines_tests.automations.webhook_events.events import push
 from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import (
+    TOPOLOGY_PROCESSES,
+    Sender,
     dev_environment,
+    find_process,
     graphql,
     http_ok,
     start_dev,
@@ -35,45 +35,9 @@ pytestmark = pytest.mark.e2e
 
 SECRET = "supervision-e2e-secret"
 #: What identifies each supervised process in the process table.
-VICTIMS = {
-    "daemon": "dagster-daemon run",
-    "webserver": "dagster-webserver",
-    "code server": "code-server start",
-}
+VICTIMS = TOPOLOGY_PROCESSES
 LOCATION = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
 DAEMONS = "{ instance { daemonHealth { allDaemonStatuses { healthy required } } } }"
-
-
-class Sender(threading.Thread):
-    """Posts a signed push every 0.1 s and records every answer."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.answers: list[tuple[str, int | str]] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        number = 0
-        while not self.halt.is_set():
-            number += 1
-            delivery = f"supervised-{number}"
-            try:
-                answer: int | str = post_github(self.url, SECRET, delivery, "push", push(1))
-            except (urllib.error.URLError, OSError) as error:
-                answer = f"{type(error).__name__}: {error}"
-            self.answers.append((delivery, answer))
-            time.sleep(0.1)
-
-
-def find(group: ProcessGroup, needle: str) -> psutil.Process | None:
-    for process in group.members():
-        try:
-            if needle in " ".join(process.cmdline()) and "setpriv" not in process.name():
-                return process
-        except psutil.Error:
-            continue
-    return None
 
 
 def healthy(ui: str) -> bool:
@@ -98,7 +62,7 @@ def test_each_part_dies_alone_and_the_owner_hears_once(tmp_path: Path, json_rece
     env = dev_environment(tmp_path, GITHUB_WEBHOOK_SECRET=SECRET, ALERT_URLS=json_receiver.url)
     log = tmp_path / "run.log"
     group = ProcessGroup()
-    sender = Sender(hooks)
+    sender = Sender(hooks, SECRET, "supervised")
 
     def logs() -> str:
         return log.read_text(errors="replace")[-8000:]
@@ -110,17 +74,19 @@ def test_each_part_dies_alone_and_the_owner_hears_once(tmp_path: Path, json_rece
         sender.start()
 
         for name, needle in VICTIMS.items():
-            victim = find(group, needle)
+            victim = find_process(group, needle)
             assert victim is not None, f"no {name} in {[p.cmdline() for p in group.members()]}"
-            others = {n: find(group, s).pid for n, s in VICTIMS.items() if n != name}
+            others = {n: find_process(group, s).pid for n, s in VICTIMS.items() if n != name}
             os.kill(victim.pid, signal.SIGKILL)
 
             def back(needle: str = needle, old: int = victim.pid) -> bool:
-                found = find(group, needle)
+                found = find_process(group, needle)
                 return found is not None and found.pid != old and healthy(ui)
 
             wait_for(f"the {name} back, and everything healthy", back, 60, logs)
-            assert {n: find(group, s).pid for n, s in VICTIMS.items() if n != name} == others
+            assert {
+                n: find_process(group, s).pid for n, s in VICTIMS.items() if n != name
+            } == others
             wait_for(
                 f"the alert about the {name}",
                 lambda name=name: any(

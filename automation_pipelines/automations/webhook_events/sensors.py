@@ -28,8 +28,12 @@ MAX_EVENTS_PER_RUN = 2000
 MAX_RUNS_PER_TICK = 5
 #: A batch whose runs failed this many times is dead-lettered instead of run again.
 MAX_FAILED_RUNS = 3
-#: A batch with no run at all this long after it was requested is requested again.
-LOST_REQUEST_SECONDS = 300
+#: A batch with no run at all this long after it was requested is requested again, under its
+#: first run key: a daemon killed mid-tick loses the request, and should the run exist after all,
+#: Dagster drops the repeat by its run key.
+LOST_REQUEST_SECONDS = 30
+#: How long a failed run that Dagster said it will retry may wait for that retry.
+RETRY_WAIT_SECONDS = 300
 #: How long a failed run may go without Dagster's will-retry decision before we decide.
 RETRY_DECISION_WAIT_SECONDS = 60
 BATCH_TAG = "webhook_events/batch"
@@ -101,7 +105,7 @@ def _review_batch(
         if latest.status == dg.DagsterRunStatus.FAILURE and instance.run_retries_enabled:
             # Dagster may run it again itself: wait for its retry, or for its decision.
             will_retry = latest.tags.get(WILL_RETRY_TAG)
-            patience = {"true": LOST_REQUEST_SECONDS, None: RETRY_DECISION_WAIT_SECONDS}
+            patience = {"true": RETRY_WAIT_SECONDS, None: RETRY_DECISION_WAIT_SECONDS}
             if will_retry in patience and now - ended < patience[will_retry]:
                 decision.waiting_batches += 1
                 return
@@ -121,9 +125,8 @@ def _review_batch(
             decision.dead_events += len(rows)
             return
     decision.rerun_batches += 1
-    decision.requests.append(
-        run_request(batch.batch, f"{batch.batch}/run-{len(runs) + 1}", batch.rows)
-    )
+    run_key = f"{batch.batch}/run-{len(runs) + 1}" if runs else batch.batch
+    decision.requests.append(run_request(batch.batch, run_key, batch.rows))
 
 
 def evaluate_inbox(
