@@ -67,6 +67,41 @@ def resolve_dead_letters(engine: sa.Engine, ids: Iterable[int]) -> int:
         ).rowcount
 
 
+def resolve_items(engine: sa.Engine, automation: str, items: Iterable[str]) -> int:
+    """Mark the open items of `automation` with these names handled (a photo re-dropped and
+    rendered, an event replayed and loaded); return how many were open."""
+    names = [redact(str(item)) for item in items]
+    if not names:
+        return 0
+    with engine.begin() as conn:
+        return conn.execute(
+            dead_letters_table.update()
+            .where(
+                dead_letters_table.c.automation == automation,
+                dead_letters_table.c.item.in_(names),
+                dead_letters_table.c.resolved_at.is_(None),
+            )
+            .values(resolved_at=time.time())
+        ).rowcount
+
+
+#: Run tags that make a run which set items aside stand out in the UI's run list.
+QUARANTINED_TAG = "result/quarantined"
+DEAD_LETTERED_TAG = "result/dead_lettered"
+
+
+def flag_run(context, *, quarantined: int = 0, dead_lettered: int = 0) -> None:
+    """Tag the running run with what it set aside, so the run list shows it next to the green
+    status instead of hiding it in the event log."""
+    tags = {}
+    if quarantined:
+        tags[QUARANTINED_TAG] = str(quarantined)
+    if dead_lettered:
+        tags[DEAD_LETTERED_TAG] = str(dead_lettered)
+    if tags:
+        context.instance.add_run_tags(context.run_id, tags)
+
+
 def count_open_by_automation(engine: sa.Engine) -> dict[str, int]:
     """Unresolved items per automation (automations with none are absent)."""
     query = (

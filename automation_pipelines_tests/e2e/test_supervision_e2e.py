@@ -4,7 +4,8 @@ webhooks. Every POST is answered 202 — events land in the inbox while the daem
 while the receiver itself restarts, connections wait on the socket the supervisor keeps open
 instead of being refused — each killed process is back within 60 s while the others kept their
 pids, the owner gets exactly one alert per restart from the supervisor itself, and every event
-accepted reaches the warehouse exactly once."""
+acknowledged reaches the warehouse exactly once. (Only the one request the receiver is handling at
+the instant it is SIGKILLed may lose its connection, unanswered; its sender delivers it again.)"""
 
 from __future__ import annotations
 
@@ -50,9 +51,11 @@ def healthy(ui: str) -> bool:
     return bool(entries) and entries[0]["loadStatus"] == "LOADED" and daemons_ok
 
 
-def loaded(engine: sa.Engine) -> list[int]:
+def loaded(engine: sa.Engine) -> dict[str, int]:
+    """Delivery id → how many times it was loaded."""
     with engine.connect() as conn:
-        return list(conn.execute(sa.select(events_table.c.load_count)).scalars())
+        query = sa.select(events_table.c.delivery_id, events_table.c.load_count)
+        return dict(conn.execute(query).all())
 
 
 @pytest.mark.timeout(600)
@@ -99,23 +102,27 @@ def test_each_part_dies_alone_and_the_owner_hears_once(tmp_path: Path, json_rece
 
         sender.halt.set()
         sender.join(timeout=30)
-        refused = [(d, a) for d, a in sender.answers if a != 202]
-        assert refused == [], refused[:5]
+        # The one request the receiver was handling when it was SIGKILLed may lose its
+        # connection (the sender delivers it again); no request is ever refused or failed.
+        dropped = [(d, a) for d, a in sender.answers if str(a).startswith("RemoteDisconnected")]
+        failed = [(d, a) for d, a in sender.answers if a != 202 and (d, a) not in dropped]
+        assert failed == [] and len(dropped) <= 1, (failed[:5], dropped)
         restarts = [t for t in json_receiver.titles() if t.startswith("[RESTARTED]")]
         assert sorted(t.split(":")[0] for t in restarts) == sorted(
             f"[RESTARTED] {name}" for name in VICTIMS
         ), restarts
 
         engine = store.engine(store.database_url(tmp_path / "home"))
-        accepted = len(sender.answers)
+        acknowledged = sender.acknowledged()
         wait_for(
-            f"all {accepted} accepted events in the warehouse",
-            lambda: len(loaded(engine)) >= accepted,
+            f"all {len(acknowledged)} acknowledged events in the warehouse",
+            lambda: acknowledged <= set(loaded(engine)),
             240,
             logs,
         )
         counts = loaded(engine)
-        assert len(counts) == accepted and set(counts) == {1}
+        assert set(counts) <= {d for d, _ in sender.answers}
+        assert set(counts.values()) == {1}
     finally:
         sender.halt.set()
         group.stop()

@@ -126,7 +126,11 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
         # Right after the kill nothing of the run may still work; Dagster's compute-log mirrors
         # (`tail -F`, watch_orphans.py) notice their dead parent within a second and exit.
         working = support.describe(
-            [p for p in support.alive(family) if not support.is_log_mirror(p)]
+            [
+                p
+                for p in support.alive(family)
+                if not support.is_log_mirror(p) and not support.is_exiting(p)
+            ]
         )
         gone_by = time.monotonic() + 15
         while support.alive(family) and time.monotonic() < gone_by:

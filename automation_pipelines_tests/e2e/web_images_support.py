@@ -84,6 +84,15 @@ def is_log_mirror(process: psutil.Process) -> bool:
     return command[:2] == ["tail", "-F"] or any(arg.endswith("watch_orphans.py") for arg in command)
 
 
+def is_exiting(process: psutil.Process) -> bool:
+    """A process the kernel is tearing down: its memory is gone (no command line), so none of its
+    code runs any more; it becomes a zombie a moment later."""
+    try:
+        return process.cmdline() == []
+    except psutil.Error:
+        return True
+
+
 def describe(processes: list[psutil.Process]) -> str:
     lines = []
     for process in processes:
