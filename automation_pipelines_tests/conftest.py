@@ -17,9 +17,17 @@ from urllib.parse import urlsplit
 import dagster as dg
 import psycopg2
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
 from automation_pipelines.paths import PROJECT_ROOT
+
+# Property-based tests: no timing deadline (the machine may be busy), no example database in
+# the tree; CI replays the same examples on every run, a developer's run explores new ones.
+hypothesis_settings.register_profile(
+    "project", deadline=None, database=None, derandomize=os.environ.get("CI") == "true"
+)
+hypothesis_settings.load_profile("project")
 
 # Commands read the project's .env; a developer's own must not leak into the tests (the tests that
 # are about .env give their commands a project copy with one of its own).
