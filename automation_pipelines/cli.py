@@ -186,6 +186,60 @@ def _events_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deadletters_list(args: argparse.Namespace) -> int:
+    """Items the automations set aside and nobody has resolved yet, oldest first, with their age."""
+    from automation_pipelines.reliability.deadletters import age_text, open_dead_letters
+
+    rows = open_dead_letters(_switch_engine(), args.automation)
+    if not rows:
+        scope = f" of {args.automation}" if args.automation else ""
+        print(f"No open dead-lettered or quarantined items{scope}.")
+        return 0
+    now = time.time()
+    print("ID\tAUTOMATION\tAGE\tITEM\tREASON")
+    for row in rows:
+        reason = " ".join(row.reason.split())
+        print(f"{row.id}\t{row.automation}\t{age_text(now - row.created_at)}\t{row.item}\t{reason}")
+    print(
+        f"{len(rows)} open item(s). Once one is handled: automation-pipelines deadletters "
+        "resolve ID [ID ...]"
+    )
+    return 0
+
+
+def _deadletters_resolve(args: argparse.Namespace) -> int:
+    """Mark items handled by hand, by id or every open item of one automation."""
+    from automation_pipelines.reliability import deadletters
+
+    by_automation = bool(args.automation and args.all)
+    if bool(args.ids) == by_automation or bool(args.automation) != bool(args.all):
+        print("✗ say which items: ID [ID ...], or --automation NAME --all", file=sys.stderr)
+        return 2
+    engine = _switch_engine()
+    if by_automation:
+        count = deadletters.resolve_automation(engine, args.automation)
+        if count:
+            print(f"Resolved {count} item(s) of {args.automation}.")
+        else:
+            others = sorted(deadletters.count_open_by_automation(engine))
+            print(
+                f"{args.automation} has no open items (open items: {', '.join(others) or 'none'})."
+            )
+        return 0
+    wanted = sorted(set(args.ids))
+    open_ids = {row.id for row in deadletters.open_dead_letters(engine)}
+    chosen = [i for i in wanted if i in open_ids]
+    resolved = deadletters.resolve_dead_letters(engine, chosen)
+    if chosen:
+        print(f"Resolved {resolved} item(s): {', '.join(f'#{i}' for i in chosen)}.")
+    missing = [i for i in wanted if i not in open_ids]
+    if missing:
+        names = ", ".join(f"#{i}" for i in missing)
+        print(f"✗ {names}: not open (unknown, or resolved already); see `deadletters list`")
+        return 1
+    return 0
+
+
 def _backup_destination(args: argparse.Namespace) -> Path:
     if args.destination:
         return Path(args.destination)
@@ -427,6 +481,21 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--id", type=int, nargs="+", help="inbox ids (see `events dead`)")
     replay.add_argument("--source", help="only this source's dead-lettered events")
     replay.set_defaults(func=_events_replay)
+
+    letters = commands.add_parser(
+        "deadletters", help="items the automations set aside (quarantined, dead-lettered)"
+    )
+    letter_commands = letters.add_subparsers(dest="deadletters_command", required=True)
+    letters_list = letter_commands.add_parser("list", help="open items, oldest first, with age")
+    letters_list.add_argument("--automation", help="only this automation's items")
+    letters_list.set_defaults(func=_deadletters_list)
+    letters_resolve = letter_commands.add_parser(
+        "resolve", help="mark items handled: by id, or --automation NAME --all"
+    )
+    letters_resolve.add_argument("ids", type=int, nargs="*", metavar="ID", help="ids from `list`")
+    letters_resolve.add_argument("--automation", help="with --all: every open item of it")
+    letters_resolve.add_argument("--all", action="store_true", help="with --automation")
+    letters_resolve.set_defaults(func=_deadletters_resolve)
 
     backups = commands.add_parser("backups", help="list and restore backup snapshots")
     backup_commands = backups.add_subparsers(dest="backups_command", required=True)

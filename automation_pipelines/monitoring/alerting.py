@@ -2,7 +2,9 @@
 
 Dagster's run-failure sensor advances its cursor even when the alert code raises, and the alert is
 lost. This sensor reads finished runs itself and moves its cursor only after every run up to it
-is in the outbox; a run is recorded at most once, so re-reading is harmless.
+is in the outbox; a run is recorded at most once, so re-reading is harmless. A successful run that
+set items aside (`flag_run`'s tags) is a success here: it closes incidents and is only counted, the
+digest lists its items.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import dagster as dg
 
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter, FailureDetail, RunFacts
+from automation_pipelines.reliability.automation import unguarded
+from automation_pipelines.reliability.deadletters import set_aside_of
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
@@ -159,10 +164,18 @@ def trip_breaker(instance: dg.DagsterInstance, outbox, run: dg.DagsterRun, facts
     )
 
 
-def process_finished_runs(
-    context: dg.SensorEvaluationContext, alerts: AlertRouter
-) -> tuple[float, int, int]:
-    """Record every run finished since the cursor; return (new cursor, failures, successes)."""
+class Processed(NamedTuple):
+    """What one tick recorded: the new cursor, new alerts, recovery notices, and successful runs
+    that set items aside (counted, never alerted: the digest lists their items)."""
+
+    cursor: float
+    failures: int
+    successes: int
+    set_aside: int = 0
+
+
+def process_finished_runs(context: dg.SensorEvaluationContext, alerts: AlertRouter) -> Processed:
+    """Record every run finished since the cursor."""
     instance = context.instance
     outbox = alerts.outbox(instance)
     cursor = float(context.cursor) if context.cursor else time.time() - FIRST_LOOKBACK_SECONDS
@@ -176,7 +189,7 @@ def process_finished_runs(
         limit=RUNS_PER_TICK,
     )
     repository = getattr(context, "repository_def", None)
-    new_cursor, failures, successes = cursor, 0, 0
+    new_cursor, failures, successes, set_aside = cursor, 0, 0, 0
     for record in records:
         run = record.dagster_run
         updated = record.update_timestamp.timestamp()
@@ -192,16 +205,23 @@ def process_finished_runs(
                 if outbox.process_failure(facts):
                     failures += 1
                 trip_breaker(instance, outbox, run, facts)
-        elif outbox.process_success(run_facts(instance, run, repository, [])):
-            successes += 1
+        else:
+            if outbox.process_success(run_facts(instance, run, repository, [])):
+                successes += 1
+            if any(set_aside_of(run.tags)) and updated > cursor:
+                set_aside += 1
         new_cursor = max(new_cursor, updated)
-    return new_cursor, failures, successes
+    return Processed(new_cursor, failures, successes, set_aside)
 
 
 @dg.sensor(
     name="run_failure_alert_sensor",
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    metadata=unguarded(
+        "alerts are never held by a pause switch: a paused or tripped automation's failures must "
+        "still reach its owner, and this sensor is what trips the circuit breakers"
+    ),
     description=(
         "Turns every failed run of every job into one alert for its owner (after Dagster's own "
         "retries), folds repeats into the open incident, and sends a recovery notice on the next "
@@ -210,14 +230,15 @@ def process_finished_runs(
     ),
 )
 def run_failure_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
-    cursor, failures, successes = process_finished_runs(context, alerts)
+    done = process_finished_runs(context, alerts)
     report = alerts.outbox(context.instance).deliver_due(
         budget_seconds=alerts.delivery_budget_seconds
     )
-    context.update_cursor(str(cursor))
+    context.update_cursor(str(done.cursor))
+    aside = f", {done.set_aside} successful run(s) set items aside" if done.set_aside else ""
     return dg.SkipReason(
-        f"{failures} new alert(s), {successes} recovery notice(s); delivered {report.sent}, "
-        f"failed {report.failed}, unrouted {report.unrouted}"
+        f"{done.failures} new alert(s), {done.successes} recovery notice(s){aside}; delivered "
+        f"{report.sent}, failed {report.failed}, unrouted {report.unrouted}"
     )
 
 
@@ -225,6 +246,10 @@ def run_failure_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertR
     name="alert_outbox_sensor",
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    metadata=unguarded(
+        "it only delivers alerts already queued; holding it would hold every owner's alerts, "
+        "including those about the automation that was paused"
+    ),
     description=(
         "Delivers queued alerts and retries the ones a channel refused, with backoff, until "
         "every channel has accepted them. A tick fails (red in the UI) while alerts cannot be "

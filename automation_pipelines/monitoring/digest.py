@@ -1,9 +1,10 @@
 """A daily digest per owner: what each automation did, and what is still waiting for a person.
 
 Alerts speak only when something breaks. The digest also shows the quiet trouble: an automation
-that has not succeeded for days, incidents left open, items quarantined or dead-lettered by runs
-that otherwise succeeded. It goes through the alert outbox, so it is durable, routed like any
-alert, and sent at most once per owner per day.
+that has not succeeded for days, incidents left open, runs that succeeded but set items aside
+(their `result/quarantined` / `result/dead_lettered` tags), and every item still open, with its
+age and the command that resolves it. It goes through the alert outbox, so it is durable, routed
+like any alert, and sent at most once per owner per day.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from automation_pipelines.reliability.alerts import TITLE_LIMIT, Outbox, incidents_table
-from automation_pipelines.reliability.deadletters import open_dead_letters
+from automation_pipelines.reliability.deadletters import age_text, open_dead_letters, set_aside_of
 from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG, WILL_RETRY_TAG
 
@@ -39,6 +40,10 @@ class _Group:
     failed: int = 0
     retried: int = 0
     last_success: float | None = None
+    #: Successful runs that set items aside, and how many items they quarantined/dead-lettered.
+    set_aside_runs: int = 0
+    quarantined: int = 0
+    dead_lettered: int = 0
     incidents: list[sa.Row] = field(default_factory=list)
     dead_letters: list[sa.Row] = field(default_factory=list)
 
@@ -48,7 +53,7 @@ class _Group:
 
     @property
     def needs_attention(self) -> bool:
-        return bool(self.failed or self.incidents or self.dead_letters)
+        return bool(self.failed or self.incidents or self.dead_letters or self.set_aside_runs)
 
 
 def _utc(moment: float) -> datetime:
@@ -107,6 +112,11 @@ def _collect(
         group.runs += 1
         if run.status == dg.DagsterRunStatus.SUCCESS:
             group.succeeded += 1
+            quarantined, dead_lettered = set_aside_of(run.tags)
+            if quarantined or dead_lettered:
+                group.set_aside_runs += 1
+                group.quarantined += quarantined
+                group.dead_lettered += dead_lettered
         elif run.status == dg.DagsterRunStatus.FAILURE:
             # A run Dagster retries is not a failure yet; its last attempt is counted instead.
             if run.tags.get(WILL_RETRY_TAG) == "true":
@@ -148,13 +158,20 @@ def _listed(rows: Sequence[sa.Row], line) -> list[str]:
     return lines
 
 
-def _block(group: _Group, window_hours: float) -> str:
+def _block(group: _Group, window_hours: float, now: float) -> str:
     kind = "job without an automation tag" if group.is_job else "automation"
     lines = [
         f"{group.name} ({kind}, owner {group.owner})",
         f"  Runs in the last {window_hours:g} h: {group.runs} ({group.succeeded} succeeded, "
         f"{group.failed} failed, {group.retried} failed and retried, {group.other} other)",
         f"  Failed runs: {group.failed}",
+    ]
+    if group.set_aside_runs:
+        lines.append(
+            f"  Runs that succeeded but set items aside: {group.set_aside_runs} "
+            f"({group.quarantined} quarantined, {group.dead_lettered} dead-lettered item(s))"
+        )
+    lines += [
         f"  Last successful run: {_when(group.last_success)}",
         f"  Open incidents: {len(group.incidents)}",
     ]
@@ -169,9 +186,16 @@ def _block(group: _Group, window_hours: float) -> str:
     lines += _listed(
         group.dead_letters,
         lambda d: (
-            f"#{d.id} {_one_line(d.item, 120)}: {_one_line(d.reason)} (since {_when(d.created_at)})"
+            f"#{d.id} {_one_line(d.item, 120)}: {_one_line(d.reason)} "
+            f"(open {age_text(now - d.created_at)}, since {_when(d.created_at)})"
         ),
     )
+    if group.dead_letters:
+        lines += [
+            f"    All of them: automation-pipelines deadletters list --automation {group.name}",
+            "    Once handled: automation-pipelines deadletters resolve ID [ID ...] (or "
+            f"--automation {group.name} --all); reprocessing an item resolves it by itself",
+        ]
     return "\n".join(lines)
 
 
@@ -192,16 +216,18 @@ def build_digest(
         groups.sort(key=lambda g: (not g.needs_attention, g.name))
         failed = sum(g.failed for g in groups)
         incidents = sum(len(g.incidents) for g in groups)
+        set_aside = sum(g.set_aside_runs for g in groups)
         title = _one_line(
             f"[DIGEST {_day(now)}] {owner}: {len(groups)} automation(s), {failed} failed run(s), "
-            f"{incidents} open incident(s)",
+            f"{incidents} open incident(s)"
+            + (f", {set_aside} run(s) set items aside" if set_aside else ""),
             TITLE_LIMIT,
         )
         intro = (
             f"Daily digest for {owner}: the {window_hours:g} h up to {_when(now)}. "
             f"Open dead-lettered/quarantined items: {sum(len(g.dead_letters) for g in groups)}."
         )
-        body = "\n\n".join([intro, *(_block(g, window_hours) for g in groups)])
+        body = "\n\n".join([intro, *(_block(g, window_hours, now) for g in groups)])
         digests[owner] = (title, body)
     return digests
 

@@ -24,6 +24,7 @@ from croniter import croniter
 from automation_pipelines.monitoring.watchdog import MONITORING_OWNER
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.automation import unguarded
 from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG
 
@@ -210,6 +211,10 @@ def report_stale(
     name=FRESHNESS_SENSOR,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    metadata=unguarded(
+        "it watches the assets of every automation and holds the alerts of a paused one itself; "
+        "one automation's switch must not hide the stale assets of the others"
+    ),
     description=(
         "Checks every asset that has a FreshnessPolicy (time window or cron deadline) against "
         "its latest materialization, and alerts the asset's owner once when it goes stale, with "

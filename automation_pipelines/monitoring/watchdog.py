@@ -21,6 +21,7 @@ from croniter import croniter
 
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.automation import unguarded
 from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
@@ -292,6 +293,10 @@ def report(
     name=WATCHDOG_SENSOR,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    metadata=unguarded(
+        "it watches every automation and holds the findings of a paused one itself; a switch "
+        "that silenced it would silence the watch on all the others"
+    ),
     description=(
         "Compares what every automation declared as healthy with Dagster's tick and run history, "
         "and alerts the owner once per finding (missed schedule ticks, stopped, stalled or "

@@ -1,7 +1,9 @@
 """The declaration every automation makes: who owns it, where its runbook is, and its limits.
 
 One `Automation` per automation folder is the single source for the tags and descriptions the
-readiness check looks for, so an automation cannot forget one of them.
+readiness check looks for, so an automation cannot forget one of them. Its schedules and sensors
+check the pause switch and circuit breaker, and say so in their metadata (`GUARDED_BY_KEY`), so
+the readiness check can tell them from a plain `dg.ScheduleDefinition` that would bypass both.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ from automation_pipelines.reliability.tags import (
     RETRY_ON_OP_FAILURE_TAG,
     RUNBOOK_PREFIX,
 )
+
+#: Trigger metadata: the automation whose switch the trigger checks before it requests a run.
+GUARDED_BY_KEY = "automation/guarded_by"
+#: Trigger metadata: why a trigger deliberately runs whatever the switches say.
+UNGUARDED_KEY = "automation/unguarded_because"
+
+
+def unguarded(reason: str) -> dict[str, str]:
+    """Metadata declaring a trigger exempt from the pause switch and breaker, and why; the
+    readiness check accepts it only with a reason a reviewer can judge."""
+    if not reason.strip():
+        raise ValueError("an unguarded trigger needs a reason")
+    return {UNGUARDED_KEY: reason.strip()}
 
 
 @dataclass(frozen=True)
@@ -150,11 +165,13 @@ class Automation:
             execution_timezone=execution_timezone,
             default_status=dg.DefaultScheduleStatus.RUNNING,
             description=self.describe(description),
+            metadata={GUARDED_BY_KEY: self.name},
         )
 
     def sensor(self, **sensor_kwargs):
         """`dg.sensor` (running by default) that is skipped while the breaker is open."""
         sensor_kwargs.setdefault("default_status", dg.DefaultSensorStatus.RUNNING)
+        sensor_kwargs["metadata"] = {**sensor_kwargs.get("metadata", {}), GUARDED_BY_KEY: self.name}
         if "description" in sensor_kwargs:
             sensor_kwargs["description"] = self.describe(sensor_kwargs["description"])
 

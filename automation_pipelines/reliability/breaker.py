@@ -1,8 +1,9 @@
 """The circuit breaker and the manual pause: one switch per automation, kept in the project
 database so it survives restarts, checked by every schedule and sensor of the automation.
 
-The breaker trips after N consecutive failed runs (a runaway loop, a dead dependency) and the
-owner is told how to resume; `automation-pipelines pause NAME` throws the same switch by hand.
+The breaker trips after N consecutive failed runs (a runaway loop, a dead dependency; attempts
+that Dagster's run retries repeat are not runs of their own) and the owner is told how to
+resume; `automation-pipelines pause NAME` throws the same switch by hand.
 """
 
 from __future__ import annotations
@@ -93,26 +94,45 @@ def blocked(instance: dg.DagsterInstance, automation: str) -> str | None:
     return state.explain() if state and state.open else None
 
 
+#: Run records one count reads at most; a crash loop that long has tripped the breaker already.
+MAX_RECORDS = 5000
+
+
 def consecutive_failures(
-    instance: dg.DagsterInstance, automation: str, since: float = 0.0, look_back: int = 50
+    instance: dg.DagsterInstance,
+    automation: str,
+    since: float = 0.0,
+    limit: int | None = None,
+    page_size: int = 100,
 ) -> int:
-    """Failed final runs of the automation since its last success (and since `since`)."""
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(
-            tags={AUTOMATION_TAG: automation},
-            statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
-        ),
-        limit=look_back,
-    )
-    count = 0
-    for record in records:
-        if record.create_timestamp.timestamp() < since:
-            break
-        run = record.dagster_run
-        if run.status == dg.DagsterRunStatus.SUCCESS:
-            break
-        if run.tags.get(WILL_RETRY_TAG) != "true":
-            count += 1
+    """Failed final runs of the automation since its last success (and since `since`), counting
+    up to `limit`. Attempts Dagster's run retries repeat (`dagster/will_retry=true`) are read
+    past, page by page, so any number of them between two final failures leaves the count
+    right: a fixed look-back of N runs would fill up with retried attempts and never trip."""
+    count, cursor, read = 0, None, 0
+    while read < MAX_RECORDS:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(
+                tags={AUTOMATION_TAG: automation},
+                statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
+            ),
+            limit=page_size,
+            cursor=cursor,
+        )
+        for record in records:
+            run = record.dagster_run
+            if record.create_timestamp.timestamp() < since:
+                return count
+            if run.status == dg.DagsterRunStatus.SUCCESS:
+                return count
+            if run.tags.get(WILL_RETRY_TAG) != "true":
+                count += 1
+                if limit is not None and count >= limit:
+                    return count
+        if len(records) < page_size:
+            return count
+        cursor = records[-1].dagster_run.run_id
+        read += len(records)
     return count
 
 
@@ -123,7 +143,7 @@ def trip_if_due(instance: dg.DagsterInstance, automation: str, threshold: int) -
     if state and state.open:
         return None
     since = state.changed_at if state else 0.0
-    failures = consecutive_failures(instance, automation, since=since, look_back=threshold + 1)
+    failures = consecutive_failures(instance, automation, since=since, limit=threshold)
     if failures < threshold:
         return None
     reason = f"{failures} consecutive failed runs"

@@ -1,14 +1,15 @@
 """Items an automation gave up on (quarantined files, dead-lettered events), kept until resolved.
 
 A run that skips a bad item succeeds, so no alert names the item; keeping it here in the project
-database lets the daily digest count what is still waiting for a person, and lets that person
-mark it handled. Items and reasons are redacted before they are stored.
+database lets the daily digest list what is still waiting for a person, and lets that person
+mark it handled (`automation-pipelines deadletters resolve`), or the automation itself when the
+item comes through again (`resolve_items`). Items and reasons are redacted before they are stored.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -67,6 +68,31 @@ def resolve_dead_letters(engine: sa.Engine, ids: Iterable[int]) -> int:
         ).rowcount
 
 
+def resolve_automation(engine: sa.Engine, automation: str) -> int:
+    """Mark every open item of `automation` handled; return how many were open."""
+    with engine.begin() as conn:
+        return conn.execute(
+            dead_letters_table.update()
+            .where(
+                dead_letters_table.c.automation == automation,
+                dead_letters_table.c.resolved_at.is_(None),
+            )
+            .values(resolved_at=time.time())
+        ).rowcount
+
+
+def age_text(seconds: float) -> str:
+    """How long an item has waited, at the precision a person acts on ("3 d 4 h")."""
+    minutes = int(max(0.0, seconds) // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min" if minutes else "under 1 min"
+
+
 def resolve_items(engine: sa.Engine, automation: str, items: Iterable[str]) -> int:
     """Mark the open items of `automation` with these names handled (a photo re-dropped and
     rendered, an event replayed and loaded); return how many were open."""
@@ -100,6 +126,16 @@ def flag_run(context, *, quarantined: int = 0, dead_lettered: int = 0) -> None:
         tags[DEAD_LETTERED_TAG] = str(dead_lettered)
     if tags:
         context.instance.add_run_tags(context.run_id, tags)
+
+
+def set_aside_of(tags: Mapping[str, str]) -> tuple[int, int]:
+    """(quarantined, dead-lettered) items a run's tags say it set aside; (0, 0) for none."""
+
+    def count(tag: str) -> int:
+        value = tags.get(tag, "")
+        return int(value) if value.isdigit() else 0
+
+    return count(QUARANTINED_TAG), count(DEAD_LETTERED_TAG)
 
 
 def count_open_by_automation(engine: sa.Engine) -> dict[str, int]:

@@ -2,10 +2,13 @@
 
 Each rule looks at one job and either passes or names what is missing. Rules live in `RULES`;
 a later concern (alerting, silence expectations, secrets) adds its rule with `@rule(...)`.
+Sensors that start no job get a row of their own for the `guarded` rule, so the monitoring
+layer's sensors are held to it too.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -21,12 +24,15 @@ import yaml
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability.alerts import AlertRouter, Routes
 from automation_pipelines.reliability.automation import (
+    GUARDED_BY_KEY,
     MAX_RUNTIME_TAG,
     OWNER_TAG,
     RUNBOOK_PREFIX,
+    UNGUARDED_KEY,
 )
 from automation_pipelines.reliability.hooks import HOOK_NAME
-from automation_pipelines.reliability.tags import EXPECT_TRIGGER_TAG
+from automation_pipelines.reliability.secrets import literal_secrets
+from automation_pipelines.reliability.tags import AUTOMATION_TAG, EXPECT_TRIGGER_TAG
 
 #: Sections a runbook must have, matched case-insensitively against its `##` headings.
 RUNBOOK_SECTIONS = ("What it does", "What it touches", "How to pause", "Failure modes")
@@ -57,10 +63,14 @@ class Rule:
 
 @dataclass(frozen=True)
 class Finding:
+    """One cell of the report: `job` names a job, or (kind "trigger") a schedule or sensor that
+    starts no job, checked by the `guarded` rule only."""
+
     job: str
     rule: str
     ok: bool
     reason: str = ""
+    kind: str = "job"
 
 
 RULES: list[Rule] = []
@@ -86,16 +96,23 @@ def _owner(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None
 
 
-def runbook_problem(description: str | None, project_root: Path) -> str | None:
-    """Why the runbook linked from a description is missing or incomplete, or None if it is fine."""
+def _runbook_link(description: str | None, project_root: Path) -> tuple[str, Path] | None:
+    """The runbook a description links, as written and as a path; None without a link."""
     match = re.search(re.escape(RUNBOOK_PREFIX) + r"(\S+\.md)", description or "")
     if not match:
-        return f"description has no '{RUNBOOK_PREFIX}<path>/README.md' line"
+        return None
     path = Path(match.group(1))
-    if not path.is_absolute():
-        path = project_root / path
+    return match.group(1), path if path.is_absolute() else project_root / path
+
+
+def runbook_problem(description: str | None, project_root: Path) -> str | None:
+    """Why the runbook linked from a description is missing or incomplete, or None if it is fine."""
+    link = _runbook_link(description, project_root)
+    if link is None:
+        return f"description has no '{RUNBOOK_PREFIX}<path>/README.md' line"
+    written, path = link
     if not path.is_file():
-        return f"runbook {match.group(1)} does not exist"
+        return f"runbook {written} does not exist"
     headings = [
         line.lstrip("#").strip().lower()
         for line in path.read_text(encoding="utf-8").splitlines()
@@ -103,15 +120,19 @@ def runbook_problem(description: str | None, project_root: Path) -> str | None:
     ]
     missing = [s for s in RUNBOOK_SECTIONS if not any(h.startswith(s.lower()) for h in headings)]
     if missing:
-        return f"runbook {match.group(1)} lacks section(s): " + ", ".join(
-            f"'## {s}'" for s in missing
-        )
+        return f"runbook {written} lacks section(s): " + ", ".join(f"'## {s}'" for s in missing)
     return None
 
 
 @rule("runbook", "the description links a runbook README with the required sections")
 def _runbook(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return runbook_problem(job.description, ctx.project_root)
+
+
+def runbook_folder(description: str | None, project_root: Path) -> Path | None:
+    """The folder of the runbook a description links: the automation's own folder."""
+    link = _runbook_link(description, project_root)
+    return link[1].parent if link else None
 
 
 @rule("trigger", "at least one schedule or sensor starts the job")
@@ -225,6 +246,109 @@ def _silence(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None
 
 
+Trigger = dg.ScheduleDefinition | dg.SensorDefinition
+
+
+def _metadata_text(trigger: Trigger, key: str) -> str:
+    value = (trigger.metadata or {}).get(key)
+    return str(getattr(value, "value", value) or "").strip()
+
+
+def trigger_guard_problem(trigger: Trigger, automation: str | None = None) -> str | None:
+    """Why a schedule or sensor may request runs while its automation is paused or tripped, or
+    None when it checks the switch (or is declared exempt with a reason)."""
+    kind = "schedule" if isinstance(trigger, dg.ScheduleDefinition) else "sensor"
+    if _metadata_text(trigger, UNGUARDED_KEY):
+        return None
+    guard = _metadata_text(trigger, GUARDED_BY_KEY)
+    if not guard:
+        return (
+            f"{kind} {trigger.name} does not check the pause switch or the circuit breaker: make "
+            "it with AUTOMATION.schedule(...) / @AUTOMATION.sensor(...), or declare it exempt "
+            "with metadata=unguarded(reason)"
+        )
+    if automation and guard != automation:
+        return (
+            f"{kind} {trigger.name} checks the switch of automation {guard!r}, not of "
+            f"{automation!r}: pausing {automation} would not stop it"
+        )
+    return None
+
+
+def _triggers_of(job_name: str, repository: dg.RepositoryDefinition) -> list[Trigger]:
+    schedules = [s for s in repository.schedule_defs if s.job_name == job_name]
+    sensors = [s for s in repository.sensor_defs if any(t.job_name == job_name for t in s.targets)]
+    return [*schedules, *sensors]
+
+
+@rule("guarded", "every schedule and sensor that starts it obeys the pause switch and breaker")
+def _guarded(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    automation = job.tags.get(AUTOMATION_TAG)
+    problems = [
+        problem
+        for trigger in _triggers_of(job.name, ctx.repository)
+        if (problem := trigger_guard_problem(trigger, automation))
+    ]
+    return "; ".join(problems) or None
+
+
+#: Where a secret belongs instead of a settings file, for the report.
+SECRET_ADVICE = (
+    "keep secrets out of files the code reads (they end up in git and, as resource or run "
+    "config, in clear in Dagster's job snapshots shown in the UI): put the value in an "
+    "environment variable and name that variable (a `*_env` setting, `{env: NAME}` in "
+    "dagster.yaml, a dg.EnvVar resource field); for PostgreSQL use PGPASSWORD or ~/.pgpass"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_secrets(path: Path, stamp: tuple[int, int]) -> tuple[str, ...]:
+    """Secrets written into one YAML file (cached per modification time and size)."""
+    try:
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return (f"cannot be read, so it cannot be checked for secrets ({reason})",)
+    return tuple(found for document in documents for found in literal_secrets(document))
+
+
+def settings_files(project_root: Path, automation_folder: Path | None = None) -> list[Path]:
+    """The YAML files the code reads: those at the project root (backups.yaml, alert_routes.yaml,
+    webhook_sources.yaml, dagster.yaml, …) and those in the automation's own folder."""
+    folders = [project_root, *([automation_folder] if automation_folder else [])]
+    found = {
+        path.resolve()
+        for folder in folders
+        if folder.is_dir()
+        for pattern in ("*.yaml", "*.yml")
+        for path in folder.glob(pattern)
+        if path.is_file()
+    }
+    return sorted(found)
+
+
+def _label(path: Path, project_root: Path) -> str:
+    try:
+        return path.relative_to(project_root.resolve()).as_posix()
+    except ValueError:
+        return f"{path.parent.name}/{path.name}"
+
+
+@rule("settings_secrets", "no settings file it depends on holds a password, token or key")
+def _settings_secrets(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    problems = [f"instance config: {found}" for found in literal_secrets(ctx.instance_config)]
+    folder = runbook_folder(job.description, ctx.project_root)
+    for path in settings_files(ctx.project_root, folder):
+        stat = path.stat()
+        label = _label(path, ctx.project_root)
+        problems += [
+            f"{label}: {found}" for found in _file_secrets(path, (stat.st_mtime_ns, stat.st_size))
+        ]
+    if not problems:
+        return None
+    return "; ".join(problems) + f". {SECRET_ADVICE}"
+
+
 def _user_jobs(repository: dg.RepositoryDefinition) -> list[dg.JobDefinition]:
     """Jobs people declared; Dagster's implicit asset jobs are checked through their triggers."""
     return [job for job in repository.get_all_jobs() if not job.name.startswith("__")]
@@ -273,10 +397,26 @@ def run_checks(
     if not jobs:
         return [Finding(job="(none)", rule="jobs", ok=False, reason="no jobs are defined")]
     findings = []
+    selected = RULES if rules is None else rules
     for job in sorted(jobs, key=lambda j: j.name):
-        for item in RULES if rules is None else rules:
+        for item in selected:
             reason = item.check(job, ctx)
             findings.append(Finding(job.name, item.name, reason is None, reason or ""))
+    if any(item.name == "guarded" for item in selected):
+        findings += _jobless_trigger_findings(repository)
+    return findings
+
+
+def _jobless_trigger_findings(repository: dg.RepositoryDefinition) -> list[Finding]:
+    """A row per sensor that starts no job (the monitoring sensors): guarded, or exempt."""
+    findings = []
+    for sensor in sorted(repository.sensor_defs, key=lambda s: s.name):
+        if any(target.job_name for target in sensor.targets):
+            continue
+        reason = trigger_guard_problem(sensor)
+        findings.append(
+            Finding(f"sensor:{sensor.name}", "guarded", reason is None, reason or "", "trigger")
+        )
     return findings
 
 
@@ -291,12 +431,23 @@ def format_report(findings: Sequence[Finding]) -> str:
         cells = [cell.get((job, r), "-").center(len(r)) for r in rules]
         lines.append("  ".join([job.ljust(width), *cells]))
     failures = [f for f in findings if not f.ok]
+    triggers = {f.job for f in findings if f.kind == "trigger"}
     lines.append("")
     if failures:
         lines.extend(f"✗ {f.job} · {f.rule}: {f.reason}" for f in failures)
-        lines.append(f"\n{len(failures)} problem(s) in {len({f.job for f in failures})} job(s).")
+        failing_jobs = len({f.job for f in failures if f.kind == "job"})
+        failing_triggers = len({f.job for f in failures if f.kind == "trigger"})
+        where = [
+            *([f"{failing_jobs} job(s)"] if failing_jobs else []),
+            *([f"{failing_triggers} trigger(s)"] if failing_triggers else []),
+        ]
+        lines.append(f"\n{len(failures)} problem(s) in {' and '.join(where)}.")
     else:
-        lines.append(f"All {len(jobs)} job(s) pass all {len(rules)} rule(s).")
+        lines.append(f"All {len(jobs) - len(triggers)} job(s) pass all {len(rules)} rule(s).")
+        if triggers:
+            lines.append(
+                f"All {len(triggers)} sensor(s) that start no job are guarded or declared exempt."
+            )
     return "\n".join(lines)
 
 

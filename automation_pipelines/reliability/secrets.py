@@ -2,7 +2,9 @@
 
 The values to hide are those of environment variables that resources read through `dg.EnvVar`
 (found by walking the definitions), names registered with `secret_env`, names that look secret
-(…_PASSWORD, …_TOKEN, ALERT_URLS…), and passwords embedded in URLs.
+(…_PASSWORD, …_TOKEN, ALERT_URLS…), and passwords embedded in URLs. `literal_secrets` finds the
+secrets someone wrote into a settings file instead of the environment (the readiness check
+refuses them), and `strip_passwords` takes them out of a connection string.
 """
 
 from __future__ import annotations
@@ -89,3 +91,95 @@ def redact(text: str, values: list[str] | None = None) -> str:
     for value in secret_values() if values is None else values:
         text = text.replace(value, MASK)
     return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+
+
+#: Setting names whose literal value is a secret (matched on snake_case words of the name).
+_SECRET_SETTING = re.compile(
+    r"(^|_)(password|passwd|pwd|passphrase|secret|token|credentials?|api_?key|apikey|"
+    r"access_?key|private_?key|secret_?key|signing_?key|client_?secret)(_|$)"
+)
+#: Names that point at a secret instead of holding it (`secret_env: NAME`, `token_header: …`).
+_REFERENCE_SETTING = re.compile(
+    r"_(env|env_var|var|file|path|header|name|prefix|encoding|seconds|minutes|hours|ttl|type|"
+    r"kind|length|bytes)$"
+)
+#: A bare `key` is usually a tag key (`key: automation`); only a generated-looking value counts.
+_GENERATED = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])\S{16,}$")
+_ENV_REFERENCE = re.compile(r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$")
+_KEYWORD_PASSWORD = re.compile(
+    r"(?P<lead>^|\s+)password\s*=\s*(?P<password>'(?:[^'\\]|\\.)*'|[^\s']+)", re.I
+)
+_QUERY_PASSWORD = re.compile(r"(?P<sep>[?&;])password=(?P<password>[^&;#\s]*)&?", re.I)
+
+
+def _words(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).replace("-", "_").lower()
+
+
+def _is_reference(value: str) -> bool:
+    return bool(_ENV_REFERENCE.match(value.strip().strip("'\"")))
+
+
+def password_kind(text: str) -> str | None:
+    """How `text` (a URL or a libpq connection string) carries a literal password, or None."""
+    for match in _URL_PASSWORD.finditer(text):
+        if not _is_reference(match.group("password")):
+            return "a URL"
+    for match in _QUERY_PASSWORD.finditer(text):
+        if match.group("password") and not _is_reference(match.group("password")):
+            return "a URL"
+    for match in _KEYWORD_PASSWORD.finditer(text):
+        if not _is_reference(match.group("password")):
+            return "a connection string (password=…)"
+    return None
+
+
+def has_password(text: str) -> bool:
+    return password_kind(text) is not None
+
+
+def strip_passwords(text: str) -> str:
+    """`text` without the passwords of its URLs and `password=` settings, so a connection string
+    can be stored and shown; the client then takes the password from PGPASSWORD or ~/.pgpass."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head")[:-1], text)
+    text = _QUERY_PASSWORD.sub(lambda m: m.group("sep") if m.group(0).endswith("&") else "", text)
+    text = re.sub(r"\?$", "", text)
+    return _KEYWORD_PASSWORD.sub("", text).strip()
+
+
+def _literal(value: Any) -> bool:
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, int | float):
+        return True
+    return isinstance(value, str) and bool(value.strip()) and not _is_reference(value)
+
+
+def literal_secrets(settings: Any, where: str = "") -> list[str]:
+    """Where a settings mapping (a parsed YAML file) holds a secret in clear: a URL or
+    connection string with a password, or a password/secret/token/key setting with a literal
+    value. Says where and how, never the value; references (`{env: NAME}`, `$NAME`, `*_env`)
+    are fine."""
+    found: list[str] = []
+    if isinstance(settings, dict):
+        for key, value in settings.items():
+            path = f"{where}.{key}" if where else str(key)
+            name = _words(str(key))
+            if isinstance(value, dict | list):
+                found.extend(literal_secrets(value, path))
+                continue
+            kind = password_kind(value) if isinstance(value, str) else None
+            if kind:
+                found.append(f"{path} holds a password in {kind}")
+            elif _REFERENCE_SETTING.search(name) or not _literal(value):
+                continue
+            elif _SECRET_SETTING.search(name) or (name == "key" and _GENERATED.match(str(value))):
+                found.append(f"{path} is a literal value")
+    elif isinstance(settings, list):
+        for index, value in enumerate(settings):
+            path = f"{where}[{index}]"
+            if isinstance(value, dict | list):
+                found.extend(literal_secrets(value, path))
+            elif isinstance(value, str) and (kind := password_kind(value)):
+                found.append(f"{path} holds a password in {kind}")
+    return found

@@ -3,13 +3,17 @@
 Requests are committed in groups by one writer thread: every request waiting when a commit
 starts shares that transaction (and its fsync), so the durable commit per event stays cheap under
 load while each sender still hears back only after its event is on disk.
+
+Nothing a request carries can earn it a 5xx, which senders retry for days: a body that is not a
+JSON object or nests deeper than `payloads.MAX_DEPTH`, anything else that makes reading it fail,
+and an event whose values the database refuses (it alone; its group commits without it) are
+400s. Only a database that cannot commit at all answers 503, so the sender delivers again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -26,7 +30,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from automation_pipelines.reliability import store
-from automation_pipelines.webhooks.inbox import Event, insert_events
+from automation_pipelines.webhooks.inbox import Event, data_refusal, insert_events
+from automation_pipelines.webhooks.payloads import PayloadError, parse_object
 from automation_pipelines.webhooks.sources import (
     MissingSecret,
     SourceConfig,
@@ -43,6 +48,11 @@ MAX_GROUP = 512
 
 class InboxUnavailable(RuntimeError):
     """The inbox could not commit; the sender gets a 503 and delivers again later."""
+
+
+class InboxRefused(ValueError):
+    """The database refused this one event for a value in it; the sender gets a 400, since
+    delivering it again cannot help, and the events it was grouped with commit without it."""
 
 
 class InboxWriter:
@@ -103,16 +113,49 @@ class InboxWriter:
                     added = insert_events(conn, [event for event, _, _ in group])
                 self.commits += 1
             except Exception as exc:  # every sender must hear back
+                if conn is not None and data_refusal(exc) is not None:
+                    # One event's values, not the database: commit the others without it.
+                    outcomes, conn = self._one_by_one(conn, group)
+                    _answer(group, results=outcomes)
+                    continue
                 log.error("inbox commit failed for %d event(s): %s", len(group), exc)
-                if conn is not None:
-                    conn.invalidate()
-                    conn.close()
-                    conn = None
+                conn = self._drop(conn)
                 _answer(group, error=InboxUnavailable(str(exc)))
                 continue
             _answer(group, results=added)
         if conn is not None:
             conn.close()
+
+    @staticmethod
+    def _drop(conn: sa.Connection | None) -> None:
+        """Discard a connection that failed; the next group opens a fresh one."""
+        if conn is not None:
+            conn.invalidate()
+            conn.close()
+
+    def _one_by_one(self, conn: sa.Connection | None, group) -> tuple[list, sa.Connection | None]:
+        """Commit each event of a refused group alone: the refused ones answer 400, the others
+        as usual. Returns the outcomes and the connection (None if it failed)."""
+        outcomes: list = []
+        for event, _, _ in group:
+            name = f"{event.source}/{event.delivery_id}"
+            if conn is None:
+                outcomes.append(InboxUnavailable("the inbox connection was lost"))
+                continue
+            try:
+                with conn.begin():
+                    outcomes.extend(insert_events(conn, [event]))
+                self.commits += 1
+            except Exception as exc:
+                reason = data_refusal(exc)
+                if reason is not None:
+                    log.warning("inbox refused %s: %s", name, reason)
+                    outcomes.append(InboxRefused(reason))
+                else:
+                    log.error("inbox commit failed for %s: %s", name, exc)
+                    conn = self._drop(conn)
+                    outcomes.append(InboxUnavailable(str(exc)))
+        return outcomes, conn
 
 
 def _answer(group, *, results=None, error: Exception | None = None) -> None:
@@ -205,18 +248,28 @@ def create_app(
             source.verifier.check_signature(body, headers, time.time())
             try:
                 text = body.decode("utf-8")
-                payload = json.loads(text)
-            except ValueError as exc:
+            except UnicodeDecodeError as exc:
                 return _error(400, f"body is not JSON in UTF-8: {exc}")
+            payload = parse_object(text, what="body")
             delivery = source.verifier.identify(headers, payload)
         except Rejected as exc:
             log.info("rejected %s delivery: %s %s", name, exc.status, exc)
             return _error(exc.status, str(exc))
+        except PayloadError as exc:
+            log.info("rejected %s delivery: 400 %s", name, exc)
+            return _error(400, str(exc))
+        except Exception:
+            # Whatever in this request made reading it fail will fail on every delivery: a 5xx
+            # would have the sender retry it for days, so it is a 400, and logged for us.
+            log.exception("could not read a %s delivery; answered 400", name)
+            return _error(400, "the request could not be read (see the receiver's log)")
         event = Event(name, delivery.delivery_id, delivery.event_type, text, time.time())
         try:
             added = await writer.put(event)
         except InboxUnavailable:
             return _error(503, "the inbox cannot commit right now; deliver again later")
+        except InboxRefused as exc:
+            return _error(400, f"the inbox cannot store this event: {exc}")
         return JSONResponse(
             {"status": "accepted" if added else "duplicate", "delivery_id": delivery.delivery_id},
             status_code=202 if added else 200,

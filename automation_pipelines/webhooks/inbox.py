@@ -3,12 +3,12 @@
 The inbox lives in the project database (SQLite in WAL mode by default, PostgreSQL when
 configured) beside the warehouse tables, so the load job can mark a row done in the same
 transaction that writes its warehouse rows. A row moves pending → done, or pending → dead after
-it failed too often or could never be valid; `replay` moves dead rows back to pending.
+it failed too often or could never be valid; `replay` moves dead rows back to pending. A dead
+row's letter in `ap_dead_letters` stays open until the row loads.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +41,31 @@ inbox_table = sa.Table(
     sa.UniqueConstraint("source", "delivery_id", name="uq_ap_webhook_inbox_delivery"),
     sa.Index("ix_ap_webhook_inbox_status_batch", "status", "batch"),
 )
+
+
+#: What drivers raise while binding a value they cannot send: SQLite's "Python int too large to
+#: convert to SQLite INTEGER", psycopg2's NUL in a string, a lone surrogate.
+_BIND_ERRORS = (OverflowError, ValueError, TypeError)
+
+
+def data_refusal(error: BaseException) -> str | None:
+    """Why the database refused a write because of the values in it (out of range, too long, a
+    constraint), or None when the fault is elsewhere (connection, lock, missing table), which
+    retrying can fix and which must never be blamed on one row."""
+    if isinstance(error, sa.exc.DataError | sa.exc.IntegrityError):
+        cause = error.orig
+    elif isinstance(error, sa.exc.DBAPIError):
+        return None
+    elif isinstance(error, sa.exc.StatementError):
+        if not isinstance(error.orig, _BIND_ERRORS):
+            return None
+        cause = error.orig
+    elif isinstance(error, _BIND_ERRORS):
+        cause = error
+    else:
+        return None
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 @dataclass(frozen=True)
@@ -160,6 +185,27 @@ def record_error(engine: sa.Engine, batch: str, error: str) -> None:
         )
 
 
+def dead_letter_item(row: sa.Row) -> str:
+    """How an inbox row is named in the dead letters; loading it later resolves by this name."""
+    return redact(f"{row.source}/{row.delivery_id} ({row.event_type}, inbox id {row.id})")
+
+
+def _resolve_letters(conn: sa.Connection, automation: str, items: list[str], now: float) -> int:
+    """Close the open dead letters of `automation` with these item names (as
+    `deadletters.resolve_items` does), in the caller's transaction."""
+    if not items:
+        return 0
+    return conn.execute(
+        dead_letters_table.update()
+        .where(
+            dead_letters_table.c.automation == automation,
+            dead_letters_table.c.item.in_(items),
+            dead_letters_table.c.resolved_at.is_(None),
+        )
+        .values(resolved_at=now)
+    ).rowcount
+
+
 def mark_done(conn: sa.Connection, ids: Iterable[int], run_id: str, now: float) -> int:
     """Mark rows loaded, in the transaction that wrote their warehouse rows."""
     ids = list(ids)
@@ -172,18 +218,33 @@ def mark_done(conn: sa.Connection, ids: Iterable[int], run_id: str, now: float) 
     ).rowcount
 
 
+def mark_loaded(
+    conn: sa.Connection, automation: str, rows: Sequence[sa.Row], run_id: str, now: float
+) -> int:
+    """Mark rows done and resolve the dead letters a replayed row still has open, in the
+    transaction that wrote their warehouse rows: a dead letter closes exactly when its event
+    loads. Returns how many rows were pending."""
+    done = mark_done(conn, [row.id for row in rows], run_id, now)
+    _resolve_letters(conn, automation, [dead_letter_item(row) for row in rows], now)
+    return done
+
+
 def mark_dead(
     conn: sa.Connection, automation: str, rows: Iterable[tuple[sa.Row, str]], now: float
 ) -> list[int]:
     """Dead-letter rows with their reasons, in the caller's transaction; return the ids of the
-    dead-letter records (the digest counts them until a replay resolves them)."""
+    dead-letter records (the digest counts them until the event loads). A replayed row that
+    fails again gets a new letter with the new reason and its old one is closed, so each event
+    has at most one open letter."""
+    rows = list(rows)
+    _resolve_letters(conn, automation, [dead_letter_item(row) for row, _ in rows], now)
     letters = []
     for row, reason in rows:
         reason = redact(reason)[:4000]
         letter = conn.execute(
             dead_letters_table.insert().values(
                 automation=automation,
-                item=f"{row.source}/{row.delivery_id} ({row.event_type}, inbox id {row.id})",
+                item=dead_letter_item(row),
                 reason=reason,
                 created_at=now,
             )
@@ -204,8 +265,10 @@ def replay(
     source: str | None = None,
     everything: bool = False,
 ) -> int:
-    """Put dead rows back in the queue (all, by inbox id, or by source) and resolve their dead
-    letters; return how many rows were re-queued. The sensor batches them like new events."""
+    """Put dead rows back in the queue (all, by inbox id, or by source); return how many were
+    re-queued. The sensor batches them like new events. Their dead letters stay open until
+    they load (the load resolves them) or are replaced by a new letter if they fail again, so
+    the digest never calls an event handled before it is in the warehouse."""
     if not (everything or ids or source):
         raise ValueError("say which dead events to replay: ids, a source, or everything")
     where = [inbox_table.c.status == DEAD]
@@ -213,25 +276,10 @@ def replay(
         where.append(inbox_table.c.id.in_(list(ids)))
     if source:
         where.append(inbox_table.c.source == source)
-    now = time.time()
     with engine.begin() as conn:
-        rows = conn.execute(sa.select(inbox_table.c.id, inbox_table.c.dead_letter_id).where(*where))
-        rows = rows.all()
-        if not rows:
-            return 0
-        letters = [r.dead_letter_id for r in rows if r.dead_letter_id is not None]
-        if letters:
-            conn.execute(
-                dead_letters_table.update()
-                .where(
-                    dead_letters_table.c.id.in_(letters),
-                    dead_letters_table.c.resolved_at.is_(None),
-                )
-                .values(resolved_at=now)
-            )
         return conn.execute(
             inbox_table.update()
-            .where(inbox_table.c.id.in_([r.id for r in rows]))
+            .where(*where)
             .values(
                 status=PENDING,
                 batch=None,

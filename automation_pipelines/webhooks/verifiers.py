@@ -300,6 +300,8 @@ def _payload_digest(payload: Any) -> str:
     """
     try:
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise Malformed("body is not JSON") from None
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # A `\ud800` escape parses to a lone surrogate, which strict UTF-8 cannot encode; passing it
+    # through keeps every other payload's digest (and so its delivery id) what it always was.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()

@@ -159,3 +159,97 @@ def test_manual_pause_uses_the_same_switch(world, capsys) -> None:
     assert "flaky_feed: automation flaky_feed is paused" in capsys.readouterr().out
     breaker.resume(engine, "flaky_feed")
     assert isinstance(world.sensor_result(), dg.RunRequest)
+
+
+CRASHY = Automation(
+    name="crashy_feed",
+    owner="team:test",
+    folder=RUNBOOK,
+    expect=Expectation(success_within_hours=26),
+    breaker_after_failures=5,
+)
+
+
+@CRASHY.job(name="crash_feed_job", description="Crashes on every run.")
+def crash_feed_job():
+    fetch_feed()
+
+
+@pytest.fixture
+def crash_loop(sqlite_instance, alert_router, monkeypatch, json_receiver):
+    """A job whose every run fails; `attempt(retried=True)` is a failed run Dagster's run
+    retries will repeat (tagged `dagster/will_retry=true`, as the daemon does)."""
+    monkeypatch.setenv("TEST_ALERT_URLS", json_receiver.url)
+    defs = dg.Definitions(
+        jobs=[crash_feed_job],
+        sensors=[run_failure_alert_sensor],
+        resources={"alerts": alert_router},
+    )
+    cursor: list[str | None] = [None]
+
+    class Loop:
+        instance = sqlite_instance
+
+        def attempt(self, *, retried: bool, fail: bool = True) -> None:
+            result = defs.get_job_def("crash_feed_job").execute_in_process(
+                instance=sqlite_instance,
+                run_config={"ops": {"fetch_feed": {"config": {"fail": fail}}}},
+                raise_on_error=False,
+            )
+            if retried:
+                sqlite_instance.add_run_tags(result.run_id, {"dagster/will_retry": "true"})
+
+        def final_failure(self, retried_attempts: int) -> None:
+            """One failure as the owner sees it: retried attempts, then the final one."""
+            for _ in range(retried_attempts):
+                self.attempt(retried=True)
+            self.attempt(retried=False)
+
+        def alert_tick(self) -> None:
+            context = dg.build_sensor_context(
+                instance=sqlite_instance,
+                cursor=cursor[0],
+                repository_def=defs.get_repository_def(),
+                resources={"alerts": alert_router},
+            )
+            run_failure_alert_sensor(context)
+            cursor[0] = context.cursor
+
+        def tripped(self) -> breaker.SwitchState | None:
+            state = breaker.get_state(breaker.engine_for(sqlite_instance), "crashy_feed")
+            return state if state and state.status == "tripped" else None
+
+    return Loop()
+
+
+@pytest.mark.parametrize("retried_attempts", [1, 2])
+def test_a_crash_loop_with_run_retries_trips_after_five_final_failures(
+    crash_loop, json_receiver, retried_attempts
+) -> None:
+    for _ in range(4):
+        crash_loop.final_failure(retried_attempts)
+        crash_loop.alert_tick()
+    assert crash_loop.tripped() is None
+    assert breaker.consecutive_failures(crash_loop.instance, "crashy_feed") == 4
+
+    crash_loop.final_failure(retried_attempts)
+    crash_loop.alert_tick()
+    state = crash_loop.tripped()
+    assert state is not None and state.reason == "5 consecutive failed runs"
+    crash_loop.alert_tick()
+    assert [t for t in json_receiver.titles() if t.startswith("[CIRCUIT BREAKER]")] == [
+        "[CIRCUIT BREAKER] crashy_feed stopped after 5 consecutive failed runs"
+    ]
+
+
+def test_counting_reads_past_any_number_of_retried_attempts(crash_loop) -> None:
+    for _ in range(3):
+        crash_loop.final_failure(retried_attempts=2)
+    count = breaker.consecutive_failures
+    assert count(crash_loop.instance, "crashy_feed", page_size=2) == 3
+    assert count(crash_loop.instance, "crashy_feed", limit=2, page_size=2) == 2
+
+    crash_loop.attempt(retried=True)
+    crash_loop.attempt(retried=False, fail=False)  # the retry healed it
+    crash_loop.final_failure(retried_attempts=2)
+    assert count(crash_loop.instance, "crashy_feed", page_size=2) == 1

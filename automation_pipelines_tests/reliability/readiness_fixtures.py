@@ -1,4 +1,8 @@
-"""Jobs that are ready but for one rule each, so every readiness rule is seen to fail alone."""
+"""Jobs that are ready but for one rule each, so every readiness rule is seen to fail alone.
+
+Ready jobs are started by triggers the `Automation` helpers make (guarded by the pause switch and
+the circuit breaker); `unguarded` is started by a plain `dg.ScheduleDefinition`, `leaky_settings`
+keeps a settings file with a password next to its runbook."""
 
 from pathlib import Path
 
@@ -14,6 +18,12 @@ RESOURCES = {"alerts": AlertRouter(routes_file=str(HERE / "fixture_alert_routes.
 EXPECT = Expectation(success_within_hours=26)
 GOOD = Automation(
     name="fixture", owner="team:test", folder=HERE / "fixture_runbooks" / "complete", expect=EXPECT
+)
+LEAKY = Automation(
+    name="fixture",
+    owner="team:test",
+    folder=HERE / "fixture_runbooks" / "leaky_settings",
+    expect=EXPECT,
 )
 INCOMPLETE = Automation(
     name="fixture",
@@ -41,6 +51,7 @@ def _make(
     retry=True,
     automation=GOOD,
     triggered=True,
+    guarded=True,
     hooks=frozenset({alert_on_failure_hook}),
     executor=dg.in_process_executor,
 ) -> dg.Definitions:
@@ -58,7 +69,22 @@ def _make(
         if not retry:
             unprotected_step(value)
 
-    schedules = [dg.ScheduleDefinition(job=_job, cron_schedule="0 * * * *")] if triggered else []
+    schedules = []
+    if triggered and guarded:
+        schedules.append(
+            automation.schedule(
+                name=f"{name}_hourly_schedule",
+                cron_schedule="0 * * * *",
+                job=_job,
+                description="Adds numbers every hour.",
+            )
+        )
+    elif triggered:
+        schedules.append(
+            dg.ScheduleDefinition(
+                name=f"{name}_hourly_schedule", job=_job, cron_schedule="0 * * * *"
+            )
+        )
     return dg.Definitions(jobs=[_job], schedules=schedules, resources=RESOURCES)
 
 
@@ -85,6 +111,8 @@ unexpected = _make(
 )
 multiprocess = _make("multiprocess_job", executor=dg.multiprocess_executor)
 unrouted = _make("unrouted_job", tags={**GOOD.job_tags(), "owner": "team:nobody"})
+unguarded = _make("unguarded_job", guarded=False)
+leaky_settings = _make("leaky_settings_job", automation=LEAKY)
 
 
 @dg.op
@@ -104,14 +132,16 @@ def job_level_retry_job():
     plain_op()
 
 
+@GOOD.sensor(
+    name="job_level_retry_sensor",
+    job=job_level_retry_job,
+    minimum_interval_seconds=60,
+    description="Never asks for a run.",
+)
+def job_level_retry_sensor(context: dg.SensorEvaluationContext):
+    return dg.SkipReason("fixture")
+
+
 job_level_retry = dg.Definitions(
-    jobs=[job_level_retry_job],
-    resources=RESOURCES,
-    sensors=[
-        dg.SensorDefinition(
-            name="job_level_retry_sensor",
-            job=job_level_retry_job,
-            evaluation_fn=lambda context: dg.SkipReason("fixture"),
-        )
-    ],
+    jobs=[job_level_retry_job], resources=RESOURCES, sensors=[job_level_retry_sensor]
 )

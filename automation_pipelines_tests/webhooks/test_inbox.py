@@ -1,7 +1,8 @@
 """The inbox functions on SQLite and on PostgreSQL: duplicates are told apart inside one
 transaction, batching never takes rows another batch holds, dead-lettering writes dead letters
-(with secrets masked), replay by id, by source or of everything re-queues only dead rows and
-resolves their letters, and `counts` tallies rows per source and state."""
+(with secrets masked), replay by id, by source or of everything re-queues only dead rows, a dead
+letter stays open until its event loads (and a replayed event that fails again has one open
+letter, with the new reason), and `counts` tallies rows per source and state."""
 
 from __future__ import annotations
 
@@ -119,37 +120,82 @@ def open_items(engine: sa.Engine) -> list[str]:
     return sorted(letter.item.split(" ")[0] for letter in open_dead_letters(engine))
 
 
-def test_replay_by_id_requeues_that_row_and_resolves_its_letter(engine, dead) -> None:
+def test_replay_by_id_requeues_that_row_and_keeps_its_letter_open(engine, dead) -> None:
     assert inbox.replay(engine, ids=[dead["github/a"]]) == 1
 
     assert requeued(engine, dead) == ["github/a"]
-    assert open_items(engine) == ["github/b", "stripe/c"]
+    # Re-queued is not handled: the digest keeps counting it until it loads.
+    assert open_items(engine) == ["github/a", "github/b", "stripe/c"]
 
 
 def test_replay_by_source_requeues_only_that_source(engine, dead) -> None:
     assert inbox.replay(engine, source="github") == 2
 
     assert requeued(engine, dead) == ["github/a", "github/b"]
-    assert open_items(engine) == ["stripe/c"]
     assert by_id(engine)[dead["github/done"]].status == inbox.DONE
+    assert by_id(engine)[dead["stripe/c"]].status == inbox.DEAD
 
 
 def test_replay_everything_requeues_every_dead_row_and_nothing_else(engine, dead) -> None:
     assert inbox.replay(engine, everything=True) == 3
 
     assert requeued(engine, dead) == ["github/a", "github/b", "stripe/c"]
-    assert open_items(engine) == []
     rows = by_id(engine)
     assert (rows[dead["github/pending"]].batch, rows[dead["github/pending"]].attempts) == (
         "batch-a",
         1,
     )
     assert rows[dead["github/done"]].status == inbox.DONE
+    assert len(open_items(engine)) == 3
+
+
+def _rows(engine: sa.Engine, ids: list[int]) -> list[sa.Row]:
+    return [by_id(engine)[row_id] for row_id in ids]
+
+
+def test_loading_a_replayed_row_resolves_its_letter_in_the_same_transaction(engine, dead) -> None:
+    inbox.replay(engine, everything=True)
+    loaded = [dead["github/a"], dead["stripe/c"]]
+    inbox.assign_batch(engine, loaded, "batch-r", 300.0)
+
+    with engine.begin() as conn:
+        assert inbox.mark_loaded(conn, "webhook_events", _rows(engine, loaded), "run-2", 300.0) == 2
+        conn.rollback()  # a load that did not commit resolves nothing
+    assert len(open_items(engine)) == 3
+
+    with engine.begin() as conn:
+        inbox.mark_loaded(conn, "webhook_events", _rows(engine, loaded), "run-2", 300.0)
+
+    assert open_items(engine) == ["github/b"]
+    assert {by_id(engine)[i].status for i in loaded} == {inbox.DONE}
     with engine.connect() as conn:
         resolved = conn.execute(
             sa.select(sa.func.count()).where(dead_letters_table.c.resolved_at.is_not(None))
         ).scalar()
-    assert resolved == 3
+    assert resolved == 2
+
+
+def test_replayed_row_that_fails_again_has_one_open_letter_with_the_new_reason(
+    engine, dead
+) -> None:
+    inbox.replay(engine, ids=[dead["github/a"]])
+    inbox.assign_batch(engine, [dead["github/a"]], "batch-r", 300.0)
+
+    kill(engine, [dead["github/a"]], "push: ref must be a non-empty string, got ''")
+
+    [letter] = [x for x in open_dead_letters(engine) if x.item.startswith("github/a ")]
+    assert letter.reason == "push: ref must be a non-empty string, got ''"
+    assert by_id(engine)[dead["github/a"]].dead_letter_id == letter.id
+    with engine.connect() as conn:
+        history = conn.execute(
+            sa.select(dead_letters_table.c.reason, dead_letters_table.c.resolved_at)
+            .where(dead_letters_table.c.item.startswith("github/a "))
+            .order_by(dead_letters_table.c.id)
+        ).all()
+    assert [(reason, closed is not None) for reason, closed in history] == [
+        ("payload has no repository", True),
+        ("push: ref must be a non-empty string, got ''", False),
+    ]
 
 
 def test_replay_of_a_row_that_is_not_dead_changes_nothing(engine, dead) -> None:

@@ -2,7 +2,9 @@
 
 The file is validated strictly, because a typo there shows up weeks later as a backup that never
 contained what everyone thought it did. The destination can be overridden from the environment,
-so one reviewed file serves every machine.
+so one reviewed file serves every machine. A password written into a PostgreSQL DSN is taken out
+before the settings become the resource's config (which Dagster stores in clear in every job
+snapshot and shows in the UI), and the backup then fails saying where the password belongs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from automation_pipelines.automations.backups.snapshots import (
 )
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import store
+from automation_pipelines.reliability.secrets import password_kind, strip_passwords
 
 CONFIG_ENV = "BACKUPS_CONFIG_FILE"
 DESTINATION_ENV = "BACKUP_DESTINATION"
@@ -85,8 +88,32 @@ def read_config(path: Path | None = None) -> dict[str, Any]:
     return raw
 
 
+def _without_passwords(
+    sources: dict[str, dict[str, Any]], file: Path
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The sources with every password taken out of their PostgreSQL DSNs, and a problem per
+    source that had one (naming the source, never the password)."""
+    clean: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for name, spec in sources.items():
+        dsn = spec.get("postgres")
+        kind = password_kind(dsn) if isinstance(dsn, str) else None
+        if kind is None:
+            clean[name] = spec
+            continue
+        clean[name] = {**spec, "postgres": strip_passwords(dsn)}
+        problems.append(
+            f"source {name!r}: {file.name} holds its password in {kind}, where Dagster would keep "
+            "it in clear in the job's snapshot; remove it and give pg_dump the password through "
+            "PGPASSWORD or ~/.pgpass of the backup's service account"
+        )
+    return clean, problems
+
+
 class BackupSettings(dg.ConfigurableResource):
-    """Where snapshots go and what they hold; `sources` maps a name to one kind of source."""
+    """Where snapshots go and what they hold; `sources` maps a name to one kind of source.
+    `config_problems` lists what backups.yaml got wrong in a way only a run may report (a
+    password in a DSN): the backup fails with it instead of the code location failing to load."""
 
     destination: str
     sources: dict[str, dict[str, Any]]
@@ -97,15 +124,18 @@ class BackupSettings(dg.ConfigurableResource):
     sample_files: int = 20
     zstd_level: int = 3
     threads: int = 2
+    config_problems: list[str] = []
 
     @classmethod
     def from_config(cls, path: Path | None = None) -> BackupSettings:
         """backups.yaml, with the destination from $BACKUP_DESTINATION when set."""
         raw = read_config(path)
         retention = raw.get("retention") or {}
+        sources, problems = _without_passwords(raw["sources"], path or config_file())
         return cls(
             destination=_project_path(os.environ.get(DESTINATION_ENV) or raw["destination"]),
-            sources=raw["sources"],
+            sources=sources,
+            config_problems=problems,
             max_age_hours=float(raw.get("max_age_hours", 26)),
             keep_daily=int(retention.get("daily", 7)),
             keep_weekly=int(retention.get("weekly", 4)),
@@ -120,7 +150,17 @@ class BackupSettings(dg.ConfigurableResource):
 
     def resolved_sources(self, instance: dg.DagsterInstance | None = None) -> list[Source]:
         """The sources as the snapshot code takes them; the project database is whichever the
-        project uses (SQLite file, or PostgreSQL through pg_dump)."""
+        project uses (SQLite file, or PostgreSQL through pg_dump). Raises `BackupConfigError`
+        (permanent: the run fails once and the owner is alerted) while `config_problems` or a
+        DSN still holds a password."""
+        problems = list(self.config_problems) or [
+            f"source {name!r}: its DSN holds a password; give pg_dump the password through "
+            "PGPASSWORD or ~/.pgpass instead"
+            for name, spec in self.sources.items()
+            if isinstance(spec.get("postgres"), str) and password_kind(spec["postgres"])
+        ]
+        if problems:
+            raise BackupConfigError("; ".join(problems))
         resolved: list[Source] = []
         for name, spec in self.sources.items():
             if "folder" in spec:

@@ -2,8 +2,12 @@
 
 Each chunk's warehouse upsert and its inbox "done" mark commit together, so a run killed at any
 point leaves every event either loaded and done, or untouched and pending for the next run.
-Events that can never be valid are dead-lettered in that same transaction and the owner is told;
-the rest of the batch loads.
+One bad event never fails its batch: each event is checked on its own against its schema and
+the columns' real limits before the write, and is dead-lettered alone with its reason. Should the
+database still refuse a chunk for a reason in the data, the chunk is bisected in fresh
+transactions until the refused events are found; they are dead-lettered and the rest commit.
+A database that is down or locked is not the events' fault: that error fails the run, to be
+retried, and dead-letters nothing.
 """
 
 from __future__ import annotations
@@ -11,11 +15,20 @@ from __future__ import annotations
 import time
 
 import dagster as dg
+import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events import AUTOMATION
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
-from automation_pipelines.automations.webhook_events.warehouse import validate, write
+from automation_pipelines.automations.webhook_events.warehouse import (
+    Loadable,
+    Validated,
+    WriteRefused,
+    count_types,
+    validate,
+    write,
+)
 from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.deadletters import flag_run
 from automation_pipelines.reliability.errors import DATABASE, reliable_op
 from automation_pipelines.webhooks import inbox
 
@@ -30,27 +43,85 @@ class LoadConfig(dg.Config):
     chunk_size: int | None = None
 
 
-def load_batch(engine, batch: str, run_id: str, chunk_size: int) -> dict:
+def _commit(conn: sa.Connection, events: list[Loadable], run_id: str, now: float) -> int:
+    """Write events and mark them done (resolving dead letters of replayed ones) together."""
+    write(conn, events)
+    return inbox.mark_loaded(conn, AUTOMATION.name, [event.row for event in events], run_id, now)
+
+
+def _still_pending(conn: sa.Connection, events: list[Loadable]) -> list[Loadable]:
+    ids = {event.row.id for event in events}
+    table = inbox.inbox_table
+    pending = set(
+        conn.execute(
+            sa.select(table.c.id).where(table.c.id.in_(ids), table.c.status == inbox.PENDING)
+        ).scalars()
+    )
+    return [event for event in events if event.row.id in pending]
+
+
+def _isolate(
+    engine: sa.Engine, checked: Validated, run_id: str, now: float
+) -> tuple[int, list[Loadable], list[tuple[sa.Row, str]]]:
+    """Bisect a chunk the database refused: halves that write commit with their done marks,
+    halves that are refused are split again, and a single refused event is dead-lettered with
+    the database's reason. Returns (rows marked done, events loaded, events refused)."""
+    done, loaded, refused = 0, [], []
+    groups = [checked.events]
+    while groups:
+        group = groups.pop()
+        try:
+            with engine.begin() as conn:
+                pending = _still_pending(conn, group)
+                done += _commit(conn, pending, run_id, now)
+            loaded.extend(pending)
+        except WriteRefused as error:
+            if len(group) == 1:
+                refused.append((group[0].row, f"the warehouse refused it: {error}"))
+            else:
+                middle = len(group) // 2
+                groups += [group[middle:], group[:middle]]
+    with engine.begin() as conn:
+        inbox.mark_dead(conn, AUTOMATION.name, [*checked.invalid, *refused], now)
+    return done, loaded, refused
+
+
+def load_batch(engine, batch: str, run_id: str, chunk_size: int, log=None) -> dict:
     """Load every pending event of `batch`; return counts for the run's metadata."""
     attempted = inbox.count_attempt(engine, batch, run_id)
-    loaded, dead, by_type, dead_rows = 0, 0, {}, []
+    loaded, by_type, dead_rows, refused_count = 0, {}, [], 0
     while True:
         now = time.time()
-        with engine.begin() as conn:
-            rows = inbox.pending_in_batch(conn, batch, limit=chunk_size)
-            if not rows:
-                break
-            validated = validate(rows, now)
-            write(conn, validated)
-            loaded += inbox.mark_done(conn, validated.valid_ids, run_id, now)
-            dead += len(inbox.mark_dead(conn, AUTOMATION.name, validated.invalid, now))
-        dead_rows.extend(validated.invalid)
-        for name, n in validated.by_type.items():
+        checked = None
+        try:
+            with engine.begin() as conn:
+                rows = inbox.pending_in_batch(conn, batch, limit=chunk_size)
+                if not rows:
+                    break
+                checked = validate(rows, now)
+                done = _commit(conn, checked.events, run_id, now)
+                inbox.mark_dead(conn, AUTOMATION.name, checked.invalid, now)
+            written, dead = checked.events, list(checked.invalid)
+        except WriteRefused as error:
+            if checked is None:
+                raise
+            if log is not None:
+                log.warning(
+                    f"the database refused a chunk of {len(checked.events)} event(s) the checks "
+                    f"passed ({error}); bisecting it to find the event(s) at fault"
+                )
+            done, written, refused = _isolate(engine, checked, run_id, now)
+            dead = [*checked.invalid, *refused]
+            refused_count += len(refused)
+        loaded += done
+        dead_rows.extend(dead)
+        for name, n in count_types(written).items():
             by_type[name] = by_type.get(name, 0) + n
     return {
         "pending_at_start": attempted,
         "loaded": loaded,
-        "dead_lettered": dead,
+        "dead_lettered": len(dead_rows),
+        "refused_by_database": refused_count,
         "by_type": by_type,
         "dead_rows": dead_rows,
     }
@@ -64,38 +135,64 @@ def load_events(
     alerts: AlertRouter,
 ) -> dict:
     """Load the batch; a database error retries the op (done events are not loaded again), and
-    the last error is kept on the events for the dead letter if the retries run out."""
+    the last error is kept on the events for the dead letter if the retries run out. A run that
+    dead-lettered events says so in its tags and its materialization, not only in its logs."""
     started = time.monotonic()
     engine = warehouse.engine(context.instance)
     try:
         chunk_size = config.chunk_size or warehouse.load_chunk_size
-        result = load_batch(engine, config.batch, context.run_id, chunk_size)
+        result = load_batch(engine, config.batch, context.run_id, chunk_size, context.log)
     except Exception as exc:
         try:
             inbox.record_error(engine, config.batch, f"{type(exc).__name__}: {exc}")
         except Exception as also:  # the database may be what failed
             context.log.warning(f"could not record the error on the batch: {also}")
         raise
-    if result["dead_rows"]:
-        _alert_dead_letters(context, alerts, result["dead_rows"])
+    dead_rows = result["dead_rows"]
+    if dead_rows:
+        flag_run(context, dead_lettered=len(dead_rows))
+        _alert_dead_letters(context, alerts, dead_rows)
     summary = {
         "events_loaded": result["loaded"],
         "events_dead_lettered": result["dead_lettered"],
+        "events_refused_by_database": result["refused_by_database"],
         "events_pending_at_start": result["pending_at_start"],
-        "seconds": round(time.monotonic() - started, 3),
     }
+    seconds = round(time.monotonic() - started, 3)
+    metadata = {
+        **{key: dg.MetadataValue.int(int(value)) for key, value in summary.items()},
+        "seconds": dg.MetadataValue.float(seconds),
+        "by_type": dg.MetadataValue.json(dict(sorted(result["by_type"].items()))),
+    }
+    description = f"{result['loaded']} event(s) loaded from batch {config.batch}"
+    if dead_rows:
+        description = (
+            f"{len(dead_rows)} event(s) DEAD-LETTERED, {result['loaded']} loaded, from batch "
+            f"{config.batch}; see dead_letters for each event and why, and the runbook for replay"
+        )
+        metadata["dead_letters"] = dg.MetadataValue.md(_dead_letter_table(dead_rows))
     context.log_event(
         dg.AssetMaterialization(
-            asset_key=WAREHOUSE_ASSET_KEY,
-            description=f"{result['loaded']} event(s) loaded, {result['dead_lettered']} "
-            f"dead-lettered from batch {config.batch}",
-            metadata={
-                **{k: dg.MetadataValue.float(float(v)) for k, v in summary.items()},
-                "by_type": dg.MetadataValue.json(dict(sorted(result["by_type"].items()))),
-            },
+            asset_key=WAREHOUSE_ASSET_KEY, description=description, metadata=metadata
         )
     )
-    return {**summary, "by_type": result["by_type"]}
+    return {**summary, "seconds": seconds, "by_type": result["by_type"]}
+
+
+def _dead_letter_table(rows, limit: int = 50) -> str:
+    """The dead-lettered events as a Markdown table for the materialization."""
+
+    def cell(text: object) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")[:300]
+
+    lines = ["| inbox id | event | reason |", "| --- | --- | --- |"]
+    lines += [
+        f"| {row.id} | {cell(f'{row.source}/{row.delivery_id}')} | {cell(why)} |"
+        for row, why in rows[:limit]
+    ]
+    if len(rows) > limit:
+        lines.append(f"| … | {len(rows) - limit} more | `automation-pipelines events dead` |")
+    return "\n".join(lines)
 
 
 def _alert_dead_letters(context: dg.OpExecutionContext, alerts: AlertRouter, rows) -> None:

@@ -1,21 +1,34 @@
-"""Warehouse tables and the schema each event type must satisfy, checked with pandas.
+"""Warehouse tables, the schema each event type must satisfy, and the checks that keep one bad
+event from failing the write of its whole chunk.
 
 Every valid event lands in `wh_webhook_events`; types with a schema also get a typed row in their
 own table. Rows are upserted on (source, delivery id), so loading an event twice changes nothing
 but `load_count`, which is how the tests see that each event was loaded exactly once.
+
+Each event is checked on its own, before any write, against its schema and against the real
+limits of the columns it goes to: integer ranges of the declared column type (the same on SQLite
+and PostgreSQL, so a developer's SQLite never accepts what production's PostgreSQL refuses),
+finite numbers, string lengths of bounded columns, no NUL or lone surrogates, and a currency
+whose ISO 4217 minor unit is known. An event that fails is dead-lettered with a reason naming the
+field and the limit; a write the database still refuses is raised as `WriteRefused` so the
+loader can bisect the chunk down to the event at fault.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pandas as pd
 import sqlalchemy as sa
 
+from automation_pipelines.automations.webhook_events.currencies import exponent
 from automation_pipelines.reliability import store
+from automation_pipelines.webhooks.inbox import data_refusal
+from automation_pipelines.webhooks.payloads import PayloadError, json_type, parse_object
 
 
 def _key_columns() -> list[sa.Column]:
@@ -79,9 +92,11 @@ class Field:
 
     name: str
     path: str
-    kind: str  # "str" | "int" | "bool" | "float" | "count" (length of a list)
+    kind: str  # "str" | "int" | "bool" | "float" | "count" (length of a list) | "currency"
     required: bool = True
     default: object = None
+    #: The smallest value that makes sense (amounts and counts are never negative).
+    minimum: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,18 +122,27 @@ def _pull_request_figures(frame: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def major_units(total_minor: int, currency: str) -> float:
+    """A sum of minor units (what Stripe sends) in major units, by the currency's ISO 4217
+    exponent: 1999 USD cents are 19.99, 500 JPY are 500, 1234 BHD fils are 1.234."""
+    digits = exponent(currency)
+    return float(Decimal(int(total_minor)).scaleb(-(2 if digits is None else digits)))
+
+
 def _payment_figures(frame: pd.DataFrame) -> dict[str, float]:
-    """Amounts in major units per currency (Stripe sends minor units: cents)."""
-    totals = frame.groupby("currency")["amount"].sum().sort_index()
-    return {f"amount_{currency}": round(total / 100.0, 2) for currency, total in totals.items()}
+    """Amounts in major units per currency, summed as exact integers (int64 sums wrap)."""
+    totals: dict[str, int] = {}
+    for currency, amount in zip(frame["currency"], frame["amount"], strict=True):
+        totals[currency] = totals.get(currency, 0) + int(amount)
+    return {f"amount_{c}": major_units(total, c) for c, total in sorted(totals.items())}
 
 
 _PAYMENT = EventSchema(
     stripe_payments_table,
     (
         Field("object_id", "data.object.id", "str"),
-        Field("amount", "data.object.amount", "int"),
-        Field("currency", "data.object.currency", "str"),
+        Field("amount", "data.object.amount", "int", minimum=0),
+        Field("currency", "data.object.currency", "currency"),
         Field("status", "data.object.status", "str", required=False),
         Field("created", "created", "float"),
     ),
@@ -143,10 +167,10 @@ SCHEMAS: dict[tuple[str, str], EventSchema] = {
         (
             Field("repository", "repository.full_name", "str"),
             Field("action", "action", "str"),
-            Field("number", "number", "int"),
+            Field("number", "number", "int", minimum=1),
             Field("merged", "pull_request.merged", "bool", required=False, default=False),
-            Field("additions", "pull_request.additions", "int", required=False),
-            Field("deletions", "pull_request.deletions", "int", required=False),
+            Field("additions", "pull_request.additions", "int", required=False, minimum=0),
+            Field("deletions", "pull_request.deletions", "int", required=False, minimum=0),
         ),
         _pull_request_figures,
     ),
@@ -160,121 +184,301 @@ class InvalidEvent(ValueError):
     """An event that can never load; it is dead-lettered with this reason."""
 
 
-def _convert(kind: str, value: object, path: str) -> object:
-    if kind == "str":
-        if not isinstance(value, str) or not value:
-            raise InvalidEvent(f"{path} must be a non-empty string, got {value!r}")
-        return value
-    if kind == "bool":
+def _show(value: object) -> str:
+    """A value for a reason: JSON spelling, long numbers and strings shortened."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, int):
+        try:
+            digits = str(abs(value))
+        except ValueError:  # past Python's int-to-str limit
+            return f"an integer of {value.bit_length()} bits"
+        sign = "-" if value < 0 else ""
+        return f"{sign}{digits[:6]}…({len(digits)} digits)" if len(digits) > 24 else str(value)
+    if isinstance(value, str):
+        return repr(value[:40]) + ("…" if len(value) > 40 else "")
+    return f"an {json_type(value)}" if json_type(value) in ("object", "array") else str(value)
+
+
+_INTEGER_TYPES = (  # most specific first: BigInteger and SmallInteger are Integers too
+    (sa.BigInteger, "BIGINT", 64),
+    (sa.SmallInteger, "SMALLINT", 16),
+    (sa.Integer, "INTEGER", 32),
+)
+
+
+def _integer_range(column: sa.Column) -> tuple[str, int, int]:
+    for kind, name, bits in _INTEGER_TYPES:
+        if isinstance(column.type, kind):
+            return name, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    raise TypeError(f"{column} is not an integer column")
+
+
+def check_column(column: sa.Column, value: object, label: str) -> None:
+    """Raise `InvalidEvent` unless `value` fits `column` on SQLite and PostgreSQL alike."""
+    where = f"{column.table.name}.{column.name}"
+    if value is None:
+        if not column.nullable:
+            raise InvalidEvent(f"{label} is null, but {where} requires a value")
+        return
+    kind = column.type
+    if isinstance(kind, sa.Boolean):
         if not isinstance(value, bool):
-            raise InvalidEvent(f"{path} must be true or false, got {value!r}")
+            raise InvalidEvent(f"{label} must be true or false, got {_show(value)}")
+    elif isinstance(kind, sa.Integer):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidEvent(f"{label} must be a whole number, got {_show(value)}")
+        name, low, high = _integer_range(column)
+        if not low <= value <= high:
+            raise InvalidEvent(
+                f"{label} is {_show(value)}, outside the range of its column {where} "
+                f"({name}: {low} to {high})"
+            )
+    elif isinstance(kind, sa.Float):
+        if isinstance(value, bool) or not isinstance(value, float):
+            raise InvalidEvent(f"{label} must be a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise InvalidEvent(f"{label} must be a finite number, got {_show(value)}")
+    elif isinstance(kind, sa.String):  # Text too, with no length
+        if not isinstance(value, str):
+            raise InvalidEvent(f"{label} must be a string, got {_show(value)}")
+        if kind.length is not None and len(value) > kind.length:
+            raise InvalidEvent(
+                f"{label} is {len(value)} characters long; its column {where} holds at most "
+                f"{kind.length}"
+            )
+        if "\x00" in value:
+            raise InvalidEvent(
+                f"{label} contains a NUL character (U+0000), which PostgreSQL cannot store"
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidEvent(
+                f"{label} is not valid Unicode: a lone surrogate at position {error.start}"
+            ) from None
+
+
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+
+
+def _convert(spec: Field, column: sa.Column, value: object) -> object:
+    """The value to store for one field, or `InvalidEvent` naming the field and the problem."""
+    path = spec.path
+    if spec.kind == "str":
+        if not isinstance(value, str) or not value:
+            raise InvalidEvent(f"{path} must be a non-empty string, got {_show(value)}")
         return value
-    if kind == "count":
+    if spec.kind == "currency":
+        if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+            raise InvalidEvent(
+                f"{path} must be a three-letter ISO 4217 currency code, got {_show(value)}"
+            )
+        if exponent(value) is None:
+            raise InvalidEvent(
+                f"{path} {value!r} is not an ISO 4217 currency, so its minor unit is unknown"
+            )
+        return value.lower()
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise InvalidEvent(f"{path} must be true or false, got {_show(value)}")
+        return value
+    if spec.kind == "count":
         if not isinstance(value, list):
-            raise InvalidEvent(f"{path} must be a list, got {type(value).__name__}")
+            raise InvalidEvent(f"{path} must be a list, got {json_type(value)}")
         return len(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidEvent(f"{path} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise InvalidEvent(f"{path} must be finite, got {value!r}")
-    if kind == "int":
-        if value != int(value):
-            raise InvalidEvent(f"{path} must be a whole number, got {value!r}")
-        return int(value)
-    return float(value)
+        raise InvalidEvent(f"{path} must be a number, got {_show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidEvent(f"{path} must be a finite number, got {_show(value)}")
+    if spec.kind == "float":
+        try:
+            return float(value)
+        except OverflowError:
+            raise InvalidEvent(
+                f"{path} is {_show(value)}, too large for its column "
+                f"{column.table.name}.{column.name} (DOUBLE PRECISION)"
+            ) from None
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidEvent(f"{path} must be a whole number, got {_show(value)}")
+        value = int(value)
+    if spec.minimum is not None and value < spec.minimum:
+        need = "it cannot be negative" if spec.minimum == 0 else f"the least is {spec.minimum}"
+        raise InvalidEvent(f"{path} is {_show(value)}; {need}")
+    return value
 
 
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+_ABSENT = object()
+
+
+def _lookup(payload: dict, path: str) -> object:
+    """The value at a dotted path; `_ABSENT` if a key is missing or a parent is null."""
+    node: object = payload
+    keys = path.split(".")
+    for depth, key in enumerate(keys):
+        if node is None:
+            return _ABSENT
+        if not isinstance(node, dict):
+            parent = ".".join(keys[:depth])
+            raise InvalidEvent(f"{parent} must be an object, got {json_type(node)}")
+        node = node.get(key, _ABSENT)
+        if node is _ABSENT:
+            return _ABSENT
+    return node
+
+
+def _typed_row(schema: EventSchema, payload: dict, row: sa.Row) -> dict:
+    values: dict[str, object] = {"source": row.source, "delivery_id": row.delivery_id}
+    if schema.keep_event_type:
+        values["event_type"] = row.event_type
+    for spec in schema.fields:
+        column = schema.table.c[spec.name]
+        value = _lookup(payload, spec.path)
+        if value is _ABSENT or value is None:
+            if spec.required:
+                state = "missing" if value is _ABSENT else "null"
+                raise InvalidEvent(f"required field {spec.path} is {state}")
+            value = spec.default
+        else:
+            value = _convert(spec, column, value)
+        check_column(column, value, spec.path)
+        values[spec.name] = value
+    return values
+
+
+#: The base row's values that come from the delivery, with the names reasons use for them.
+_BASE_LABELS = {
+    "source": "source",
+    "delivery_id": "delivery id",
+    "event_type": "event type",
+    "received_at": "received_at",
+    "payload": "payload",
+}
+
+
+@dataclass(frozen=True)
+class Loadable:
+    """One valid event: its inbox row, its wh_webhook_events row and its typed row, if any."""
+
+    row: sa.Row
+    base: dict
+    typed: tuple[sa.Table, dict] | None
+
+    @property
+    def type_name(self) -> str:
+        return f"{self.row.source}/{self.row.event_type}"
 
 
 @dataclass
 class Validated:
     """The outcome of checking a chunk of inbox rows."""
 
-    base: list[dict] = field(default_factory=list)
-    typed: dict[str, tuple[sa.Table, list[dict]]] = field(default_factory=dict)
-    valid_ids: list[int] = field(default_factory=list)
+    events: list[Loadable] = field(default_factory=list)
     invalid: list[tuple[sa.Row, str]] = field(default_factory=list)
-    by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def base(self) -> list[dict]:
+        return [event.base for event in self.events]
+
+    @property
+    def typed(self) -> dict[str, tuple[sa.Table, list[dict]]]:
+        return _typed_by_table(self.events)
+
+    @property
+    def valid_ids(self) -> list[int]:
+        return [event.row.id for event in self.events]
+
+    @property
+    def by_type(self) -> dict[str, int]:
+        return count_types(self.events)
+
+
+def count_types(events: Sequence[Loadable]) -> dict[str, int]:
+    """Events per "source/type", for the run's metadata."""
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.type_name] = counts.get(event.type_name, 0) + 1
+    return counts
+
+
+def _typed_by_table(events: Sequence[Loadable]) -> dict[str, tuple[sa.Table, list[dict]]]:
+    grouped: dict[str, tuple[sa.Table, list[dict]]] = {}
+    for event in events:
+        if event.typed is not None:
+            table, values = event.typed
+            grouped.setdefault(table.name, (table, []))[1].append(values)
+    return grouped
+
+
+def check_event(row: sa.Row, now: float) -> Loadable:
+    """One inbox row as warehouse rows, or `InvalidEvent` with the reason it can never load."""
+    try:
+        payload = parse_object(row.body)
+    except PayloadError as error:
+        raise InvalidEvent(str(error)) from None
+    base = {
+        "source": row.source,
+        "delivery_id": row.delivery_id,
+        "event_type": row.event_type,
+        "received_at": row.received_at,
+        "payload": row.body,
+        "inbox_id": row.id,
+        "loaded_at": now,
+        "load_count": 1,
+    }
+    for name, label in _BASE_LABELS.items():
+        check_column(events_table.c[name], base[name], label)
+    schema = SCHEMAS.get((row.source, row.event_type))
+    if schema is None:
+        return Loadable(row, base, None)
+    try:
+        typed = _typed_row(schema, payload, row)
+    except InvalidEvent as error:
+        raise InvalidEvent(f"{row.event_type}: {error}") from None
+    return Loadable(row, base, (schema.table, typed))
 
 
 def validate(rows: Sequence[sa.Row], now: float) -> Validated:
-    """Split inbox rows into warehouse rows and dead letters with their reasons.
+    """Split inbox rows into loadable events and dead letters with their reasons.
 
-    Payloads of one schema are flattened together with `pandas.json_normalize`; each required
-    path must be present and of its type in every row, and a row that fails says which path.
+    Each event is checked on its own, so nothing in one event's payload can stop another from
+    loading; an unexpected error while checking one is that event's reason too.
     """
     out = Validated()
-    parsed: list[tuple[sa.Row, dict]] = []
     for row in rows:
         try:
-            payload = json.loads(row.body)
-        except ValueError as exc:
-            out.invalid.append((row, f"payload is not JSON: {exc}"))
-            continue
-        if not isinstance(payload, dict):
-            out.invalid.append(
-                (row, f"payload must be a JSON object, got {type(payload).__name__}")
-            )
-            continue
-        parsed.append((row, payload))
-
-    groups: dict[tuple[str, str] | None, list[tuple[sa.Row, dict]]] = {}
-    for row, payload in parsed:
-        key = (row.source, row.event_type)
-        groups.setdefault(key if key in SCHEMAS else None, []).append((row, payload))
-
-    for key, members in groups.items():
-        schema = SCHEMAS.get(key) if key else None
-        typed_rows: list[dict] = []
-        if schema is not None:
-            flat = pd.json_normalize([payload for _, payload in members], max_level=None)
-            for position, (row, _payload) in enumerate(members):
-                try:
-                    typed_rows.append(_typed_row(schema, flat, position, row))
-                except InvalidEvent as exc:
-                    out.invalid.append((row, f"{row.event_type}: {exc}"))
-        bad = {id(r) for r, _ in out.invalid}
-        for row, _payload in members:
-            if id(row) in bad:
-                continue
-            out.base.append(
-                {
-                    "source": row.source,
-                    "delivery_id": row.delivery_id,
-                    "event_type": row.event_type,
-                    "received_at": row.received_at,
-                    "payload": row.body,
-                    "inbox_id": row.id,
-                    "loaded_at": now,
-                    "load_count": 1,
-                }
-            )
-            out.valid_ids.append(row.id)
-            name = f"{row.source}/{row.event_type}"
-            out.by_type[name] = out.by_type.get(name, 0) + 1
-        if schema is not None and typed_rows:
-            _, collected = out.typed.setdefault(schema.table.name, (schema.table, []))
-            collected.extend(typed_rows)
+            out.events.append(check_event(row, now))
+        except InvalidEvent as error:
+            out.invalid.append((row, str(error)))
+        except Exception as error:  # whatever it is, it came from this event alone
+            out.invalid.append((row, f"could not be checked: {type(error).__name__}: {error}"))
     return out
 
 
-def _typed_row(schema: EventSchema, flat: pd.DataFrame, position: int, row: sa.Row) -> dict:
-    values: dict[str, object] = {"source": row.source, "delivery_id": row.delivery_id}
-    if schema.keep_event_type:
-        values["event_type"] = row.event_type
-    for spec in schema.fields:
-        value = flat.at[position, spec.path] if spec.path in flat.columns else None
-        if hasattr(value, "item") and not isinstance(value, list):
-            value = value.item()  # numpy scalars from pandas back to Python values
-        if _missing(value):
-            if spec.required:
-                raise InvalidEvent(f"required field {spec.path} is missing")
-            values[spec.name] = spec.default
-            continue
-        values[spec.name] = _convert(spec.kind, value, spec.path)
-    return values
+class WriteRefused(Exception):
+    """The database refused a write for a reason in the data (a value out of range, a constraint
+    it enforces that the checks do not know), not because it is unavailable."""
+
+
+def _execute(conn: sa.Connection, statement, rows: list[dict]) -> None:
+    """Run one write; data errors become `WriteRefused`, anything else (a lost connection, a
+    lock, a missing table) propagates to fail and retry the run."""
+    try:
+        conn.execute(statement, rows)
+    except Exception as error:
+        reason = data_refusal(error)
+        if reason is None:
+            raise
+        raise WriteRefused(reason) from error
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], *, count_loads: bool) -> None:
@@ -290,14 +494,18 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], *, count_loa
     if count_loads:
         updates["load_count"] = table.c.load_count + 1
         updates.pop("loaded_at", None)
-    conn.execute(
+    _execute(
+        conn,
         statement.on_conflict_do_update(index_elements=["source", "delivery_id"], set_=updates),
         rows,
     )
 
 
-def write(conn: sa.Connection, validated: Validated) -> None:
-    """Upsert the chunk's rows, in the caller's transaction."""
-    _upsert(conn, events_table, validated.base, count_loads=True)
-    for table, rows in validated.typed.values():
+def write(conn: sa.Connection, events: Validated | Sequence[Loadable]) -> None:
+    """Upsert the events' rows, in the caller's transaction; `WriteRefused` if the database
+    refuses one of them for a reason in the data."""
+    if isinstance(events, Validated):
+        events = events.events
+    _upsert(conn, events_table, [event.base for event in events], count_loads=True)
+    for table, rows in _typed_by_table(events).values():
         _upsert(conn, table, rows, count_loads=False)

@@ -75,3 +75,26 @@ def seed(
             .order_by(inbox.inbox_table.c.id)
         )
         return [row.id for row in found]
+
+
+def partner_event(n: int = 1) -> dict:
+    """A Standard Webhooks event of a type without a schema: kept whole in wh_webhook_events."""
+    return {"type": "order.created", "data": {"order": n, "note": "naïve ☃ 𝄞"}}
+
+
+def with_path(payload: dict, path: str, value: object) -> dict:
+    """A deep copy of `payload` with the dotted `path` set to `value` (or removed if it is
+    `REMOVE`), creating objects on the way."""
+    copy = json.loads(json.dumps(payload))
+    *parents, last = path.split(".")
+    node = copy
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is REMOVE:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return copy
+
+
+REMOVE = object()

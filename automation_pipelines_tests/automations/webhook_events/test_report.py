@@ -1,6 +1,8 @@
 """The daily report on SQLite and PostgreSQL: exact counts, first/last seen and per-type figures per
 day (day boundaries in UTC), stored as table rows and a CSV; recomputing partitions in any order
-gives identical rows and bytes; a day with events still in the inbox is not reported early."""
+gives identical rows and bytes; a day with events still in the inbox is not reported early; amounts
+are converted to major units by each currency's ISO 4217 exponent (JPY 0, USD 2, BHD 3, CLF 4)
+and summed exactly."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from automation_pipelines.automations.webhook_events.report import (
     webhook_daily_report,
 )
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
+from automation_pipelines.automations.webhook_events.warehouse import major_units
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.errors import TransientError
 from automation_pipelines.webhooks import inbox
@@ -199,3 +202,50 @@ def test_schedule_reports_the_day_that_ended_and_skips_while_paused(sqlite_insta
     paused = webhook_report_daily_schedule.evaluate_tick(context())
     assert paused.run_requests == []
     assert "webhook_events is paused" in paused.skip_message
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "major"),
+    [
+        (1999, "usd", 19.99),
+        (1999, "EUR", 19.99),
+        (500, "jpy", 500.0),
+        (50000, "krw", 50000.0),
+        (1500, "clp", 1500.0),
+        (1234, "bhd", 1.234),
+        (1000, "kwd", 1.0),
+        (5005, "jod", 5.005),
+        (1, "omr", 0.001),
+        (12345, "tnd", 12.345),
+        (10000, "clf", 1.0),
+        (2**63 - 1, "usd", 92233720368547758.07),
+    ],
+)
+def test_amounts_use_the_currencys_minor_unit(minor: int, currency: str, major: float) -> None:
+    assert major_units(minor, currency) == major
+
+
+def test_report_sums_each_currency_in_its_own_unit(events_db_url, sqlite_instance, tmp_path):
+    engine = store.engine(events_db_url)
+    day = "2026-04-01"
+    payments = [(1000, "jpy"), (250, "jpy"), (1234, "bhd"), (1999, "usd"), (1, "usd")]
+    # Two amounts near the BIGINT limit: their sum overflows an int64 but not the report.
+    payments += [(2**62, "eur"), (2**62, "eur")]
+    _load(
+        engine,
+        [
+            ("stripe", f"m{i}", "charge.succeeded", payment(amount, currency, f"m{i}"))
+            for i, (amount, currency) in enumerate(payments)
+        ],
+        at(day, 12),
+        "money",
+    )
+    warehouse = EventWarehouse(database_url=events_db_url, reports_dir=str(tmp_path / "r"))
+    _materialize(warehouse, sqlite_instance, day)
+    [row] = stored_report(engine, [day])
+    assert json.loads(row[6]) == {
+        "amount_bhd": 1.234,
+        "amount_eur": 2**63 / 100,
+        "amount_jpy": 1250.0,
+        "amount_usd": 20.0,
+    }
