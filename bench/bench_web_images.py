@@ -14,6 +14,7 @@ phones do, and every tenth is a portrait. They are made once and kept in bench/.
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import random
@@ -203,6 +204,16 @@ def measure_ssim(files: list[Path], outs: list[Path]) -> list[list[float]]:
     return [list(scores) for scores in zip(*per_photo, strict=True)]
 
 
+def jpeg_800(out: Path, source: Path) -> Path:
+    """A tool's 800 px JPEG: `<stem>-800.jpg`, or this step's versioned
+    `<name>-800.<version>.jpg`."""
+    plain = out / f"{source.stem}-800.jpg"
+    if plain.exists():
+        return plain
+    [versioned] = out.glob(f"{glob.escape(source.name)}-800.*.jpg")
+    return versioned
+
+
 def _ssim_of_photo(source: Path, outs: list[Path]) -> list[float]:
     with Image.open(source) as image:
         image.load()  # the full decode, no draft
@@ -210,7 +221,7 @@ def _ssim_of_photo(source: Path, outs: list[Path]) -> list[float]:
     references: dict[tuple[int, int], np.ndarray] = {}
     scores = []
     for out in outs:
-        with Image.open(out / f"{source.stem}-800.jpg") as rendition:
+        with Image.open(jpeg_800(out, source)) as rendition:
             got = np.asarray(rendition.convert("L"))
             size = rendition.size
         if size not in references:

@@ -90,7 +90,7 @@ def test_walkthrough_demo_flows_through(tmp_path: Path) -> None:
         assert loaded() == [1] * 12
         wait_for(
             "three photos rendered",
-            lambda: len(list((photos / "web").glob("demo-*-400.webp"))) == 3,
+            lambda: len(list((photos / "web").glob("demo-*-400.*.webp"))) == 3,
             240,
             logs,
         )

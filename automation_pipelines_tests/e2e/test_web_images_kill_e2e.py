@@ -38,8 +38,8 @@ WIDTH = 640  # one size of renditions (400 px): a batch of 25 takes about a seco
 
 
 def first_output_written(web: Path, run: dg.DagsterRun) -> bool:
-    stems = [name.removesuffix(".jpg") for name in support.batch_files(run)]
-    return any((web / f"{stem}-400.{ext}").exists() for stem in stems for ext in ("jpg", "webp"))
+    names = support.batch_files(run)
+    return any(next(web.glob(f"{name}-400.*"), None) for name in names)
 
 
 def finished_run(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None:

@@ -9,6 +9,13 @@ by every run, so the next run repairs one a killed run left behind.
 Rows are keyed by the photos root and the path relative to the inbox, so two roots sharing one
 project database never mix. A manifest entry without a row (a manifest from before this table,
 a fresh database, a moved root) is adopted as a row first, so regenerating never drops it.
+
+An output file belongs to one source. Names made since they carry the source's whole file name
+cannot collide, but rows from before (`IMG_1.jpg` and `IMG_1.png` both listing `IMG_1-1600.webp`)
+can: the manifest lists such a file only under the source that wrote it last.
+
+The `details` column (animation frames, renditions a format could not hold) came after the
+table was deployed; `ensure_schema` adds it to an existing table, once per database.
 """
 
 from __future__ import annotations
@@ -43,9 +50,35 @@ web_images_table = sa.Table(
     sa.Column("bytes_saved", sa.BigInteger, nullable=False),
     sa.Column("run_id", sa.String(64)),
     sa.Column("rendered_at", sa.Float, nullable=False),
+    #: Extra manifest fields: {"animated": true, "frames": N}, {"skipped": [...]}; None for most.
+    sa.Column("details", sa.JSON),
 )
 
 _ENTRY_FIELDS = ("source_bytes", "width", "height", "outputs", "bytes_saved")
+#: The manifest fields `details` may add to an entry.
+DETAIL_FIELDS = ("animated", "frames", "skipped")
+_schema_ready: set[str] = set()
+
+
+def ensure_schema(engine: sa.Engine) -> None:
+    """Add `details` to an `ap_web_images` made before it existed (ALTER TABLE … ADD COLUMN, a
+    nullable column: old rows read as None). Safe when two processes race to do it."""
+    key = engine.url.render_as_string(hide_password=False)
+    if key in _schema_ready:
+        return
+    if not _has_details(engine):
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {web_images_table.name} ADD COLUMN details JSON")
+        except sa.exc.DBAPIError:
+            if not _has_details(engine):  # not a lost race with another process
+                raise
+    _schema_ready.add(key)
+
+
+def _has_details(engine: sa.Engine) -> bool:
+    columns = sa.inspect(engine).get_columns(web_images_table.name)
+    return any(column["name"] == "details" for column in columns)
 
 
 def root_key(root: str | Path) -> str:
@@ -73,6 +106,8 @@ def record_photo(
 ) -> None:
     """Insert or replace the row of one photo (`entry` as the manifest shows it), in one
     transaction: a reader sees the old row or the new one."""
+    ensure_schema(engine)
+    details = {name: entry[name] for name in DETAIL_FIELDS if name in entry}
     values = {
         "root": root_key(root),
         "path": entry["source"],
@@ -81,6 +116,7 @@ def record_photo(
         **{name: entry[name] for name in _ENTRY_FIELDS},
         "run_id": run_id,
         "rendered_at": time.time(),
+        "details": details or None,
     }
     statement = _insert(engine)(web_images_table).values(**values)
     statement = statement.on_conflict_do_update(
@@ -92,6 +128,7 @@ def record_photo(
 
 
 def get_record(engine: sa.Engine, root: str | Path, relative: str) -> sa.Row | None:
+    ensure_schema(engine)
     table = web_images_table
     with engine.connect() as conn:
         return conn.execute(
@@ -100,17 +137,41 @@ def get_record(engine: sa.Engine, root: str | Path, relative: str) -> sa.Row | N
 
 
 def manifest_entry_of(row: sa.Row) -> dict:
-    """The manifest's entry for a row: the shape readers of manifest.json know."""
-    return {"source": row.path, **{name: getattr(row, name) for name in _ENTRY_FIELDS}}
+    """The manifest's entry for a row: the shape readers of manifest.json know, plus `animated`,
+    `frames` and `skipped` where the row has them."""
+    details = {k: v for k, v in (row.details or {}).items() if k in DETAIL_FIELDS}
+    return {"source": row.path, **{name: getattr(row, name) for name in _ENTRY_FIELDS}, **details}
 
 
 def manifest_from_records(engine: sa.Engine, root: str | Path) -> dict[str, dict]:
+    """Every row of `root` as a manifest entry; an output listed by two rows (possible only for
+    rows from before names carried the source's extension) stays under the latest one."""
+    ensure_schema(engine)
     table = web_images_table
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(table).where(table.c.root == root_key(root)).order_by(table.c.path)
         ).all()
-    return {row.path: manifest_entry_of(row) for row in rows}
+    manifest = {row.path: manifest_entry_of(row) for row in rows}
+    owner: dict[str, str] = {}
+    for row in sorted(rows, key=lambda r: (-r.rendered_at, r.path)):
+        for output in row.outputs:
+            owner.setdefault(output["path"], row.path)
+    for path, entry in manifest.items():
+        kept = [o for o in entry["outputs"] if owner[o["path"]] == path]
+        if len(kept) != len(entry["outputs"]):
+            log.warning(
+                "%s: %d output(s) also listed by a source rendered later; listed there only",
+                path,
+                len(entry["outputs"]) - len(kept),
+            )
+            entry["outputs"] = kept
+    return manifest
+
+
+def listed_outputs(manifest: Mapping[str, Mapping]) -> set[str]:
+    """Every output path a manifest lists."""
+    return {output["path"] for entry in manifest.values() for output in entry["outputs"]}
 
 
 def outputs_present(output_root: Path, row: sa.Row) -> bool:
@@ -127,6 +188,7 @@ def outputs_present(output_root: Path, row: sa.Row) -> bool:
 def adopt_manifest(engine: sa.Engine, root: str | Path, manifest: Mapping[str, Mapping]) -> int:
     """Keep, as rows, the manifest entries that have none; return how many were adopted."""
     key = root_key(root)
+    ensure_schema(engine)
     known = set(manifest_from_records(engine, root))
     rows = []
     for relative, entry in manifest.items():
@@ -141,6 +203,7 @@ def adopt_manifest(engine: sa.Engine, root: str | Path, manifest: Mapping[str, M
                 **{name: entry[name] for name in _ENTRY_FIELDS},
                 "run_id": None,
                 "rendered_at": time.time(),
+                "details": {k: entry[k] for k in DETAIL_FIELDS if k in entry} or None,
             }
         )
     if rows:
@@ -174,13 +237,13 @@ def manifest_bytes(manifest: Mapping) -> bytes:
     return json.dumps(manifest, indent=1, sort_keys=True).encode()
 
 
-def regenerate_manifest(engine: sa.Engine, root: str | Path, path: Path) -> int:
+def regenerate_manifest(engine: sa.Engine, root: str | Path, path: Path) -> dict[str, dict]:
     """Write `path` whole from the rows of `root` (atomically; not at all when unchanged), after
-    adopting entries the rows lack; return the number of entries."""
+    adopting entries the rows lack; return the manifest written."""
     current, data = read_manifest(path)
     adopt_manifest(engine, root, current)
     manifest = manifest_from_records(engine, root)
     new = manifest_bytes(manifest)
     if new != data:
         atomic_write_bytes(path, new)
-    return len(manifest)
+    return manifest

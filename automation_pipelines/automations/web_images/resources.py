@@ -12,6 +12,10 @@ from automation_pipelines.paths import PROJECT_ROOT
 ROOT_ENV = "WEB_IMAGES_ROOT"
 MARGIN_ENV = "WEB_IMAGES_FREE_SPACE_MARGIN_MB"
 DEFAULT_MARGIN_MB = 100.0
+QUIET_ENV = "WEB_IMAGES_QUIET_SECONDS"
+DEFAULT_QUIET_SECONDS = 10.0
+GRACE_ENV = "WEB_IMAGES_TRUNCATED_GRACE_SECONDS"
+DEFAULT_GRACE_SECONDS = 300.0
 
 
 class PhotoFolders(dg.ConfigurableResource):
@@ -22,14 +26,22 @@ class PhotoFolders(dg.ConfigurableResource):
     #: Space left free on the output volume beyond the photos of a batch; below it the sensor
     #: requests nothing (a run would only fail with "disk full") and says how much is free.
     free_space_margin_mb: float = DEFAULT_MARGIN_MB
+    #: A file is taken only once it has not changed for this long (and not between two looks).
+    quiet_seconds: float = DEFAULT_QUIET_SECONDS
+    #: A file that ends early (an upload that stalled) waits this long after its last change
+    #: before it is quarantined as truncated.
+    truncated_grace_seconds: float = DEFAULT_GRACE_SECONDS
 
     @classmethod
     def from_env(cls) -> PhotoFolders:
         """$WEB_IMAGES_ROOT, else `data/web_images` in the project (git-ignored);
-        $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB."""
+        $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB; $WEB_IMAGES_QUIET_SECONDS, else 10 s;
+        $WEB_IMAGES_TRUNCATED_GRACE_SECONDS, else 300 s."""
         return cls(
             root=os.environ.get(ROOT_ENV) or str(PROJECT_ROOT / "data" / "web_images"),
             free_space_margin_mb=float(os.environ.get(MARGIN_ENV) or DEFAULT_MARGIN_MB),
+            quiet_seconds=float(os.environ.get(QUIET_ENV) or DEFAULT_QUIET_SECONDS),
+            truncated_grace_seconds=float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_SECONDS),
         )
 
     @property
@@ -47,6 +59,11 @@ class PhotoFolders(dg.ConfigurableResource):
     @property
     def quarantine(self) -> Path:
         return Path(self.root) / "quarantine"
+
+    @property
+    def waiting(self) -> Path:
+        """One note per inbox file that ends early and waits out its grace period."""
+        return Path(self.root) / ".waiting"
 
     @property
     def manifest(self) -> Path:

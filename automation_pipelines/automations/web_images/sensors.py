@@ -1,9 +1,19 @@
-"""The inbox sensor: complete new photos become runs, in capped batches, each file once.
+"""The inbox sensor: complete new files become runs, in capped batches, each file once, and
+every file in the inbox is either requested or named in the tick with the reason it waits.
 
-A file is taken only when its size and modification time are the same on two looks (a copy in
-progress changes between ticks) and it does not carry a temp name. Processed files leave the
-inbox, so a scan costs what is waiting, not the history. The cursor remembers, only for files
-still in the inbox, what the last look saw and which run key asked for each file.
+A file is taken only when it has not changed for `quiet_seconds` (its mtime and ctime, so a
+file renamed in counts as new) and is the same size and mtime as on the previous look, and it
+does not carry a temp or hidden name. That is not proof an upload is finished (one can stall
+for minutes), so the run decodes it whole: a file that ends early waits in the inbox for its
+grace period after its last change (a note in `.waiting/`, shown in the tick), and is only then
+quarantined. Every other file is requested whatever its name or kind (a GIF, a symlink, a
+`notes.txt`), so the run quarantines it with a reason instead of it lying in the inbox unseen.
+Folders are looked into; one named like a photo is pointed out. Files in quarantine/ that
+changed after they were judged (an uploader kept writing into one) are requested again, once
+they too have been quiet.
+
+Processed files leave the inbox, so a scan costs what is waiting, not the history. The cursor
+remembers, only for files still there, what the last look saw and which run key asked for each.
 
 Environmental failures recover by themselves. A file whose run finished without taking it out of
 the inbox (a full disk, an unreadable folder) is requested again under a new run key, with
@@ -21,18 +31,25 @@ import json
 import os
 import random
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 
 from automation_pipelines.automations.web_images import AUTOMATION
+from automation_pipelines.automations.web_images.batch import read_waiting_note
 from automation_pipelines.automations.web_images.images import IMAGE_SUFFIXES
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import PhotoFolders
-from automation_pipelines.reliability.files import is_temporary
+from automation_pipelines.reliability.files import (
+    REASON_SUFFIX,
+    changed_since_quarantine,
+    is_temporary,
+)
 from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
 MAX_FILES_PER_RUN = 25
@@ -81,11 +98,36 @@ def re_request_delay(attempt: int, run_key: str) -> float:
     return backoff * random.Random(run_key).uniform(0.5, 1.0)
 
 
+class Entry(NamedTuple):
+    """One file as a look saw it (lstat: a symlink is itself, not what it points at)."""
+
+    rel: str
+    size: int
+    mtime: int  # ns
+    changed: int  # ns, the later of mtime and ctime
+
+
+@dataclass
+class ScanNotes:
+    """What a look found that will never be requested, for the tick to say."""
+
+    unreadable: list[str] = field(default_factory=list)
+    temporary: list[str] = field(default_factory=list)
+    photo_folders: list[str] = field(default_factory=list)
+    bad_names: list[str] = field(default_factory=list)
+
+
 def scan(
-    inbox: Path, skip: list[Path], unreadable: list[str] | None = None
-) -> Iterator[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of candidate files, skipping our own folders; folders
-    that cannot be listed are named in `unreadable` and looked at again next tick."""
+    inbox: Path,
+    skip: list[Path],
+    unreadable: list[str] | None = None,
+    notes: ScanNotes | None = None,
+) -> Iterator[Entry]:
+    """Every file under `inbox` that is not a folder (regular files of any name, symlinks,
+    special files), skipping our own folders; folders that cannot be listed are named in
+    `unreadable` and looked at again next tick, temp names and the like in `notes`."""
+    notes = notes or ScanNotes()
+    unreadable = notes.unreadable if unreadable is None else unreadable
     skip_resolved = {p.resolve() for p in skip}
     stack = [inbox]
     while stack:
@@ -95,34 +137,74 @@ def scan(
         except FileNotFoundError:
             continue
         except OSError as exc:
-            if unreadable is not None:
-                unreadable.append(f"{folder} ({exc.strerror or type(exc).__name__})")
+            unreadable.append(f"{folder} ({exc.strerror or type(exc).__name__})")
             continue
         for entry in entries:
             path = Path(entry.path)
+            rel = path.relative_to(inbox).as_posix()
+            if not _is_utf8(rel):
+                notes.bad_names.append(rel.encode("utf-8", "surrogateescape").decode("latin-1"))
+                continue
             if is_temporary(path):
+                notes.temporary.append(rel)
                 continue
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    if path.resolve() not in skip_resolved:
-                        stack.append(path)
-                elif entry.is_file(follow_symlinks=False) and path.suffix.lower() in IMAGE_SUFFIXES:
-                    stat = entry.stat(follow_symlinks=False)
-                    yield path.relative_to(inbox).as_posix(), stat.st_size, stat.st_mtime_ns
+                info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # gone between the listing and the look
+            if stat.S_ISDIR(info.st_mode):
+                if path.resolve() not in skip_resolved:
+                    stack.append(path)
+                    if path.suffix.lower() in IMAGE_SUFFIXES:
+                        notes.photo_folders.append(f"{rel}/")
+                continue
+            yield Entry(
+                rel, info.st_size, info.st_mtime_ns, max(info.st_mtime_ns, info.st_ctime_ns)
+            )
 
 
-def batch_run_key(batch: list[tuple[str, int, int, int]]) -> str:
+def scan_quarantine(quarantine: Path) -> Iterator[Entry]:
+    """Quarantined files that differ from what their note recorded when they were judged."""
+    if not quarantine.is_dir():
+        return
+    for entry in scan(quarantine, []):
+        if entry.rel.endswith(REASON_SUFFIX):
+            continue
+        if changed_since_quarantine(quarantine / entry.rel):
+            yield entry
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def batch_run_key(batch: list[tuple[str, int, int, int]], prefix: str = "photos") -> str:
     """Deterministic per batch content and attempt: Dagster drops a request whose run key this
     sensor already used, so a re-request needs the attempt in its key."""
     digest = hashlib.sha256(json.dumps(sorted(batch)).encode()).hexdigest()[:24]
     attempt = max(item[3] for item in batch)
-    return f"photos-{digest}" + (f"-try{attempt + 1}" if attempt else "")
+    return f"{prefix}-{digest}" + (f"-try{attempt + 1}" if attempt else "")
 
 
 def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
+
+
+@dataclass
+class _Area:
+    """The files of one folder (the inbox, or quarantine/) and what the cursor knows of them."""
+
+    current: dict[str, Entry]
+    previous: dict[str, list[int]]
+    requested: dict[str, list]
+    ready: list[tuple[str, int, int, int]] = field(default_factory=list)
+    settling: int = 0
+    waiting: int = 0
+    truncated: list[str] = field(default_factory=list)
 
 
 def evaluate_inbox(
@@ -133,13 +215,17 @@ def evaluate_inbox(
 ) -> tuple[list[dg.RunRequest], str, str]:
     """The run requests for this tick, the new cursor and a sentence for the tick's log."""
     state = json.loads(cursor) if cursor else {}
-    previous: dict[str, list[int]] = state.get("seen", {})
-    requested: dict[str, list] = state.get("requested", {})
-    unreadable: list[str] = []
-    current = {
-        rel: [size, mtime]
-        for rel, size, mtime in scan(folders.inbox, folders.own_folders(), unreadable)
-    }
+    notes = ScanNotes()
+    inbox = _Area(
+        {e.rel: e for e in scan(folders.inbox, folders.own_folders(), notes=notes)},
+        state.get("seen", {}),
+        state.get("requested", {}),
+    )
+    changed = _Area(
+        {e.rel: e for e in scan_quarantine(folders.quarantine)},
+        state.get("quarantine_seen", {}),
+        state.get("quarantine_requested", {}),
+    )
     outcomes: dict[str, RunOutcome | None] = {}
 
     def due_at(asked: list) -> float | None:
@@ -155,56 +241,138 @@ def evaluate_inbox(
             return None
         return (outcome.ended_at or requested_at) + re_request_delay(attempt, run_key)
 
-    ready: list[tuple[str, int, int, int]] = []
-    settling = waiting = 0
-    for rel, (size, mtime) in sorted(current.items(), key=lambda item: (item[1][1], item[0])):
-        if previous.get(rel) != [size, mtime]:
-            settling += 1
-            continue
-        asked = requested.get(rel)
-        attempt = 0
-        if asked and asked[:2] == [size, mtime]:
-            moment = due_at(asked)
-            if moment is None or now < moment:
-                waiting += 1
+    def sort(area: _Area, waiting_notes: bool) -> None:
+        for rel, entry in sorted(area.current.items(), key=lambda item: (item[1].mtime, item[0])):
+            quiet = now - entry.changed / 1e9 >= folders.quiet_seconds
+            if area.previous.get(rel) != [entry.size, entry.mtime] or not quiet:
+                area.settling += 1
                 continue
-            attempt = (asked[4] if len(asked) > 4 else 0) + 1
-        ready.append((rel, size, mtime, attempt))
+            asked = area.requested.get(rel)
+            attempt, moment = 0, None
+            if asked and asked[:2] == [entry.size, entry.mtime]:
+                moment = due_at(asked)
+                if moment is None:
+                    area.waiting += 1
+                    continue
+                attempt = (asked[4] if len(asked) > 4 else 0) + 1
+            note = read_waiting_note(folders, rel) if waiting_notes else None
+            if note and [note.get("size"), note.get("mtime_ns")] == [entry.size, entry.mtime]:
+                if now < float(note.get("until", 0)):
+                    area.truncated.append(_waiting_words(rel, note))
+                    continue  # its grace period is over: requested, to be quarantined
+            elif moment is not None and now < moment:
+                area.waiting += 1
+                continue
+            area.ready.append((rel, entry.size, entry.mtime, attempt))
+
+    sort(inbox, waiting_notes=True)
+    sort(changed, waiting_notes=False)
 
     cap = MAX_FILES_PER_RUN * MAX_RUNS_PER_TICK
-    taken, space_note = _fit_free_space(folders, ready[:cap])
-    left = len(ready) - len(taken)
-    requests = []
-    for start in range(0, len(taken), MAX_FILES_PER_RUN):
-        batch = taken[start : start + MAX_FILES_PER_RUN]
-        run_key = batch_run_key(batch)
-        requests.append(
-            dg.RunRequest(
-                run_key=run_key,
-                run_config={
-                    "ops": {"render_web_images": {"config": {"files": [b[0] for b in batch]}}}
-                },
-                tags={"web_images/files": str(len(batch))},
-            )
-        )
-        for rel, size, mtime, attempt in batch:
-            requested[rel] = [size, mtime, now, run_key, attempt]
-    requested = {rel: v for rel, v in requested.items() if rel in current}
-    new_cursor = json.dumps({"seen": current, "requested": requested}, sort_keys=True)
-    parts = [
-        f"{len(taken)} file(s) in {len(requests)} run(s)",
-        f"{settling} still being written",
-        f"{waiting} waiting for their run or its retry",
-        f"{left} left for the next tick",
-    ]
-    if unreadable:
-        parts.append(f"unreadable, looked at again next tick: {', '.join(unreadable)}")
-    sentence = "; ".join(parts)
+    taken, space_note = _fit_free_space(folders, inbox.ready[:cap])
+    left = len(inbox.ready) - len(taken)
+    requests = _requests(taken, inbox.requested, "files", "photos", now)
+    requests += _requests(changed.ready[:cap], changed.requested, "revisit", "revisit", now)
+    new_cursor = json.dumps(
+        {
+            "seen": {rel: [e.size, e.mtime] for rel, e in inbox.current.items()},
+            "requested": {r: v for r, v in inbox.requested.items() if r in inbox.current},
+            "quarantine_seen": {rel: [e.size, e.mtime] for rel, e in changed.current.items()},
+            "quarantine_requested": {
+                r: v for r, v in changed.requested.items() if r in changed.current
+            },
+        },
+        sort_keys=True,
+    )
+    sentence = _sentence(folders, inbox, changed, notes, taken, requests, left)
     if space_note:
         sentence = f"{space_note}; {sentence}"
     elif not requests:
         sentence = f"nothing to do: {sentence}"
     return requests, new_cursor, sentence
+
+
+def _requests(
+    taken: list[tuple[str, int, int, int]],
+    requested: dict[str, list],
+    field_name: str,
+    prefix: str,
+    now: float,
+) -> list[dg.RunRequest]:
+    requests = []
+    for start in range(0, len(taken), MAX_FILES_PER_RUN):
+        batch = taken[start : start + MAX_FILES_PER_RUN]
+        run_key = batch_run_key(batch, prefix)
+        config = {field_name: [b[0] for b in batch]}
+        requests.append(
+            dg.RunRequest(
+                run_key=run_key,
+                run_config={"ops": {"render_web_images": {"config": config}}},
+                tags={f"web_images/{field_name}": str(len(batch))},
+            )
+        )
+        for rel, size, mtime, attempt in batch:
+            requested[rel] = [size, mtime, now, run_key, attempt]
+    return requests
+
+
+#: At most this many names per reason in a tick's sentence.
+_NAMED = 5
+
+
+def _names(items: list[str]) -> str:
+    more = f" and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
+    return ", ".join(items[:_NAMED]) + more
+
+
+def _waiting_words(rel: str, note: dict) -> str:
+    until = time.strftime("%H:%M:%S UTC", time.gmtime(float(note.get("until", 0))))
+    return f"{rel} (until {until}: {note.get('reason', 'ends early')})"
+
+
+def _sentence(
+    folders: PhotoFolders,
+    inbox: _Area,
+    changed: _Area,
+    notes: ScanNotes,
+    taken: list,
+    requests: list[dg.RunRequest],
+    left: int,
+) -> str:
+    parts = [
+        f"{len(taken)} file(s) in {len(requests)} run(s)",
+        f"{inbox.settling} still being written (changed in the last "
+        f"{folders.quiet_seconds:.0f} s or since the last look)",
+        f"{inbox.waiting} waiting for their run or its retry",
+        f"{left} left for the next tick",
+    ]
+    if inbox.truncated:
+        parts.append(
+            f"{len(inbox.truncated)} end early and wait for the rest of their upload, else are "
+            f"quarantined: {_names(inbox.truncated)}"
+        )
+    if changed.ready or changed.settling or changed.waiting:
+        parts.append(
+            f"{len(changed.current)} quarantined file(s) changed since they were judged and go "
+            f"back to the inbox once quiet: {_names(sorted(changed.current))}"
+        )
+    if notes.temporary:
+        parts.append(
+            f"{len(notes.temporary)} never taken, named like a copy in progress or hidden: "
+            f"{_names(sorted(notes.temporary))}"
+        )
+    if notes.photo_folders:
+        parts.append(
+            f"folders named like photos, looked into as folders: {_names(notes.photo_folders)}"
+        )
+    if notes.bad_names:
+        parts.append(
+            f"{len(notes.bad_names)} with names that are not valid UTF-8, never taken (rename "
+            f"them): {_names(notes.bad_names)}"
+        )
+    if notes.unreadable:
+        parts.append(f"unreadable, looked at again next tick: {', '.join(notes.unreadable)}")
+    return "; ".join(parts)
 
 
 def _fit_free_space(

@@ -1,8 +1,10 @@
 """Real photographs for tests: scikit-image's bundled samples, upscaled, with EXIF (camera, GPS,
-orientation) and an ICC profile written the way cameras do."""
+orientation) and an ICC profile written the way cameras do; and where their renditions are."""
 
 from __future__ import annotations
 
+import glob
+import re
 from pathlib import Path
 
 from PIL import Image, ImageCms
@@ -36,3 +38,15 @@ def photo(
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, "JPEG", quality=92, exif=exif.tobytes(), **extra)
     return path
+
+
+def rendition(folder: Path, source_name: str, width: int, ext: str) -> Path:
+    """The one rendition of the source file `source_name` at `width` in `folder`: its name
+    carries the source's whole name and a version (`IMG_1.jpg-800.3f9a2c1b7e.webp`)."""
+    found = sorted(folder.glob(f"{glob.escape(source_name)}-{width}.*.{ext}"))
+    assert len(found) == 1, f"expected one {source_name} {width} px .{ext} in {folder}: {found}"
+    return found[0]
+
+
+def rendition_pattern(source_name: str, width: int, ext: str) -> re.Pattern:
+    return re.compile(rf"{re.escape(source_name)}-{width}\.[0-9a-f]{{10}}\.{ext}")

@@ -27,6 +27,7 @@ from automation_pipelines.automations.web_images.images import (
     render_image,
 )
 from automation_pipelines.reliability.errors import ITEM_ATTRIBUTE, classify
+from automation_pipelines_tests.automations.web_images.photos import rendition, rendition_pattern
 
 MAKE, MODEL, ORIENTATION, GPS_IFD = 0x010F, 0x0110, 0x0112, 0x8825
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -79,14 +80,15 @@ def test_camera_photo_gets_every_width_with_heights_from_its_aspect_ratio(tmp_pa
         (400, 267, "webp"),
         (400, 267, "jpeg"),
     ]
-    for rendition in result.renditions:
-        written = out / rendition.path
-        suffix = "webp" if rendition.format == "webp" else "jpg"
-        assert rendition.path == Path(f"trips/rome/IMG_1-{rendition.width}.{suffix}")
-        assert rendition.bytes == written.stat().st_size > 0
+    for made in result.renditions:
+        written = out / made.path
+        suffix = "webp" if made.format == "webp" else "jpg"
+        assert rendition_pattern("IMG_1.jpg", made.width, suffix).fullmatch(made.path.name)
+        assert made.path.parent == Path("trips/rome")
+        assert made.bytes == written.stat().st_size > 0
         with Image.open(written) as image:
-            assert image.size == (rendition.width, rendition.height)
-            assert image.format == rendition.format.upper()
+            assert image.size == (made.width, made.height)
+            assert image.format == made.format.upper()
             assert image.mode == "RGB"
         assert stat.S_IMODE(written.stat().st_mode) == 0o644  # a web server can read it
 
@@ -108,9 +110,11 @@ def test_a_small_photo_is_never_upscaled(
 
     sizes = [(r.width, r.height) for r in result.renditions]
     assert sizes == [size for size in expected for _ in ("webp", "jpeg")]
-    assert files_under(tmp_path / "web") == sorted(
-        f"small-{w}.{ext}" for w, _ in expected for ext in ("webp", "jpg")
-    )
+    made = files_under(tmp_path / "web")
+    assert len(made) == 2 * len(expected)
+    for width, _ in expected:
+        for ext in ("webp", "jpg"):
+            assert rendition(tmp_path / "web", "small.jpg", width, ext).name in made
 
 
 def test_orientation_6_comes_out_upright(tmp_path: Path) -> None:
@@ -123,7 +127,7 @@ def test_orientation_6_comes_out_upright(tmp_path: Path) -> None:
 
     assert (result.width, result.height) == (1200, 798)
     assert [(r.width, r.height) for r in result.renditions[::2]] == [(800, 532), (400, 266)]
-    with Image.open(tmp_path / "web" / "cat-800.jpg") as out:
+    with Image.open(rendition(tmp_path / "web", "cat.jpg", 800, "jpg")) as out:
         assert out.size == (800, 532)
         assert not out.getexif()  # no orientation left for a browser to apply a second time
         expected = upright.resize(out.size, Image.Resampling.LANCZOS)
@@ -184,10 +188,10 @@ def test_gps_camera_data_comments_and_xmp_are_stripped_but_the_profile_is_kept(
     result = render_image(source, tmp_path / "web", Path("geo.jpg"))
 
     assert len(result.renditions) == 4
-    for rendition in result.renditions:
-        raw = (tmp_path / "web" / rendition.path).read_bytes()
+    for made in result.renditions:
+        raw = (tmp_path / "web" / made.path).read_bytes()
         for secret in (b"TestCam", b"Model 9", b"Exif\x00\x00", b"SecretPlace", b"shot at home"):
-            assert secret not in raw, (rendition.path, secret)
+            assert secret not in raw, (made.path, secret)
         with Image.open(io.BytesIO(raw)) as out:
             assert not out.getexif()
             assert not out.getexif().get_ifd(GPS_IFD)
@@ -203,7 +207,9 @@ def test_each_encoder_gets_its_own_quality(tmp_path: Path) -> None:
     render_image(
         source, tmp_path / "same", Path("q.jpg"), ImageSettings(webp_quality=95, jpeg_quality=95)
     )
-    webp_at_95 = {w: (tmp_path / "same" / f"q-{w}.webp").read_bytes() for w in (1600, 800, 400)}
+    webp_at_95 = {
+        w: rendition(tmp_path / "same", "q.jpg", w, "webp").read_bytes() for w in (1600, 800, 400)
+    }
     reference = io.BytesIO()
     sample("coffee", 64).save(reference, "JPEG", quality=60)
     jpeg_at_60 = Image.open(reference).quantization
@@ -212,8 +218,9 @@ def test_each_encoder_gets_its_own_quality(tmp_path: Path) -> None:
         out = tmp_path / f"web{attempt}"
         render_image(source, out, Path("q.jpg"), ImageSettings(webp_quality=95, jpeg_quality=60))
         for width in (1600, 800, 400):
-            assert (out / f"q-{width}.webp").read_bytes() == webp_at_95[width], (attempt, width)
-            with Image.open(out / f"q-{width}.jpg") as jpeg:
+            webp = rendition(out, "q.jpg", width, "webp").read_bytes()
+            assert webp == webp_at_95[width], (attempt, width)
+            with Image.open(rendition(out, "q.jpg", width, "jpg")) as jpeg:
                 assert jpeg.quantization == jpeg_at_60, (attempt, width)
 
 
@@ -222,14 +229,14 @@ def test_webp_and_progressive_jpeg_are_written(tmp_path: Path) -> None:
 
     render_image(source, tmp_path / "web", Path("a.jpg"))
 
-    with Image.open(tmp_path / "web" / "a-800.webp") as webp:
+    with Image.open(rendition(tmp_path / "web", "a.jpg", 800, "webp")) as webp:
         assert webp.format == "WEBP"
     for width in (800, 400):
-        with Image.open(tmp_path / "web" / f"a-{width}.jpg") as jpeg:
+        with Image.open(rendition(tmp_path / "web", "a.jpg", width, "jpg")) as jpeg:
             assert jpeg.format == "JPEG"
             assert jpeg.info.get("progressive") or jpeg.info.get("progression")
     # The progressive JPEG process is the SOF2 marker.
-    assert b"\xff\xc2" in (tmp_path / "web" / "a-800.jpg").read_bytes()
+    assert b"\xff\xc2" in rendition(tmp_path / "web", "a.jpg", 800, "jpg").read_bytes()
 
 
 def test_transparency_is_kept_in_webp_and_laid_on_white_in_jpeg(tmp_path: Path) -> None:
@@ -241,23 +248,28 @@ def test_transparency_is_kept_in_webp_and_laid_on_white_in_jpeg(tmp_path: Path) 
 
     render_image(tmp_path / "logo.png", tmp_path / "web", Path("logo.png"))
 
-    with Image.open(tmp_path / "web" / "logo-400.webp") as webp:
+    with Image.open(rendition(tmp_path / "web", "logo.png", 400, "webp")) as webp:
         assert webp.mode == "RGBA"
         assert webp.getchannel("A").crop((0, 0, 190, 400)).getextrema() == (0, 0)
         assert webp.getchannel("A").crop((210, 0, 400, 400)).getextrema()[0] > 240
-    with Image.open(tmp_path / "web" / "logo-400.jpg") as jpeg:
+    with Image.open(rendition(tmp_path / "web", "logo.png", 400, "jpg")) as jpeg:
         assert jpeg.mode == "RGB"
         assert min(jpeg.crop((0, 0, 190, 400)).convert("L").getextrema()) > 245
 
 
-def test_no_temp_file_is_left_and_a_failed_write_cleans_up(
+def test_no_temp_file_is_left_and_a_failed_publish_leaves_the_folder_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """All or nothing: a rename failing half-way through the set takes back the renditions
+    already renamed, and deletes no file that was there before."""
     source = save_photo(tmp_path / "p.jpg", sample("rocket", 1000))
     out = tmp_path / "web"
 
     render_image(source, out, Path("p.jpg"))
-    assert files_under(out) == sorted(f"p-{w}.{e}" for w in (800, 400) for e in ("webp", "jpg"))
+    made = files_under(out)
+    assert len(made) == 4 and not [name for name in made if name.startswith(".")]
+    before = {name: (out / name).read_bytes() for name in made}
+    (out / "other.png-400.0123456789.webp").write_bytes(b"someone else's")
 
     calls: list[str] = []
     real_replace = os.replace
@@ -272,11 +284,13 @@ def test_no_temp_file_is_left_and_a_failed_write_cleans_up(
     with pytest.raises(OSError, match="No space left") as raised:
         render_image(source, tmp_path / "web2", Path("p.jpg"))
     assert not isinstance(raised.value, BadImage)  # the disk failed, not the photo
-    left = files_under(tmp_path / "web2")
-    assert len(left) == 2 and not [name for name in left if name.startswith(".")]
-    for name in left:  # what was written before the failure is whole
-        with Image.open(tmp_path / "web2" / name) as image:
-            image.load()
+    assert files_under(tmp_path / "web2") == []  # nothing of the set, no temp file
+
+    calls.clear()  # the same set again over itself: the files that were there stay
+    with pytest.raises(OSError, match="No space left"):
+        render_image(source, out, Path("p.jpg"))
+    assert {name: (out / name).read_bytes() for name in made} == before
+    assert sorted(files_under(out)) == sorted([*made, "other.png-400.0123456789.webp"])
 
 
 def test_a_disk_read_error_is_not_blamed_on_the_photo(
@@ -290,7 +304,9 @@ def test_a_disk_read_error_is_not_blamed_on_the_photo(
                 raise OSError(errno.EIO, "Input/output error")
             return super().readinto(buffer)
 
-    monkeypatch.setattr(Path, "open", lambda self, *a, **k: io.BufferedReader(FailingDisk(self)))
+    monkeypatch.setattr(
+        images, "_open_for_reading", lambda path: io.BufferedReader(FailingDisk(path))
+    )
     with pytest.raises(OSError, match="Input/output error") as raised:
         render_image(source, tmp_path / "web", Path("p.jpg"))
     assert not isinstance(raised.value, BadImage)
@@ -354,7 +370,7 @@ def test_a_truncated_jpeg_is_bad(tmp_path: Path) -> None:
     whole = save_photo(tmp_path / "whole.jpg", sample("coffee", 1200)).read_bytes()
     (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])
     reason = expect_bad(tmp_path / "cut.jpg").reason
-    assert reason.startswith("truncated JPEG data: the file ends before the picture does")
+    assert reason.startswith("truncated JPEG data: the file ends at byte ")
 
 
 @pytest.mark.parametrize(
@@ -388,14 +404,14 @@ def test_an_unreadable_file_is_bad(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     source.chmod(0)
     if os.access(source, os.R_OK):
         # Root reads through mode 000, so make the open fail the way it does for anyone else.
-        real_open = Path.open
+        real_open = images._open_for_reading
 
-        def refuse(self, *args, **kwargs):
-            if self == source:
-                raise PermissionError(13, "Permission denied", str(self))
-            return real_open(self, *args, **kwargs)
+        def refuse(path):
+            if path == source:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path)
 
-        monkeypatch.setattr(Path, "open", refuse)
+        monkeypatch.setattr(images, "_open_for_reading", refuse)
     try:
         reason = expect_bad(source).reason
     finally:
@@ -439,7 +455,7 @@ def test_cmyk_grey_and_palette_pictures_become_rgb(tmp_path: Path, name: str, mo
 
     expected = picture.convert("RGB").resize((800, 533), Image.Resampling.LANCZOS)
     for suffix in ("jpg", "webp"):
-        with Image.open(tmp_path / "web" / f"{Path(name).stem}-800.{suffix}") as out:
+        with Image.open(rendition(tmp_path / "web", name, 800, suffix)) as out:
             assert out.mode == "RGB" and out.size == (800, 533)
             # An inverted or shifted picture is off by far more (a dithered palette adds ~10).
             assert mean_difference(out, expected) < 15

@@ -25,12 +25,13 @@ from automation_pipelines.automations.web_images.jobs import render_web_images_j
 from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability.deadletters import open_dead_letters
 from automation_pipelines.reliability.locks import exclusive_lock
-from automation_pipelines_tests.automations.web_images.photos import GPS_IFD, photo
+from automation_pipelines_tests.automations.web_images.photos import GPS_IFD, photo, rendition
 
 
 @pytest.fixture
 def folders(tmp_path: Path) -> PhotoFolders:
-    folders = PhotoFolders(root=str(tmp_path / "photos"))
+    """No grace for files that end early: these tests judge finished files."""
+    folders = PhotoFolders(root=str(tmp_path / "photos"), truncated_grace_seconds=0.0)
     folders.inbox.mkdir(parents=True)
     return folders
 
@@ -73,17 +74,17 @@ def test_good_photos_become_web_images(run, folders) -> None:
 
     out = folders.output
     for width in (1600, 800, 400):
-        with Image.open(out / f"landscape-{width}.webp") as webp:
+        with Image.open(rendition(out, "landscape.jpg", width, "webp")) as webp:
             assert webp.width == width and webp.format == "WEBP"
-        with Image.open(out / f"landscape-{width}.jpg") as jpeg:
+        with Image.open(rendition(out, "landscape.jpg", width, "jpg")) as jpeg:
             assert jpeg.width == width and jpeg.info.get("progressive") == 1
             assert jpeg.height == round(width * 3000 / 3000)  # astronaut is square
             assert not jpeg.getexif().get_ifd(GPS_IFD) and 0x010F not in jpeg.getexif()
             assert jpeg.info.get("icc_profile")
-        with Image.open(out / f"trip/portrait-{width}.jpg") as turned:
+        with Image.open(rendition(out / "trip", "portrait.jpg", width, "jpg")) as turned:
             assert turned.height > turned.width  # orientation 6 applied: now portrait
-    assert not (out / "small-1600.jpg").exists() and not (out / "small-800.jpg").exists()
-    with Image.open(out / "small-400.jpg") as small:
+    assert sorted(p.name.split(".")[1] for p in out.glob("small.jpg-*")) == ["jpg-400"] * 2
+    with Image.open(rendition(out, "small.jpg", 400, "jpg")) as small:
         assert small.width == 400
 
     assert sorted(
@@ -97,11 +98,13 @@ def test_good_photos_become_web_images(run, folders) -> None:
     entry = manifest["landscape.jpg"]
     assert entry["source_bytes"] == (folders.processed / "landscape.jpg").stat().st_size
     assert {o["path"] for o in entry["outputs"]} == {
-        f"landscape-{w}.{ext}" for w in (1600, 800, 400) for ext in ("webp", "jpg")
+        rendition(out, "landscape.jpg", w, ext).name
+        for w in (1600, 800, 400)
+        for ext in ("webp", "jpg")
     }
     for output in entry["outputs"]:
         assert (out / output["path"]).stat().st_size == output["bytes"]
-    largest_webp = (out / "landscape-1600.webp").stat().st_size
+    largest_webp = rendition(out, "landscape.jpg", 1600, "webp").stat().st_size
     assert entry["bytes_saved"] == entry["source_bytes"] - largest_webp
 
     meta = materialization(result)
@@ -173,7 +176,7 @@ def test_a_run_waits_while_another_holds_the_lock(run, folders, sqlite_instance)
     worker.join(timeout=120)
     [result] = results
     assert result.success and (folders.processed / "a.jpg").exists()
-    assert (folders.output / "a-1600.webp").exists()
+    assert rendition(folders.output, "a.jpg", 1600, "webp").exists()
 
 
 def test_the_next_run_repairs_what_a_killed_run_left(run, folders, alert_router) -> None:
@@ -192,8 +195,9 @@ def test_the_next_run_repairs_what_a_killed_run_left(run, folders, alert_router)
     source = photo(folders.inbox / "half.jpg", 1700, sample="chelsea")
     scratch = Path(folders.root) / "scratch"
     render_image(source, scratch, Path("half.jpg"))
-    shutil.copy(scratch / "half-1600.webp", folders.output / "half-1600.webp")
-    (folders.output / ".half-800.webp.k1ll3d.tmp").write_bytes(b"RIFF half a file")
+    first = rendition(scratch, "half.jpg", 1600, "webp")
+    shutil.copy(first, folders.output / first.name)
+    (folders.output / ".half.jpg-800.webp.k1ll3d.tmp").write_bytes(b"RIFF half a file")
     (folders.output / ".manifest.json.4242.tmp").write_bytes(b'{"half": ')
     shutil.rmtree(scratch)
 
@@ -232,7 +236,7 @@ def test_bad_files_are_quarantined_and_the_good_ones_delivered(
 
     result = run(files, max_megapixels=4.0)
 
-    assert (folders.output / "good-800.webp").exists()
+    assert rendition(folders.output, "good.jpg", 800, "webp").exists()
     assert (folders.processed / "good.jpg").exists()
     reasons = {
         p.name.removesuffix(".reason.txt"): p.read_text()

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from automation_pipelines.automations.web_images import records
 from automation_pipelines.reliability import store
 from automation_pipelines_tests.automations.web_images import kill_worker
-from automation_pipelines_tests.automations.web_images.photos import photo
+from automation_pipelines_tests.automations.web_images.photos import photo, rendition_pattern
 
 TRIALS = 20
 SEED = 20_240_611
@@ -78,9 +78,13 @@ def check_complete(root: Path, engine: sa.Engine, originals: dict[str, bytes]) -
     assert manifest == records.manifest_from_records(engine, root)
     assert sorted(manifest) == names
     for name, entry in manifest.items():
-        stem = name.removesuffix(".jpg")
-        expected = {f"{stem}-{w}.{ext}" for w in WIDTHS for ext in ("webp", "jpg")}
-        assert {o["path"] for o in entry["outputs"]} == expected
+        paths = sorted(o["path"] for o in entry["outputs"])
+        patterns = [rendition_pattern(name, w, ext) for w in WIDTHS for ext in ("webp", "jpg")]
+        assert len(paths) == len(patterns)
+        assert all(any(p.fullmatch(path) for path in paths) for p in patterns), paths
+    listed = {o["path"] for entry in manifest.values() for o in entry["outputs"]}
+    assert {p.name for p in web.iterdir()} == listed | {"manifest.json"}  # nothing unlisted
+    for entry in manifest.values():
         for output in entry["outputs"]:
             assert (web / output["path"]).stat().st_size == output["bytes"], output
 

@@ -92,7 +92,7 @@ def test_two_writers_at_once_lose_no_row(events_db_url, tmp_path) -> None:
         writer.join(timeout=120)
         assert writer.exitcode == 0
     manifest = tmp_path / "web" / "manifest.json"
-    assert records.regenerate_manifest(store.engine(events_db_url), tmp_path, manifest) == 81
+    assert len(records.regenerate_manifest(store.engine(events_db_url), tmp_path, manifest)) == 81
     written = json.loads(manifest.read_text())
     assert sorted(written) == sorted(
         [f"{side}/{n:03d}.jpg" for side in ("left", "right") for n in range(40)] + ["shared.jpg"]
@@ -111,7 +111,7 @@ def test_manifest_is_regenerated_from_rows_and_adopts_an_older_manifest(
     record(engine, tmp_path, "b.jpg", source_bytes=9)  # re-rendered since: the row wins
     record(engine, tmp_path, "new.jpg")
 
-    assert records.regenerate_manifest(engine, tmp_path, manifest) == 3
+    assert len(records.regenerate_manifest(engine, tmp_path, manifest)) == 3
     written = json.loads(manifest.read_text())
     assert written == {
         "b.jpg": entry("b.jpg", source_bytes=9),
@@ -134,7 +134,7 @@ def test_a_garbled_manifest_is_replaced_from_the_rows(events_db_url, tmp_path) -
     manifest.parent.mkdir(parents=True)
     manifest.write_text('{"a.jpg": {"sou')
     record(engine, tmp_path, "a.jpg")
-    assert records.regenerate_manifest(engine, tmp_path, manifest) == 1
+    assert len(records.regenerate_manifest(engine, tmp_path, manifest)) == 1
     assert json.loads(manifest.read_text()) == {"a.jpg": entry("a.jpg")}
 
 

@@ -1,6 +1,7 @@
 """Inbox sensor scenarios: first files (taken on the second look), nothing new, a half-written
-file waits, a burst above the cap is split across ticks, own output and temp names ignored, a
-file is requested once, and the real sensor honours the circuit breaker.
+file waits, a burst above the cap is split across ticks, own output and temp names ignored and
+every other file taken, a file is requested once, and the real sensor honours the circuit
+breaker.
 
 With the real sensor on a real instance (runs created the way the daemon creates them, carrying
 the request's run key): a file whose run failed is requested again after a backoff counted from
@@ -32,7 +33,9 @@ NOW = 1_800_000_000.0
 
 @pytest.fixture
 def folders(tmp_path: Path) -> PhotoFolders:
-    folders = PhotoFolders(root=str(tmp_path / "photos"))
+    """No quiet time: these scenarios are about looks and runs (quiet time has tests of its
+    own)."""
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.0)
     folders.inbox.mkdir(parents=True)
     return folders
 
@@ -96,8 +99,10 @@ def test_burst_above_the_cap_is_split_across_ticks(folders) -> None:
     assert len({r.run_key for r in first + second}) == len(first + second)
 
 
-def test_own_output_temp_names_and_other_files_are_ignored(tmp_path) -> None:
-    # Output folders placed inside the inbox must never feed the sensor.
+def test_own_output_and_temp_names_are_ignored_other_files_taken(tmp_path) -> None:
+    # Output folders placed inside the inbox must never feed the sensor; every other file is
+    # taken, whatever its name (the run quarantines what is not a photo), and temp names are
+    # noted for the tick.
     folders = PhotoFolders(root=str(tmp_path / "p"))
     folders.inbox.mkdir(parents=True)
     nested = PhotoFolders(root=str(folders.inbox))
@@ -113,7 +118,10 @@ def test_own_output_temp_names_and_other_files_are_ignored(tmp_path) -> None:
     drop(nested, "notes.txt")
     drop(nested, "real.jpg", mtime=5)
     own = [nested.output, nested.processed, nested.quarantine]
-    assert [rel for rel, _, _ in sensors.scan(nested.inbox, own)] == ["real.jpg"]
+    notes = sensors.ScanNotes()
+    found = sorted(entry.rel for entry in sensors.scan(nested.inbox, own, notes=notes))
+    assert found == ["notes.txt", "real.jpg"]
+    assert sorted(notes.temporary) == [".hidden.jpg", "copying.jpg.part"]
 
 
 def test_a_file_whose_run_is_gone_is_requested_again_after_a_long_wait(folders) -> None:
@@ -313,7 +321,9 @@ def fake_disk(monkeypatch, free_bytes: dict) -> list[Path]:
 def test_low_free_space_requests_nothing_until_space_is_back(
     tmp_path, sqlite_instance, monkeypatch
 ) -> None:
-    folders = PhotoFolders(root=str(tmp_path / "photos"), free_space_margin_mb=1.0)
+    folders = PhotoFolders(
+        root=str(tmp_path / "photos"), free_space_margin_mb=1.0, quiet_seconds=0.0
+    )
     folders.inbox.mkdir(parents=True)
     drop(folders, "a.jpg", b"x" * 1_500_000, mtime=1)
     drop(folders, "b.jpg", b"x" * 1_500_000, mtime=2)

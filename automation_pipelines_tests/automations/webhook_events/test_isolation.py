@@ -119,6 +119,26 @@ def test_each_poison_is_dead_lettered_alone_with_a_precise_reason(
     assert dead.delivery_id == "poison" and dead.last_error == reasons["poison"]
 
 
+def test_fifty_good_events_and_every_poison_in_one_batch(engine) -> None:
+    """The acceptance batch: 50 valid events with one of each poison kind spread among them
+    load 50 rows; each poison is alone in the dead letters with its own precise reason."""
+    events = good_events(50)
+    for n, (name, source, event_type, payload, _) in enumerate(POISONS):
+        events.insert((n * 7) % len(events), (source, f"poison-{name}", event_type, payload))
+
+    result = load(engine, events, chunk_size=16)
+
+    assert (result["loaded"], result["dead_lettered"]) == (50, len(POISONS))
+    poisons = {f"poison-{name}" for name, *_ in POISONS}
+    assert set(loaded_ids(engine)) == {d for _, d, _, _ in events} - poisons
+    assert set(loaded_ids(engine).values()) == {1}
+    reasons = letters(engine)
+    assert set(reasons) == poisons
+    for name, *_, fragments in POISONS:
+        for fragment in fragments:
+            assert fragment in reasons[f"poison-{name}"], (name, reasons[f"poison-{name}"])
+
+
 def test_nan_amount_is_not_called_missing(engine) -> None:
     """A sender's bare NaN used to read as "required field … is missing"."""
     body = '{"created": 1, "data": {"object": {"id": "p", "amount": NaN, "currency": "usd"}}}'

@@ -1,0 +1,324 @@
+"""One batch of inbox photos under the automation's lock: what the op does, without Dagster.
+
+Per photo, in this order: read it once (no symlink, no special file), then either
+- it was rendered and recorded by a run that died before moving it: only move it (`repaired`);
+- it renders: the renditions are published together under new names (`images.publish`), its row
+  is written (one transaction), the original moves to processed/ and its dead letter, if it had
+  one, is resolved;
+- it ends early (truncated, empty) and changed less than the grace period ago: it stays in the
+  inbox with a note in `.waiting/` saying why and until when, which the sensor's tick shows;
+- anything else bad: it is quarantined with a reason, and one dead letter per file stays open.
+
+Then the manifest is regenerated from the rows: the commit point at which readers switch to the
+new sets. Only after it the files of superseded sets (a re-dropped photo's old renditions) and
+renditions no row lists (left by a run killed mid-rename) are deleted, in the batch's folders.
+
+Quarantined files that changed since they were judged (an uploader that kept writing into one)
+come back into the inbox first (`revisit`) and are judged again in the same batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from automation_pipelines.automations.web_images import AUTOMATION
+from automation_pipelines.automations.web_images.images import (
+    OUTPUT_NAME,
+    BadImage,
+    ImageResult,
+    ImageSettings,
+    SourceFile,
+    read_source,
+    render_image,
+)
+from automation_pipelines.automations.web_images.records import (
+    get_record,
+    listed_outputs,
+    outputs_present,
+    record_photo,
+    regenerate_manifest,
+)
+from automation_pipelines.automations.web_images.resources import PhotoFolders
+from automation_pipelines.reliability.deadletters import record_dead_letter, resolve_items
+from automation_pipelines.reliability.errors import classify, for_item
+from automation_pipelines.reliability.files import (
+    atomic_write_bytes,
+    changed_since_quarantine,
+    move_into,
+    note_path,
+    quarantine,
+    read_note,
+)
+from automation_pipelines.reliability.locks import exclusive_lock
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchOutcome:
+    """What became of each file of the batch."""
+
+    delivered: list[dict] = field(default_factory=list)  # their manifest entries
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    waiting: list[tuple[str, str, float]] = field(default_factory=list)  # (file, reason, until)
+    missing: list[str] = field(default_factory=list)  # gone already (an earlier attempt)
+    repaired: list[str] = field(default_factory=list)
+    revisited: list[str] = field(default_factory=list)  # brought back from quarantine
+    removed_outputs: list[str] = field(default_factory=list)
+    manifest_entries: int = 0
+
+
+def manifest_entry(relative: str, result: ImageResult) -> dict:
+    """What the manifest says of one photo: every output with its size, the bytes saved by
+    serving the largest WebP (else the largest output) instead of the original, and for an
+    animation or a rendition a format could not hold, that too."""
+    webps = [r for r in result.renditions if r.format == "webp"]
+    largest = max(webps or result.renditions, key=lambda r: (r.width, -r.bytes))
+    entry = {
+        "source": relative,
+        "source_bytes": result.source_bytes,
+        "width": result.width,
+        "height": result.height,
+        "outputs": [
+            {
+                "path": r.path.as_posix(),
+                "format": r.format,
+                "width": r.width,
+                "height": r.height,
+                "bytes": r.bytes,
+            }
+            for r in result.renditions
+        ],
+        "bytes_saved": result.source_bytes - largest.bytes,
+    }
+    if result.frames > 1:
+        entry["animated"], entry["frames"] = True, result.frames
+    if result.skipped:
+        entry["skipped"] = [
+            {"width": s.width, "height": s.height, "format": s.format, "reason": s.reason}
+            for s in result.skipped
+        ]
+    return entry
+
+
+def process_batch(
+    folders: PhotoFolders,
+    engine: sa.Engine,
+    files: Iterable[str],
+    settings: ImageSettings | None = None,
+    *,
+    run_id: str | None = None,
+    revisit: Iterable[str] = (),
+    now: Callable[[], float] = time.time,
+    on_wait: Callable[[str], None] | None = None,
+    log: Any = _log,
+) -> BatchOutcome:
+    """Render, set aside or keep waiting every file of the batch (paths relative to the inbox;
+    `revisit`: relative to the quarantine), holding the automation's lock throughout."""
+    files, revisit = list(files), list(revisit)
+    settings = settings or ImageSettings()
+    outside = [rel for rel in files + revisit if Path(rel).is_absolute() or ".." in Path(rel).parts]
+    if outside:
+        raise ValueError(f"files must be paths inside the inbox, got {outside}")
+    outcome = BatchOutcome()
+    batch = _Batch(folders, engine, settings, run_id, now, log, outcome)
+    with exclusive_lock(folders.lock, holder={"run_id": run_id}, on_wait=on_wait):
+        _remove_stale_temp_files(folders, files)
+        files += batch.bring_back(revisit)
+        try:
+            for relative in files:
+                batch.one(relative)
+        except Exception:
+            # The rows written so far are safe; the manifest is the next run's to repair if
+            # this write fails too (a full disk), or if the run is being terminated.
+            try:
+                regenerate_manifest(engine, folders.root, folders.manifest)
+            except Exception as exc:
+                log.warning(f"manifest not regenerated: {type(exc).__name__}: {exc}")
+            raise
+        manifest = regenerate_manifest(engine, folders.root, folders.manifest)
+        outcome.manifest_entries = len(manifest)
+        outcome.removed_outputs = _remove_unlisted(
+            folders, files, batch.superseded, listed_outputs(manifest)
+        )
+        _forget_waiting_notes_of_gone_files(folders)
+    return outcome
+
+
+class _Batch:
+    def __init__(self, folders, engine, settings, run_id, now, log, outcome: BatchOutcome):
+        self.folders, self.engine, self.settings = folders, engine, settings
+        self.run_id, self.now, self.log, self.outcome = run_id, now, log, outcome
+        self.superseded: set[str] = set()
+
+    def one(self, relative: str) -> None:
+        folders = self.folders
+        source = folders.inbox / relative
+        try:
+            info = os.lstat(source)
+        except FileNotFoundError:
+            self.outcome.missing.append(relative)  # already handled by an earlier attempt
+            return
+        if stat.S_ISDIR(info.st_mode):
+            self.log.warning(f"{relative} is a folder, not a photo: its files are taken one by one")
+            return
+        with for_item(relative):
+            try:
+                read = read_source(source, relative)
+            except BadImage as exc:
+                self.set_aside(relative, exc.reason, (info.st_size, info.st_mtime_ns))
+                return
+            row = get_record(self.engine, folders.root, relative)
+            if (
+                row is not None
+                and row.source_sha256 == read.sha256
+                and row.settings == self.settings.key()
+                and outputs_present(folders.output, row)
+            ):
+                # Rendered and recorded by a run that died before moving the original.
+                move_into(source, folders.processed, Path(relative))
+                self.done(relative)
+                self.outcome.repaired.append(relative)
+                return
+            try:
+                result = render_image(read, folders.output, Path(relative), self.settings)
+            except Exception as exc:
+                # Disk and I/O errors (a full or read-only output volume) are not the photo's
+                # fault: they fail the run for the owner instead of quarantining a good photo.
+                if classify(exc).transient or (
+                    isinstance(exc, OSError) and not isinstance(exc, BadImage)
+                ):
+                    raise
+                self.judge(relative, read, exc)
+                return
+            entry = manifest_entry(relative, result)
+            if row is not None:
+                self.superseded.update(output["path"] for output in row.outputs)
+            record_photo(
+                self.engine,
+                folders.root,
+                entry,
+                source_sha256=read.sha256,
+                settings=self.settings.key(),
+                run_id=self.run_id,
+            )
+            move_into(source, folders.processed, Path(relative))
+            self.done(relative)
+            self.outcome.delivered.append(entry)
+
+    def judge(self, relative: str, read: SourceFile, exc: Exception) -> None:
+        """A file that did not render: wait out the grace period if it ends early, else
+        quarantine it."""
+        reason = exc.reason if isinstance(exc, BadImage) else f"{type(exc).__name__}: {exc}"
+        grace = self.folders.truncated_grace_seconds
+        if isinstance(exc, BadImage) and exc.truncated:
+            until = read.changed_ns / 1e9 + grace
+            if self.now() < until:
+                self.wait(relative, read, reason, until)
+                return
+            reason = f"{reason}; unchanged for {grace:.0f} s or more, so not an upload in progress"
+        self.set_aside(relative, reason, (read.size, read.mtime_ns))
+
+    def wait(self, relative: str, read: SourceFile, reason: str, until: float) -> None:
+        note = {"size": read.size, "mtime_ns": read.mtime_ns, "reason": reason, "until": until}
+        atomic_write_bytes(waiting_note(self.folders, relative), json.dumps(note).encode())
+        self.outcome.waiting.append((relative, reason, until))
+        moment = time.strftime("%H:%M:%S UTC", time.gmtime(until))
+        self.log.info(f"waiting: {relative} ends early ({reason}); quarantined at {moment}")
+
+    def set_aside(self, relative: str, reason: str, seen: tuple[int, int]) -> None:
+        folders = self.folders
+        quarantine(folders.inbox / relative, folders.quarantine, Path(relative), reason, seen=seen)
+        # One open dead letter per file: a re-quarantined file replaces its earlier one.
+        resolve_items(self.engine, AUTOMATION.name, [relative])
+        record_dead_letter(self.engine, AUTOMATION.name, relative, reason)
+        waiting_note(folders, relative).unlink(missing_ok=True)
+        self.outcome.quarantined.append((relative, reason))
+        self.log.warning(f"quarantined {relative}: {reason}")
+
+    def done(self, relative: str) -> None:
+        """Delivered: a dead letter of an earlier try (a fixed photo moved back) is resolved."""
+        resolve_items(self.engine, AUTOMATION.name, [relative])
+        waiting_note(self.folders, relative).unlink(missing_ok=True)
+
+    def bring_back(self, revisit: list[str]) -> list[str]:
+        """Move quarantined files that changed since they were judged back into the inbox,
+        under the name they had there; return their inbox paths."""
+        folders, back = self.folders, []
+        for relative in revisit:
+            path = folders.quarantine / relative
+            if changed_since_quarantine(path) is not True:
+                continue  # unchanged, or already brought back by an earlier attempt
+            item = (read_note(path) or {}).get("file") or relative
+            target = move_into(path, folders.inbox, Path(item))
+            note_path(path).unlink(missing_ok=True)
+            now_named = target.relative_to(folders.inbox).as_posix()
+            if now_named != item:
+                resolve_items(self.engine, AUTOMATION.name, [item])
+            self.log.info(f"{relative} changed in quarantine/: back in the inbox as {now_named}")
+            self.outcome.revisited.append(now_named)
+            back.append(now_named)
+        return back
+
+
+def waiting_note(folders: PhotoFolders, relative: str) -> Path:
+    return folders.waiting / f"{relative}.json"
+
+
+def read_waiting_note(folders: PhotoFolders, relative: str) -> dict | None:
+    """The note of an inbox file waiting out its grace period, if it has one."""
+    try:
+        note = json.loads(waiting_note(folders, relative).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) else None
+
+
+def _remove_stale_temp_files(folders: PhotoFolders, files: list[str]) -> None:
+    """Temp files in the batch's output folders can only be left by a run that died mid-write:
+    while we hold the lock nobody else writes there."""
+    targets = {folders.output} | {(folders.output / rel).parent for rel in files}
+    for folder in targets:
+        with contextlib.suppress(FileNotFoundError):
+            for path in folder.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+
+
+def _remove_unlisted(
+    folders: PhotoFolders, files: list[str], superseded: set[str], listed: set[str]
+) -> list[str]:
+    """After the manifest moved on: delete the superseded sets' files and, in the batch's
+    folders, renditions (by their versioned names) that no row lists."""
+    doomed = set(superseded - listed)
+    for folder in {(folders.output / rel).parent for rel in files}:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(folder):
+                path = Path(entry.path).relative_to(folders.output).as_posix()
+                if OUTPUT_NAME.match(entry.name) and path not in listed:
+                    doomed.add(path)
+    removed = []
+    for path in sorted(doomed):
+        with contextlib.suppress(FileNotFoundError):
+            (folders.output / path).unlink()
+            removed.append(path)
+    return removed
+
+
+def _forget_waiting_notes_of_gone_files(folders: PhotoFolders) -> None:
+    if not folders.waiting.is_dir():
+        return
+    for note in folders.waiting.rglob("*.json"):
+        relative = note.relative_to(folders.waiting).as_posix().removesuffix(".json")
+        if not os.path.lexists(folders.inbox / relative):
+            note.unlink(missing_ok=True)
