@@ -49,6 +49,7 @@ def test_helm_queue_limits_are_those_of_dagster_yaml() -> None:
     assert config["tagConcurrencyLimits"] == local["tag_concurrency_limits"]
     assert config["dequeueUseThreads"] == local["dequeue_use_threads"]
     assert config["dequeueNumWorkers"] == local["dequeue_num_workers"]
+    assert config["dequeueIntervalSeconds"] == local["dequeue_interval_seconds"]
 
 
 def test_helm_run_monitoring_retries_and_retention_match() -> None:

@@ -9,14 +9,15 @@ the readiness check can tell them from a plain `dg.ScheduleDefinition` that woul
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
 from automation_pipelines.paths import PROJECT_ROOT
-from automation_pipelines.reliability import breaker
+from automation_pipelines.reliability import breaker, pacing
 from automation_pipelines.reliability.hooks import alert_on_failure_hook
 from automation_pipelines.reliability.signatures import keep_signature
 from automation_pipelines.reliability.tags import (
@@ -168,17 +169,46 @@ class Automation:
             metadata={GUARDED_BY_KEY: self.name},
         )
 
+    @property
+    def max_runs_per_hour(self) -> int | None:
+        return self.expect.max_runs_per_hour if self.expect else None
+
     def sensor(self, **sensor_kwargs):
-        """`dg.sensor` (running by default) that is skipped while the breaker is open."""
+        """`dg.sensor` (running by default) that is skipped while the breaker is open and, when
+        the automation declares `max_runs_per_hour`, paced: the function asks
+        `pacing.allowed_runs(cap)` how many runs it may request, and asking for more fails the
+        tick instead of starting them."""
         sensor_kwargs.setdefault("default_status", dg.DefaultSensorStatus.RUNNING)
-        sensor_kwargs["metadata"] = {**sensor_kwargs.get("metadata", {}), GUARDED_BY_KEY: self.name}
+        metadata = {**sensor_kwargs.get("metadata", {}), GUARDED_BY_KEY: self.name}
+        maximum = self.max_runs_per_hour
+        if maximum is not None:
+            metadata[pacing.PACED_KEY] = str(pacing.budget(maximum))
+        sensor_kwargs["metadata"] = metadata
         if "description" in sensor_kwargs:
             sensor_kwargs["description"] = self.describe(sensor_kwargs["description"])
 
         def decorator(fn):
             @functools.wraps(fn)
             def guarded(context, *args, **kwargs):
-                return self.blocked(context) or fn(context, *args, **kwargs)
+                blocked = self.blocked(context)
+                if blocked:
+                    return blocked
+                if maximum is None:
+                    return fn(context, *args, **kwargs)
+                now = time.time()
+                current = pacing.pace(context.instance, self.name, maximum, now)
+                with pacing.pacing(current):
+                    result = fn(context, *args, **kwargs)
+                    if isinstance(result, Iterator):
+                        result = list(result)
+                asked = pacing.count_requests(result)
+                if asked > current.allowed:
+                    raise RuntimeError(
+                        f"{self.name}: the sensor asked for {asked} run(s) with room for "
+                        f"{current.allowed} ({current.sentence()}); it must ask "
+                        "pacing.allowed_runs() first"
+                    )
+                return result
 
             return dg.sensor(**sensor_kwargs)(keep_signature(guarded, fn))
 

@@ -15,11 +15,13 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import yaml
+from croniter import croniter
 
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability.alerts import AlertRouter, Routes
@@ -31,8 +33,13 @@ from automation_pipelines.reliability.automation import (
     UNGUARDED_KEY,
 )
 from automation_pipelines.reliability.hooks import HOOK_NAME
+from automation_pipelines.reliability.pacing import PACED_KEY, most_in_an_hour
 from automation_pipelines.reliability.secrets import literal_secrets
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, EXPECT_TRIGGER_TAG
+from automation_pipelines.reliability.tags import (
+    AUTOMATION_TAG,
+    EXPECT_MAX_RUNS_TAG,
+    EXPECT_TRIGGER_TAG,
+)
 
 #: Sections a runbook must have, matched case-insensitively against its `##` headings.
 RUNBOOK_SECTIONS = ("What it does", "What it touches", "How to pause", "Failure modes")
@@ -288,6 +295,65 @@ def _guarded(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
         problem
         for trigger in _triggers_of(job.name, ctx.repository)
         if (problem := trigger_guard_problem(trigger, automation))
+    ]
+    return "; ".join(problems) or None
+
+
+#: How often Dagster's sensor daemon goes round (a constant of its loop): the fastest a sensor
+#: that requests one run per round can go.
+SENSOR_DAEMON_ROUND_SECONDS = 5
+#: Cron fire times are looked at over this long to find the busiest hour.
+CRON_WEEK = timedelta(days=8)
+
+
+def schedule_runs_per_hour(schedule: dg.ScheduleDefinition) -> int:
+    """The most times the schedule fires within any hour (of a week from a fixed Monday)."""
+    crons = schedule.cron_schedule
+    crons = [crons] if isinstance(crons, str) else list(crons)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    fires: list[float] = []
+    for cron in crons:
+        moments = croniter(cron, start)
+        while True:
+            moment = moments.get_next(datetime)
+            if moment - start > CRON_WEEK:
+                break
+            fires.append(moment.timestamp())
+    return most_in_an_hour(sorted(fires))
+
+
+def trigger_rate_problem(trigger: Trigger, declared: int) -> str | None:
+    """Why a schedule or sensor can start more runs an hour than `declared`, or None."""
+    if isinstance(trigger, dg.ScheduleDefinition):
+        most = schedule_runs_per_hour(trigger)
+        if most > declared:
+            return (
+                f"schedule {trigger.name} fires up to {most} times an hour, over its "
+                f"max_runs_per_hour of {declared}"
+            )
+        return None
+    paced = _metadata_text(trigger, PACED_KEY)
+    if not paced:
+        return (
+            f"sensor {trigger.name} is not paced: it may request runs at every round of the "
+            f"sensor daemon ({3600 // SENSOR_DAEMON_ROUND_SECONDS} an hour, more with several "
+            f"per round), over its max_runs_per_hour of {declared}; make it with "
+            "@AUTOMATION.sensor(...) and ask pacing.allowed_runs() before requesting"
+        )
+    if int(paced) > declared:
+        return f"sensor {trigger.name} is paced to {paced} runs an hour, over {declared}"
+    return None
+
+
+@rule("paced", "its triggers cannot start more runs an hour than its max_runs_per_hour")
+def _paced(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
+    declared = job.tags.get(EXPECT_MAX_RUNS_TAG)
+    if declared is None:
+        return None
+    problems = [
+        problem
+        for trigger in _triggers_of(job.name, ctx.repository)
+        if (problem := trigger_rate_problem(trigger, int(declared)))
     ]
     return "; ".join(problems) or None
 

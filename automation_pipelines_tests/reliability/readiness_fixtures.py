@@ -54,6 +54,7 @@ def _make(
     guarded=True,
     hooks=frozenset({alert_on_failure_hook}),
     executor=dg.in_process_executor,
+    cron="0 * * * *",
 ) -> dg.Definitions:
     tags = automation.job_tags() if tags is None else tags
 
@@ -74,7 +75,7 @@ def _make(
         schedules.append(
             automation.schedule(
                 name=f"{name}_hourly_schedule",
-                cron_schedule="0 * * * *",
+                cron_schedule=cron,
                 job=_job,
                 description="Adds numbers every hour.",
             )
@@ -113,6 +114,11 @@ multiprocess = _make("multiprocess_job", executor=dg.multiprocess_executor)
 unrouted = _make("unrouted_job", tags={**GOOD.job_tags(), "owner": "team:nobody"})
 unguarded = _make("unguarded_job", guarded=False)
 leaky_settings = _make("leaky_settings_job", automation=LEAKY)
+overrun = _make(
+    "overrun_job",
+    tags={**GOOD.job_tags(), "expect/max_runs_per_hour": "30"},
+    cron="* * * * *",
+)
 
 
 @dg.op

@@ -67,6 +67,13 @@ def test_ready_fixtures_pass(capsys: pytest.CaptureFixture[str], name: str) -> N
             "settings_secrets",
             "leaky_settings/backups.yaml: sources.billing.postgres holds a password",
         ),
+        (
+            "overrun",
+            "overrun_job",
+            "paced",
+            "schedule overrun_job_hourly_schedule fires up to 60 times an hour, over its "
+            "max_runs_per_hour of 30",
+        ),
     ],
 )
 def test_each_rule_fails_alone(
@@ -95,6 +102,7 @@ def test_every_rule_has_a_breaking_fixture() -> None:
         "silence",
         "guarded",
         "settings_secrets",
+        "paced",
     }
     assert set(RULE_NAMES) == broken
 

@@ -6,8 +6,9 @@ AUTOMATION = Automation.here(
     __file__,
     owner="team:platform",
     # Photos arrive when people take them, so no success window: silence is the inbox sensor
-    # not ticking. More than 120 runs an hour is a loop, not a busy day.
-    expect=Expectation(max_runs_per_hour=120, trigger_stale_minutes=10),
+    # not ticking. A steady trickle of photos gets a run at every round of the sensor daemon,
+    # 720 an hour, and the paced sensor keeps to 810; more than 900 is a loop, not a busy day.
+    expect=Expectation(max_runs_per_hour=900, trigger_stale_minutes=10),
     max_runtime_seconds=1800,
     breaker_after_failures=5,
 )

@@ -13,7 +13,7 @@ ROOT_ENV = "WEB_IMAGES_ROOT"
 MARGIN_ENV = "WEB_IMAGES_FREE_SPACE_MARGIN_MB"
 DEFAULT_MARGIN_MB = 100.0
 QUIET_ENV = "WEB_IMAGES_QUIET_SECONDS"
-DEFAULT_QUIET_SECONDS = 10.0
+DEFAULT_QUIET_SECONDS = 1.0
 GRACE_ENV = "WEB_IMAGES_TRUNCATED_GRACE_SECONDS"
 DEFAULT_GRACE_SECONDS = 300.0
 
@@ -26,7 +26,8 @@ class PhotoFolders(dg.ConfigurableResource):
     #: Space left free on the output volume beyond the photos of a batch; below it the sensor
     #: requests nothing (a run would only fail with "disk full") and says how much is free.
     free_space_margin_mb: float = DEFAULT_MARGIN_MB
-    #: A file is taken only once it has not changed for this long (and not between two looks).
+    #: A file is taken once it has not changed for this long. Short: the run decodes every file
+    #: whole, and one that ends early waits out `truncated_grace_seconds` before quarantine.
     quiet_seconds: float = DEFAULT_QUIET_SECONDS
     #: A file that ends early (an upload that stalled) waits this long after its last change
     #: before it is quarantined as truncated.
@@ -35,7 +36,7 @@ class PhotoFolders(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> PhotoFolders:
         """$WEB_IMAGES_ROOT, else `data/web_images` in the project (git-ignored);
-        $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB; $WEB_IMAGES_QUIET_SECONDS, else 10 s;
+        $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB; $WEB_IMAGES_QUIET_SECONDS, else 1 s;
         $WEB_IMAGES_TRUNCATED_GRACE_SECONDS, else 300 s."""
         return cls(
             root=os.environ.get(ROOT_ENV) or str(PROJECT_ROOT / "data" / "web_images"),

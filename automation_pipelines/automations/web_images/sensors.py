@@ -1,10 +1,12 @@
 """The inbox sensor: complete new files become runs, in capped batches, each file once, and
 every file in the inbox is either requested or named in the tick with the reason it waits.
 
-A file is taken only when it has not changed for `quiet_seconds` (its mtime and ctime, so a
-file renamed in counts as new) and is the same size and mtime as on the previous look, and it
-does not carry a temp or hidden name. That is not proof an upload is finished (one can stall
-for minutes), so the run decodes it whole: a file that ends early waits in the inbox for its
+A file is taken on the first look at which it has not changed for `quiet_seconds` (its mtime
+and ctime: a file renamed in counts as changed then, and a copy that keeps a source's mtime
+still moves its ctime with every write), and is not seen different from the previous look,
+and it does not carry a temp or hidden name. No second look is waited for: that would cost a
+whole sensor interval per photo. Quiet is not proof an upload is finished (one can stall for
+minutes), so the run decodes it whole: a file that ends early waits in the inbox for its
 grace period after its last change (a note in `.waiting/`, shown in the tick), and is only then
 quarantined. Every other file is requested whatever its name or kind (a GIF, a symlink, a
 `notes.txt`), so the run quarantines it with a reason instead of it lying in the inbox unseen.
@@ -45,6 +47,7 @@ from automation_pipelines.automations.web_images.batch import read_waiting_note
 from automation_pipelines.automations.web_images.images import IMAGE_SUFFIXES
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import PhotoFolders
+from automation_pipelines.reliability import pacing
 from automation_pipelines.reliability.files import (
     REASON_SUFFIX,
     changed_since_quarantine,
@@ -53,6 +56,10 @@ from automation_pipelines.reliability.files import (
 from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
 MAX_FILES_PER_RUN = 25
+#: Dagster's sensor daemon goes round every 5 s (a constant of its loop) and evaluates a sensor
+#: whose interval has passed. An interval of 5 s would be missed by a hair every other round (a
+#: 10 s cadence); 1 s makes every round evaluate it, so the cadence is the daemon's 5 s.
+SENSOR_INTERVAL_SECONDS = 1
 MAX_RUNS_PER_TICK = 4
 #: Backoff before a file whose run finished (failed) is requested again: base * 2^attempt,
 #: at most the cap, times a jitter in [0.5, 1] fixed per run key.
@@ -212,8 +219,10 @@ def evaluate_inbox(
     cursor: str | None,
     now: float,
     runs: RunLookup = lambda run_key: None,
+    max_runs: int = MAX_RUNS_PER_TICK,
 ) -> tuple[list[dg.RunRequest], str, str]:
-    """The run requests for this tick, the new cursor and a sentence for the tick's log."""
+    """The run requests for this tick (at most `max_runs`: the automation's pace may allow
+    fewer than the cap per tick), the new cursor and a sentence for the tick's log."""
     state = json.loads(cursor) if cursor else {}
     notes = ScanNotes()
     inbox = _Area(
@@ -244,7 +253,8 @@ def evaluate_inbox(
     def sort(area: _Area, waiting_notes: bool) -> None:
         for rel, entry in sorted(area.current.items(), key=lambda item: (item[1].mtime, item[0])):
             quiet = now - entry.changed / 1e9 >= folders.quiet_seconds
-            if area.previous.get(rel) != [entry.size, entry.mtime] or not quiet:
+            seen = area.previous.get(rel)
+            if not quiet or (seen is not None and seen != [entry.size, entry.mtime]):
                 area.settling += 1
                 continue
             asked = area.requested.get(rel)
@@ -268,11 +278,12 @@ def evaluate_inbox(
     sort(inbox, waiting_notes=True)
     sort(changed, waiting_notes=False)
 
-    cap = MAX_FILES_PER_RUN * MAX_RUNS_PER_TICK
+    cap = MAX_FILES_PER_RUN * max_runs
     taken, space_note = _fit_free_space(folders, inbox.ready[:cap])
     left = len(inbox.ready) - len(taken)
     requests = _requests(taken, inbox.requested, "files", "photos", now)
-    requests += _requests(changed.ready[:cap], changed.requested, "revisit", "revisit", now)
+    room = MAX_FILES_PER_RUN * (max_runs - len(requests))
+    requests += _requests(changed.ready[:room], changed.requested, "revisit", "revisit", now)
     new_cursor = json.dumps(
         {
             "seen": {rel: [e.size, e.mtime] for rel, e in inbox.current.items()},
@@ -406,7 +417,7 @@ def _fit_free_space(
 @AUTOMATION.sensor(
     name="photo_inbox_sensor",
     job=render_web_images_job,
-    minimum_interval_seconds=15,
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
     description=(
         f"Watches the photo inbox and requests runs for complete new files, at most "
         f"{MAX_FILES_PER_RUN} per run and {MAX_RUNS_PER_TICK} runs per tick; files whose run "
@@ -417,8 +428,15 @@ def _fit_free_space(
 def photo_inbox_sensor(context: dg.SensorEvaluationContext, folders: PhotoFolders):
     now = time.time()
     requests, cursor, sentence = evaluate_inbox(
-        folders, context.cursor, now, runs=lambda key: run_outcome(context.instance, key, now)
+        folders,
+        context.cursor,
+        now,
+        runs=lambda key: run_outcome(context.instance, key, now),
+        max_runs=pacing.allowed_runs(MAX_RUNS_PER_TICK),
     )
+    paced = pacing.current_pace()
+    if paced is not None and paced.allowed < MAX_RUNS_PER_TICK:
+        sentence = f"{sentence}; {paced.sentence()}"
     context.update_cursor(cursor)
     if not requests:
         return dg.SkipReason(sentence)

@@ -20,11 +20,15 @@ import sqlalchemy as sa
 from automation_pipelines.automations.webhook_events import AUTOMATION
 from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
+from automation_pipelines.reliability import pacing
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.tags import WILL_RETRY_TAG
+from automation_pipelines.reliability.tags import AUTOMATION_TAG, WILL_RETRY_TAG
 from automation_pipelines.webhooks import inbox
 
 MAX_EVENTS_PER_RUN = 2000
+#: Every round of Dagster's sensor daemon (every 5 s, a constant of its loop): an interval of 5 s
+#: would be missed by a hair every other round, a 10 s cadence.
+SENSOR_INTERVAL_SECONDS = 1
 MAX_RUNS_PER_TICK = 5
 #: A batch whose runs failed this many times is dead-lettered instead of run again.
 MAX_FAILED_RUNS = 3
@@ -39,6 +43,11 @@ RETRY_DECISION_WAIT_SECONDS = 60
 BATCH_TAG = "webhook_events/batch"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+WAITING = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+]
 
 
 def run_request(batch: str, run_key: str, events: int) -> dg.RunRequest:
@@ -60,6 +69,8 @@ class Decision:
     dead_batches: int = 0
     dead_events: int = 0
     left_for_next_tick: bool = False
+    #: New events wait for the run that waits to start, to go in the next (bigger) batch.
+    gathering: bool = False
 
     def sentence(self) -> str:
         return (
@@ -67,6 +78,11 @@ class Decision:
             f"{self.rerun_batches} failed batch(es) run again; {self.waiting_batches} batch(es) "
             f"in flight; {self.dead_batches} batch(es) dead-lettered ({self.dead_events} events)"
             + ("; more waiting for the next tick" if self.left_for_next_tick else "")
+            + (
+                "; new events gather for the next batch while a run waits to start"
+                if self.gathering
+                else ""
+            )
         )
 
 
@@ -129,19 +145,37 @@ def _review_batch(
     decision.requests.append(run_request(batch.batch, run_key, batch.rows))
 
 
+def _run_waiting_to_start(instance: dg.DagsterInstance) -> bool:
+    """A run of the automation is queued or starting: new events join the next batch."""
+    waiting = instance.get_run_records(
+        filters=dg.RunsFilter(tags={AUTOMATION_TAG: AUTOMATION.name}, statuses=WAITING),
+        limit=1,
+    )
+    return bool(waiting)
+
+
 def evaluate_inbox(
-    instance: dg.DagsterInstance, engine: sa.Engine, now: float
+    instance: dg.DagsterInstance,
+    engine: sa.Engine,
+    now: float,
+    max_runs: int = MAX_RUNS_PER_TICK,
 ) -> tuple[Decision, list[tuple[str, int, str]]]:
-    """This tick's run requests and the batches dead-lettered by it."""
+    """This tick's run requests (at most `max_runs`: the automation's pace may allow fewer
+    than the cap per tick) and the batches dead-lettered by it. New events become a batch only
+    while no run of the automation waits to start: under load they gather into bigger batches
+    instead of a queue of small runs, and a trickle still gets a run at every round."""
     decision = Decision(requests=[])
     dead: list[tuple[str, int, str]] = []
     for batch in inbox.in_flight_batches(engine):
-        if len(decision.requests) >= MAX_RUNS_PER_TICK:
+        if len(decision.requests) >= max_runs:
             decision.left_for_next_tick = True
             break
         _review_batch(instance, engine, batch, now, decision, dead)
 
-    room = MAX_RUNS_PER_TICK - len(decision.requests)
+    room = max_runs - len(decision.requests)
+    if room > 0 and _run_waiting_to_start(instance):
+        decision.gathering = bool(inbox.unbatched(engine, 1))
+        room = 0
     if room > 0:
         ids = [row.id for row in inbox.unbatched(engine, room * MAX_EVENTS_PER_RUN + 1)]
         if len(ids) > room * MAX_EVENTS_PER_RUN:
@@ -182,7 +216,7 @@ def alert_dead_batches(alerts: AlertRouter, instance, dead: list[tuple[str, int,
 @AUTOMATION.sensor(
     name="webhook_inbox_sensor",
     job=load_webhook_events_job,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
     description=(
         f"Turns new webhook inbox rows into load runs, at most {MAX_EVENTS_PER_RUN} events per "
         f"run and {MAX_RUNS_PER_TICK} runs per tick; runs failed batches again and dead-letters "
@@ -193,7 +227,9 @@ def webhook_inbox_sensor(
     context: dg.SensorEvaluationContext, warehouse: EventWarehouse, alerts: AlertRouter
 ):
     engine = warehouse.engine(context.instance)
-    decision, dead = evaluate_inbox(context.instance, engine, time.time())
+    decision, dead = evaluate_inbox(
+        context.instance, engine, time.time(), pacing.allowed_runs(MAX_RUNS_PER_TICK)
+    )
     if dead:
         alert_dead_batches(alerts, context.instance, dead)
     previous = json.loads(context.cursor) if context.cursor else {}
@@ -207,7 +243,11 @@ def webhook_inbox_sensor(
             sort_keys=True,
         )
     )
+    sentence = decision.sentence()
+    paced = pacing.current_pace()
+    if paced is not None and paced.allowed < MAX_RUNS_PER_TICK:
+        sentence = f"{sentence}; {paced.sentence()}"
     if not decision.requests:
-        return dg.SkipReason(f"nothing to run: {decision.sentence()}")
-    context.log.info(decision.sentence())
+        return dg.SkipReason(f"nothing to run: {sentence}")
+    context.log.info(sentence)
     return decision.requests

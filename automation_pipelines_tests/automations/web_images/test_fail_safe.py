@@ -229,8 +229,7 @@ def test_a_file_written_into_after_quarantine_is_looked_at_again(folders, engine
 
     # The sensor sees the change once it is quiet, and asks for a look again.
     now = quarantined.stat().st_mtime + 60
-    _, cursor, _ = sensors.evaluate_inbox(folders, None, now)
-    requests, _, _ = sensors.evaluate_inbox(folders, cursor, now + 15)
+    requests, _, _ = sensors.evaluate_inbox(folders, None, now)
     [request] = requests
     config = request.run_config["ops"]["render_web_images"]["config"]
     assert (config.get("files", []), config["revisit"]) == ([], ["upload.jpg"])
@@ -251,8 +250,7 @@ def test_files_of_every_kind_are_requested_and_none_sits_unseen(folders) -> None
     os.symlink("photo.jpg", folders.inbox / "link.jpg")
     quiet = time.time() + folders.quiet_seconds + 1
 
-    _, cursor, _ = sensors.evaluate_inbox(folders, None, quiet)
-    requests, _, _ = sensors.evaluate_inbox(folders, cursor, quiet + 15)
+    requests, _, _ = sensors.evaluate_inbox(folders, None, quiet)
 
     asked = sorted(
         f for r in requests for f in r.run_config["ops"]["render_web_images"]["config"]["files"]
@@ -344,4 +342,5 @@ def test_any_flipped_byte_of_a_png_is_quarantined(tmp_path, where, mask) -> None
     delivered, quarantined = _judged(tmp_path, bytes(data), "flip.png")
     assert delivered == [], at
     [(_, reason)] = quarantined
-    assert "corrupt" in reason or "not an image" in reason, (at, reason)
+    # A flipped chunk length makes the chunk run past the end: that reads as cut short.
+    assert any(word in reason for word in ("corrupt", "not an image", "truncated")), (at, reason)

@@ -1,7 +1,7 @@
-"""Inbox sensor scenarios: first files (taken on the second look), nothing new, a half-written
-file waits, a burst above the cap is split across ticks, own output and temp names ignored and
-every other file taken, a file is requested once, and the real sensor honours the circuit
-breaker.
+"""Inbox sensor scenarios: quiet files taken on the first look, a renamed file waits only its
+quiet time, nothing new, a half-written file waits, a burst above the cap is split across ticks,
+own output and temp names ignored and every other file taken, a file is requested once, and the
+real sensor honours the circuit breaker.
 
 With the real sensor on a real instance (runs created the way the daemon creates them, carrying
 the request's run key): a file whose run failed is requested again after a backoff counted from
@@ -53,14 +53,26 @@ def files_of(requests) -> list[list[str]]:
     return [r.run_config["ops"]["render_web_images"]["config"]["files"] for r in requests]
 
 
-def test_first_files_are_taken_on_the_second_look(folders) -> None:
+def test_quiet_files_are_taken_on_the_first_look(folders) -> None:
     drop(folders, "a.jpg", mtime=1)
     drop(folders, "trip/b.JPG", mtime=2)
-    requests, cursor, sentence = sensors.evaluate_inbox(folders, None, NOW)
-    assert requests == [] and "2 still being written" in sentence
-    requests, cursor, _ = sensors.evaluate_inbox(folders, cursor, NOW + 15)
+    requests, cursor, _ = sensors.evaluate_inbox(folders, None, NOW)
     assert files_of(requests) == [["a.jpg", "trip/b.JPG"]]
     assert requests[0].run_key.startswith("photos-")
+    again, _, sentence = sensors.evaluate_inbox(folders, cursor, NOW + 5)
+    assert again == [] and "2 waiting for their run" in sentence
+
+
+def test_a_file_renamed_in_waits_for_its_quiet_time_only(tmp_path) -> None:
+    """Its mtime may be old (a finished upload renamed in); its ctime is the rename."""
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=2.0)
+    folders.inbox.mkdir(parents=True)
+    drop(folders, "old.jpg", mtime=1)
+    renamed = os.lstat(folders.inbox / "old.jpg").st_ctime
+    requests, cursor, sentence = sensors.evaluate_inbox(folders, None, renamed + 1.0)
+    assert requests == [] and "1 still being written (changed in the last 2 s" in sentence
+    requests, _, _ = sensors.evaluate_inbox(folders, cursor, renamed + 2.05)
+    assert files_of(requests) == [["old.jpg"]]
 
 
 def test_nothing_new(folders) -> None:
@@ -70,15 +82,30 @@ def test_nothing_new(folders) -> None:
     assert "0 file(s) in 0 run(s)" in sentence
 
 
-def test_half_written_file_waits_until_it_stops_changing(folders) -> None:
-    path = drop(folders, "big.jpg", b"x" * 100, mtime=10)
-    _, cursor, _ = sensors.evaluate_inbox(folders, None, NOW)
-    path.write_bytes(b"x" * 200)  # the copy is still going
-    os.utime(path, ns=(20, 20))
-    requests, cursor, sentence = sensors.evaluate_inbox(folders, cursor, NOW + 15)
+def test_half_written_file_waits_until_it_stops_changing(tmp_path) -> None:
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=2.0)
+    folders.inbox.mkdir(parents=True)
+    path = drop(folders, "big.jpg", b"x" * 100)
+    requests, cursor, sentence = sensors.evaluate_inbox(folders, None, time.time())
     assert requests == [] and "1 still being written" in sentence
-    requests, cursor, _ = sensors.evaluate_inbox(folders, cursor, NOW + 30)
+    with path.open("ab") as copy:  # the copy is still going
+        copy.write(b"x" * 100)
+    written = os.lstat(path).st_ctime
+    requests, cursor, _ = sensors.evaluate_inbox(folders, cursor, written + 1.5)
+    assert requests == []
+    requests, cursor, _ = sensors.evaluate_inbox(folders, cursor, written + 2.05)
     assert files_of(requests) == [["big.jpg"]]
+
+
+def test_a_file_seen_different_on_the_last_look_waits_for_the_next(folders) -> None:
+    """Quiet by its times, yet not what the last look saw: taken once two looks agree."""
+    path = drop(folders, "a.jpg", b"x" * 100, mtime=10)
+    seen = {"seen": {"a.jpg": [50, 10]}, "requested": {}}
+    requests, cursor, sentence = sensors.evaluate_inbox(folders, json.dumps(seen), NOW)
+    assert requests == [] and "1 still being written" in sentence
+    assert path.stat().st_size == 100
+    requests, _, _ = sensors.evaluate_inbox(folders, cursor, NOW + 5)
+    assert files_of(requests) == [["a.jpg"]]
 
 
 def test_burst_above_the_cap_is_split_across_ticks(folders) -> None:
@@ -86,8 +113,7 @@ def test_burst_above_the_cap_is_split_across_ticks(folders) -> None:
     total = per_tick + 30
     for n in range(total):
         drop(folders, f"burst/{n:04d}.jpg", mtime=n + 1)
-    _, cursor, _ = sensors.evaluate_inbox(folders, None, NOW)
-    first, cursor, sentence = sensors.evaluate_inbox(folders, cursor, NOW + 15)
+    first, cursor, sentence = sensors.evaluate_inbox(folders, None, NOW)
     assert [len(f) for f in files_of(first)] == [
         sensors.MAX_FILES_PER_RUN
     ] * sensors.MAX_RUNS_PER_TICK
@@ -126,8 +152,7 @@ def test_own_output_and_temp_names_are_ignored_other_files_taken(tmp_path) -> No
 
 def test_a_file_whose_run_is_gone_is_requested_again_after_a_long_wait(folders) -> None:
     drop(folders, "a.jpg", mtime=1)
-    _, cursor, _ = sensors.evaluate_inbox(folders, None, NOW)
-    first, cursor, _ = sensors.evaluate_inbox(folders, cursor, NOW + 15)
+    first, cursor, _ = sensors.evaluate_inbox(folders, None, NOW + 15)
     again, cursor, _ = sensors.evaluate_inbox(folders, cursor, NOW + 30)
     assert len(first) == 1 and again == []
     late = NOW + 30 + sensors.REQUEST_AGAIN_AFTER_SECONDS
@@ -147,10 +172,8 @@ def test_real_sensor_honours_the_breaker(folders, sqlite_instance) -> None:
         )
         return sensors.photo_inbox_sensor(context), context.cursor
 
-    result, cursor = tick(None)
-    assert isinstance(result, dg.SkipReason) and "1 still being written" in result.skip_message
     breaker.pause(breaker.engine_for(sqlite_instance), "web_images", "test", by="test")
-    result, _ = tick(cursor)
+    result, cursor = tick(None)
     assert isinstance(result, dg.SkipReason) and "web_images is paused" in result.skip_message
     breaker.resume(breaker.engine_for(sqlite_instance), "web_images")
     result, _ = tick(cursor)
@@ -215,8 +238,7 @@ def end(instance, run, seconds_ago: float, *, will_retry: bool = False, failed: 
 def first_request(instance, folders, *names: str) -> tuple[dg.RunRequest, str]:
     for name in names:
         drop(folders, name, mtime=len(name))
-    _, cursor = tick(instance, folders, None)
-    result, cursor = tick(instance, folders, cursor)
+    result, cursor = tick(instance, folders, None)
     [request] = requested(result)
     return request, cursor
 
@@ -228,7 +250,6 @@ def test_a_failed_run_is_requested_again_after_backoff_under_a_new_run_key(
     request_a, cursor = first_request(instance, folders, "a.jpg")
     run_a = launch(instance, request_a)
     drop(folders, "b.jpg", mtime=7)
-    _, cursor = tick(instance, folders, cursor)
     result, cursor = tick(instance, folders, cursor)
     [request_b] = requested(result)
     run_b = launch(instance, request_b)
@@ -379,10 +400,11 @@ def test_an_unreadable_folder_is_named_and_looked_at_again(
         return real(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    _, cursor = tick(sqlite_instance, folders, None)
-    result, cursor = tick(sqlite_instance, folders, cursor)
+    result, cursor = tick(sqlite_instance, folders, None)
     assert files_of(requested(result)) == [["ok.jpg"]]
+    assert "unreadable, looked at again next tick" in skipped(
+        tick(sqlite_instance, folders, cursor)[0]
+    )
     locked["now"] = False
-    _, cursor = tick(sqlite_instance, folders, cursor)
     result, cursor = tick(sqlite_instance, folders, cursor)
     assert files_of(requested(result)) == [["locked/a.jpg"]]

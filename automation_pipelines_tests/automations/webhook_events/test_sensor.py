@@ -111,6 +111,42 @@ def test_running_batch_is_left_alone(sqlite_instance, engine) -> None:
     assert decision.requests == [] and decision.waiting_batches == 1
 
 
+def test_new_events_gather_while_a_run_waits_to_start(sqlite_instance, engine) -> None:
+    """Under load runs batch more: while a load run is queued, new events wait for the next
+    batch instead of lining up as one small run each; a running run does not hold them."""
+    _seed(engine, 3)
+    [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
+    run = sqlite_instance.create_run_for_job(  # as the daemon makes it: the job's tags too
+        load_webhook_events_job,
+        run_config=request.run_config,
+        tags={**load_webhook_events_job.tags, **request.tags},
+        status=dg.DagsterRunStatus.NOT_STARTED,
+    )
+    _seed(engine, 4, prefix="later")
+    waiting, _ = evaluate_inbox(sqlite_instance, engine, NOW + 5)
+    assert waiting.requests == [] and waiting.gathering
+    assert "new events gather for the next batch" in waiting.sentence()
+    _seed(engine, 5, prefix="more")
+    sqlite_instance.handle_run_event(
+        run.run_id,
+        dg.DagsterEvent(
+            event_type_value=dg.DagsterEventType.RUN_START.value,
+            job_name=run.job_name,
+        ),
+    )
+    started, _ = evaluate_inbox(sqlite_instance, engine, NOW + 10)
+    [bigger] = started.requests
+    assert started.new_events == 9 and not started.gathering
+    assert bigger.tags["webhook_events/events"] == "9"
+
+
+def test_the_pace_caps_the_runs_of_a_tick(sqlite_instance, engine) -> None:
+    _seed(engine, MAX_EVENTS_PER_RUN * 3)
+    decision, _ = evaluate_inbox(sqlite_instance, engine, NOW, max_runs=1)
+    assert len(decision.requests) == 1 and decision.left_for_next_tick
+    assert decision.new_events == MAX_EVENTS_PER_RUN
+
+
 def test_failed_batch_runs_again_then_is_dead_lettered(
     sqlite_instance, engine, events_db_url, alert_routes, monkeypatch, json_receiver
 ) -> None:
