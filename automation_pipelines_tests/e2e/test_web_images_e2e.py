@@ -1,6 +1,6 @@
 """Web images with the real daemon and the project's own code location: a photo dropped in the
 inbox appears as web images in the output folder, and the original moves to processed/; a
-corpus of 70 kinds of input is published right or quarantined with reasons, and the sensor keeps
+corpus of 78 kinds of input is published right or quarantined with reasons, and the sensor keeps
 taking photos after it."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_dropped_photo_becomes_web_images(dagster_processes, tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(420)
-def test_a_corpus_of_70_kinds_through_the_daemon(dagster_processes, tmp_path: Path) -> None:
+def test_a_corpus_of_78_kinds_through_the_daemon(dagster_processes, tmp_path: Path) -> None:
     """Every good input published right, every other one quarantined with its reason (the cut
     files after their upload grace), every run a success, and the sensor still taking photos."""
     root = tmp_path / "photos"

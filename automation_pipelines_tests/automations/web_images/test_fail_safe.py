@@ -1,6 +1,6 @@
 """Nothing wrong is ever published, and one bad file never takes the good ones with it.
 
-A corpus of 70 broken and unusual inputs in one batch: every output decodes, shows its own
+A corpus of 78 broken and unusual inputs in one batch: every output decodes, shows its own
 source upright and belongs to one source; every other input is quarantined alone, with its
 reason and one open dead letter. Then each finding on its own: two sources with one stem, a PNG
 whose picture data is damaged, a photo re-dropped smaller, a screenshot too tall for WebP, an
@@ -83,7 +83,7 @@ def published(folders: PhotoFolders) -> list[str]:
     )
 
 
-def test_a_corpus_of_70_kinds_publishes_only_right_pictures(folders, engine) -> None:
+def test_a_corpus_of_78_kinds_publishes_only_right_pictures(folders, engine) -> None:
     cases = corpus.build()
     assert len(cases) >= 60
     corpus.stage(cases, folders.inbox)
