@@ -40,6 +40,10 @@ LOST_REQUEST_SECONDS = 30
 RETRY_WAIT_SECONDS = 300
 #: How long a failed run may go without Dagster's will-retry decision before we decide.
 RETRY_DECISION_WAIT_SECONDS = 60
+#: New events gather for the next batch only behind a run created this recently. One that has
+#: waited longer is not about to start (a run orphaned in STARTING by a killed daemon waits for
+#: run monitoring's start timeout, minutes), and events must not wait with it.
+GATHER_AT_MOST_SECONDS = 30
 BATCH_TAG = "webhook_events/batch"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -145,10 +149,15 @@ def _review_batch(
     decision.requests.append(run_request(batch.batch, run_key, batch.rows))
 
 
-def _run_waiting_to_start(instance: dg.DagsterInstance) -> bool:
-    """A run of the automation is queued or starting: new events join the next batch."""
+def _run_waiting_to_start(instance: dg.DagsterInstance, now: float) -> bool:
+    """A run of the automation, created in the last `GATHER_AT_MOST_SECONDS`, is queued or
+    starting: new events join the next batch."""
     waiting = instance.get_run_records(
-        filters=dg.RunsFilter(tags={AUTOMATION_TAG: AUTOMATION.name}, statuses=WAITING),
+        filters=dg.RunsFilter(
+            tags={AUTOMATION_TAG: AUTOMATION.name},
+            statuses=WAITING,
+            created_after=datetime.fromtimestamp(now - GATHER_AT_MOST_SECONDS, tz=UTC),
+        ),
         limit=1,
     )
     return bool(waiting)
@@ -173,7 +182,7 @@ def evaluate_inbox(
         _review_batch(instance, engine, batch, now, decision, dead)
 
     room = max_runs - len(decision.requests)
-    if room > 0 and _run_waiting_to_start(instance):
+    if room > 0 and _run_waiting_to_start(instance, now):
         decision.gathering = bool(inbox.unbatched(engine, 1))
         room = 0
     if room > 0:

@@ -16,6 +16,7 @@ from automation_pipelines.automations.webhook_events.jobs import load_webhook_ev
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.automations.webhook_events.sensors import (
     BATCH_TAG,
+    GATHER_AT_MOST_SECONDS,
     MAX_EVENTS_PER_RUN,
     MAX_RUNS_PER_TICK,
     evaluate_inbox,
@@ -138,6 +139,28 @@ def test_new_events_gather_while_a_run_waits_to_start(sqlite_instance, engine) -
     [bigger] = started.requests
     assert started.new_events == 9 and not started.gathering
     assert bigger.tags["webhook_events/events"] == "9"
+
+
+@pytest.mark.parametrize("status", [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING])
+def test_a_run_stuck_waiting_to_start_does_not_hold_new_events(
+    sqlite_instance, engine, status
+) -> None:
+    """A run orphaned in STARTING (its daemon was killed) waits minutes for run monitoring;
+    events that come meanwhile get a run of their own as soon as the run is no longer young."""
+    _seed(engine, 3)
+    [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
+    sqlite_instance.create_run_for_job(
+        load_webhook_events_job,
+        run_config=request.run_config,
+        tags={**load_webhook_events_job.tags, **request.tags},
+        status=status,
+    )
+    _seed(engine, 4, prefix="later")
+    young, _ = evaluate_inbox(sqlite_instance, engine, time.time())
+    assert young.requests == [] and young.gathering
+    old, _ = evaluate_inbox(sqlite_instance, engine, time.time() + GATHER_AT_MOST_SECONDS + 1)
+    [fresh] = old.requests
+    assert old.new_events == 4 and not old.gathering and fresh.tags["webhook_events/events"] == "4"
 
 
 def test_the_pace_caps_the_runs_of_a_tick(sqlite_instance, engine) -> None:
