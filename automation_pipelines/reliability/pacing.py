@@ -124,6 +124,14 @@ def current_pace() -> Pace | None:
     return _current.get()
 
 
+def with_pace(sentence: str, cap: int) -> str:
+    """A tick's `sentence`, with the pace added when it held the sensor below its `cap`."""
+    current = _current.get()
+    if current is None or current.allowed >= cap:
+        return sentence
+    return f"{sentence}; {current.sentence()}"
+
+
 def count_requests(result) -> int:
     """Run requests in what a sensor function returned or yielded."""
     if isinstance(result, dg.RunRequest):

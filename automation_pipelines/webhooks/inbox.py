@@ -122,6 +122,12 @@ def unbatched(engine: sa.Engine, limit: int) -> Sequence[sa.Row]:
         return conn.execute(query).all()
 
 
+def newest_id(engine: sa.Engine) -> int | None:
+    """The id of the newest row: it moves with every event stored (one index lookup)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.max(inbox_table.c.id))).scalar()
+
+
 def assign_batch(engine: sa.Engine, ids: Sequence[int], batch: str, now: float) -> int:
     """Hand rows to a batch; rows another tick took meanwhile are left alone."""
     with engine.begin() as conn:

@@ -8,12 +8,14 @@ from pathlib import Path
 import dagster as dg
 
 from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines.reliability import listening
 
 ROOT_ENV = "WEB_IMAGES_ROOT"
 MARGIN_ENV = "WEB_IMAGES_FREE_SPACE_MARGIN_MB"
 DEFAULT_MARGIN_MB = 100.0
 QUIET_ENV = "WEB_IMAGES_QUIET_SECONDS"
 DEFAULT_QUIET_SECONDS = 1.0
+LISTEN_ENV = "WEB_IMAGES_LISTEN_SECONDS"
 GRACE_ENV = "WEB_IMAGES_TRUNCATED_GRACE_SECONDS"
 DEFAULT_GRACE_SECONDS = 300.0
 
@@ -32,17 +34,22 @@ class PhotoFolders(dg.ConfigurableResource):
     #: A file that ends early (an upload that stalled) waits this long after its last change
     #: before it is quarantined as truncated.
     truncated_grace_seconds: float = DEFAULT_GRACE_SECONDS
+    #: A tick that finds nothing keeps watching the inbox this long (see
+    #: `reliability.listening`); 0 looks once per tick of the daemon (every 5 s).
+    listen_seconds: float = 0.0
 
     @classmethod
     def from_env(cls) -> PhotoFolders:
         """$WEB_IMAGES_ROOT, else `data/web_images` in the project (git-ignored);
         $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB; $WEB_IMAGES_QUIET_SECONDS, else 1 s;
-        $WEB_IMAGES_TRUNCATED_GRACE_SECONDS, else 300 s."""
+        $WEB_IMAGES_TRUNCATED_GRACE_SECONDS, else 300 s; $WEB_IMAGES_LISTEN_SECONDS, else
+        3.5 s (0 turns listening off)."""
         return cls(
             root=os.environ.get(ROOT_ENV) or str(PROJECT_ROOT / "data" / "web_images"),
             free_space_margin_mb=float(os.environ.get(MARGIN_ENV) or DEFAULT_MARGIN_MB),
             quiet_seconds=float(os.environ.get(QUIET_ENV) or DEFAULT_QUIET_SECONDS),
             truncated_grace_seconds=float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_SECONDS),
+            listen_seconds=float(os.environ.get(LISTEN_ENV) or listening.DEFAULT_WINDOW_SECONDS),
         )
 
     @property

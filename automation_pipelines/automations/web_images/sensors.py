@@ -5,8 +5,10 @@ A file is taken on the first look at which it has not changed for `quiet_seconds
 and ctime: a file renamed in counts as changed then, and a copy that keeps a source's mtime
 still moves its ctime with every write), and is not seen different from the previous look,
 and it does not carry a temp or hidden name. No second look is waited for: that would cost a
-whole sensor interval per photo. Quiet is not proof an upload is finished (one can stall for
-minutes), so the run decodes it whole: a file that ends early waits in the inbox for its
+whole sensor interval per photo. A tick that finds nothing listens for `listen_seconds` (see
+`reliability.listening`): a photo renamed in meanwhile is taken by that tick as soon as it is
+quiet, not at the daemon's next round. Quiet is not proof an upload is finished (one can stall
+for minutes), so the run decodes it whole: a file that ends early waits in the inbox for its
 grace period after its last change (a note in `.waiting/`, shown in the tick), and is only then
 quarantined. Every other file is requested whatever its name or kind (a GIF, a symlink, a
 `notes.txt`), so the run quarantines it with a reason instead of it lying in the inbox unseen.
@@ -47,7 +49,7 @@ from automation_pipelines.automations.web_images.batch import read_waiting_note
 from automation_pipelines.automations.web_images.images import IMAGE_SUFFIXES
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import PhotoFolders
-from automation_pipelines.reliability import pacing
+from automation_pipelines.reliability import listening, pacing
 from automation_pipelines.reliability.files import (
     REASON_SUFFIX,
     changed_since_quarantine,
@@ -214,15 +216,27 @@ class _Area:
     truncated: list[str] = field(default_factory=list)
 
 
-def evaluate_inbox(
+@dataclass
+class Look:
+    """One look at the inbox: what to request, the new cursor, the tick's sentence, and how
+    many files are still settling (they may become quiet within a listening tick)."""
+
+    requests: list[dg.RunRequest]
+    cursor: str
+    sentence: str
+    settling: int
+
+
+def look(
     folders: PhotoFolders,
     cursor: str | None,
     now: float,
     runs: RunLookup = lambda run_key: None,
     max_runs: int = MAX_RUNS_PER_TICK,
-) -> tuple[list[dg.RunRequest], str, str]:
+) -> Look:
     """The run requests for this tick (at most `max_runs`: the automation's pace may allow
-    fewer than the cap per tick), the new cursor and a sentence for the tick's log."""
+    fewer than the cap per tick), the new cursor, a sentence for the tick's log and how many
+    files are settling."""
     state = json.loads(cursor) if cursor else {}
     notes = ScanNotes()
     inbox = _Area(
@@ -300,7 +314,22 @@ def evaluate_inbox(
         sentence = f"{space_note}; {sentence}"
     elif not requests:
         sentence = f"nothing to do: {sentence}"
-    return requests, new_cursor, sentence
+    return Look(requests, new_cursor, sentence, inbox.settling + changed.settling)
+
+
+def evaluate_inbox(*args, **kwargs) -> tuple[list[dg.RunRequest], str, str]:
+    """`look`'s requests, cursor and sentence, for a caller that needs no settling count."""
+    found = look(*args, **kwargs)
+    return found.requests, found.cursor, found.sentence
+
+
+def inbox_stamp(folders: PhotoFolders) -> int | None:
+    """Moves when a file is made, renamed in or removed at the top of the inbox (a file in a
+    sub-folder is seen at the next tick, or with any file that settles meanwhile)."""
+    try:
+        return os.stat(folders.inbox).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _requests(
@@ -426,19 +455,35 @@ def _fit_free_space(
     ),
 )
 def photo_inbox_sensor(context: dg.SensorEvaluationContext, folders: PhotoFolders):
-    now = time.time()
-    requests, cursor, sentence = evaluate_inbox(
-        folders,
-        context.cursor,
-        now,
-        runs=lambda key: run_outcome(context.instance, key, now),
-        max_runs=pacing.allowed_runs(MAX_RUNS_PER_TICK),
+    max_runs = pacing.allowed_runs(MAX_RUNS_PER_TICK)
+    cursor = context.cursor
+
+    def look_now() -> Look:
+        nonlocal cursor
+        now = time.time()
+        found = look(
+            folders,
+            cursor,
+            now,
+            runs=lambda key: run_outcome(context.instance, key, now),
+            max_runs=max_runs,
+        )
+        cursor = found.cursor
+        return found
+
+    listened = listening.listen(
+        look_now,
+        has_work=lambda found: bool(found.requests),
+        stamp=lambda: inbox_stamp(folders),
+        window=folders.listen_seconds,
+        due_soon=lambda found: found.settling > 0,
     )
-    paced = pacing.current_pace()
-    if paced is not None and paced.allowed < MAX_RUNS_PER_TICK:
-        sentence = f"{sentence}; {paced.sentence()}"
-    context.update_cursor(cursor)
-    if not requests:
+    found = listened.look
+    sentence = pacing.with_pace(found.sentence, MAX_RUNS_PER_TICK)
+    if folders.listen_seconds:
+        sentence = f"{sentence}; {listened.sentence()}"
+    context.update_cursor(found.cursor)
+    if not found.requests:
         return dg.SkipReason(sentence)
     context.log.info(sentence)
-    return requests
+    return found.requests

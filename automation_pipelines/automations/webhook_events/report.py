@@ -7,9 +7,9 @@ gives the same table rows and the same CSV bytes.
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events import AUTOMATION
@@ -18,6 +18,9 @@ from automation_pipelines.automations.webhook_events.resources import EventWareh
 from automation_pipelines.automations.webhook_events.warehouse import SCHEMAS, events_table
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.errors import DATABASE, TransientError
+
+if TYPE_CHECKING:  # pandas is imported when a report is made: a run worker of another job
+    import pandas as pd  # starts faster without it
 from automation_pipelines.reliability.files import atomic_write_bytes
 from automation_pipelines.reliability.hooks import alert_on_failure_hook
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, EXPECT_SUCCESS_TAG
@@ -52,8 +55,10 @@ def _day_bounds(day: str) -> tuple[float, float]:
     return start.timestamp(), (start + timedelta(days=1)).timestamp()
 
 
-def build_report(engine: sa.Engine, day: str) -> pd.DataFrame:
+def build_report(engine: sa.Engine, day: str) -> "pd.DataFrame":
     """The report rows for one UTC day, sorted, with figures as canonical JSON."""
+    import pandas as pd
+
     start, end = _day_bounds(day)
     window = sa.and_(events_table.c.received_at >= start, events_table.c.received_at < end)
     with engine.connect() as conn:
@@ -122,7 +127,7 @@ def waiting_in_inbox(engine: sa.Engine, day: str) -> int:
         return conn.execute(query).scalar_one()
 
 
-def store_report(engine: sa.Engine, day: str, frame: pd.DataFrame) -> None:
+def store_report(engine: sa.Engine, day: str, frame: "pd.DataFrame") -> None:
     """Replace the day's rows in one transaction."""
     with engine.begin() as conn:
         conn.execute(report_table.delete().where(report_table.c.day == day))
@@ -171,7 +176,7 @@ def webhook_daily_report(
     store_report(engine, day, frame)
     path = warehouse.reports / f"{day}.csv"
     atomic_write_bytes(path, frame.to_csv(index=False, lineterminator="\n").encode())
-    per_source = frame.groupby("source")["events"].sum() if not frame.empty else pd.Series()
+    per_source = frame.groupby("source")["events"].sum() if not frame.empty else {}
     return dg.MaterializeResult(
         metadata={
             "events": dg.MetadataValue.int(int(frame["events"].sum()) if not frame.empty else 0),

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from automation_pipelines.automations.webhook_events import AUTOMATION
 from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
-from automation_pipelines.reliability import pacing
+from automation_pipelines.reliability import listening, pacing
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, WILL_RETRY_TAG
 from automation_pipelines.webhooks import inbox
@@ -236,9 +236,16 @@ def webhook_inbox_sensor(
     context: dg.SensorEvaluationContext, warehouse: EventWarehouse, alerts: AlertRouter
 ):
     engine = warehouse.engine(context.instance)
-    decision, dead = evaluate_inbox(
-        context.instance, engine, time.time(), pacing.allowed_runs(MAX_RUNS_PER_TICK)
+    max_runs = pacing.allowed_runs(MAX_RUNS_PER_TICK)
+    listened = listening.listen(
+        lambda: evaluate_inbox(context.instance, engine, time.time(), max_runs),
+        has_work=lambda found: bool(found[0].requests or found[1]),
+        stamp=lambda: inbox.newest_id(engine),
+        window=warehouse.listen_seconds,
+        # The run new events gather behind may start at any moment: look at every poll.
+        due_soon=lambda found: found[0].gathering,
     )
+    decision, dead = listened.look
     if dead:
         alert_dead_batches(alerts, context.instance, dead)
     previous = json.loads(context.cursor) if context.cursor else {}
@@ -252,10 +259,9 @@ def webhook_inbox_sensor(
             sort_keys=True,
         )
     )
-    sentence = decision.sentence()
-    paced = pacing.current_pace()
-    if paced is not None and paced.allowed < MAX_RUNS_PER_TICK:
-        sentence = f"{sentence}; {paced.sentence()}"
+    sentence = pacing.with_pace(decision.sentence(), MAX_RUNS_PER_TICK)
+    if warehouse.listen_seconds:
+        sentence = f"{sentence}; {listened.sentence()}"
     if not decision.requests:
         return dg.SkipReason(f"nothing to run: {sentence}")
     context.log.info(sentence)

@@ -21,13 +21,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.currencies import exponent
 from automation_pipelines.reliability import store
 from automation_pipelines.webhooks.inbox import data_refusal
+
+if TYPE_CHECKING:  # pandas is imported where a report is made, not by every run worker
+    import pandas as pd
 from automation_pipelines.webhooks.payloads import PayloadError, json_type, parse_object
 
 

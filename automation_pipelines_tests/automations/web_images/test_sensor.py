@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from automation_pipelines.automations.web_images import sensors
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability import breaker
+from automation_pipelines.reliability.listening import POLL_SECONDS
 from automation_pipelines.reliability.tags import WILL_RETRY_TAG
 
 NOW = 1_800_000_000.0
@@ -408,3 +410,36 @@ def test_an_unreadable_folder_is_named_and_looked_at_again(
     locked["now"] = False
     result, cursor = tick(sqlite_instance, folders, cursor)
     assert files_of(requested(result)) == [["locked/a.jpg"]]
+
+
+# -- listening ticks -----------------------------------------------------------------------------
+
+
+def test_a_listening_tick_takes_a_photo_renamed_in_during_the_tick(tmp_path, sqlite_instance):
+    """A tick that finds nothing keeps watching: a photo renamed in while it listens is requested
+    by that same tick, once quiet, instead of waiting for the daemon's next round; one that is
+    still being written when the window ends is left for the next tick."""
+    import threading
+
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.5, listen_seconds=3.0)
+    folders.inbox.mkdir(parents=True)
+    staged = tmp_path / "staged.jpg"
+    staged.write_bytes(b"\xff\xd8jpeg")
+    threading.Timer(0.4, os.replace, (staged, folders.inbox / "late.jpg")).start()
+    result, cursor = tick(sqlite_instance, folders, None)
+    assert files_of(requested(result)) == [["late.jpg"]]
+    message = skipped(tick(sqlite_instance, folders, cursor)[0])
+    assert "0 file(s) in 0 run(s)" in message and "1 waiting for their run" in message
+    listened = re.search(r"listened ([0-9.]+) s, 1 look", message)
+    assert listened and float(listened[1]) >= 3.0 - POLL_SECONDS  # the window, nothing new
+
+
+def test_a_listening_tick_leaves_a_file_still_written_at_its_end(tmp_path, sqlite_instance):
+    import threading
+
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=5.0, listen_seconds=1.0)
+    folders.inbox.mkdir(parents=True)
+    threading.Timer(0.2, drop, (folders, "slow.jpg")).start()
+    message = skipped(tick(sqlite_instance, folders, None)[0])
+    assert "1 still being written" in message
+    assert "look(s)" in message and "listened 1 look(s)" not in message

@@ -5,6 +5,7 @@ its third failed run (with one alert), a replayed event batched anew, and the pa
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import dagster as dg
@@ -25,6 +26,7 @@ from automation_pipelines.automations.webhook_events.sensors import (
 from automation_pipelines.reliability import breaker, store
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import open_dead_letters
+from automation_pipelines.reliability.listening import POLL_SECONDS
 from automation_pipelines.reliability.tags import WILL_RETRY_TAG
 from automation_pipelines.webhooks import inbox
 from automation_pipelines_tests.automations.webhook_events.events import push, seed
@@ -243,3 +245,28 @@ def test_paused_automation_requests_nothing(sqlite_instance, events_db_url, engi
     assert isinstance(result, dg.SkipReason)
     assert "paused" in result.skip_message and "maintenance" in result.skip_message
     assert len(inbox.unbatched(engine, 10)) == 2
+
+
+def test_a_listening_tick_takes_events_stored_during_the_tick(
+    sqlite_instance, events_db_url, engine
+) -> None:
+    """A tick that finds nothing keeps watching the inbox: events stored while it listens go in
+    a run requested by that same tick; with nothing new it listens its whole window."""
+    import threading
+
+    context = dg.build_sensor_context(
+        instance=sqlite_instance,
+        resources={
+            "warehouse": EventWarehouse(
+                database_url=events_db_url, reports_dir="unused", listen_seconds=3.0
+            ),
+            "alerts": AlertRouter(database_url=events_db_url),
+        },
+    )
+    threading.Timer(0.5, _seed, (engine, 3)).start()
+    [request] = webhook_inbox_sensor(context)
+    assert request.tags["webhook_events/events"] == "3"
+    quiet = webhook_inbox_sensor(context)
+    assert isinstance(quiet, dg.SkipReason)
+    listened = re.search(r"listened ([0-9.]+) s, 1 look", quiet.skip_message)
+    assert listened and float(listened[1]) >= 3.0 - POLL_SECONDS  # the window, nothing new

@@ -1,0 +1,80 @@
+"""Listening sensors: a tick that finds nothing to do keeps watching for a while instead of
+returning at once.
+
+Dagster's sensor daemon goes round every 5 s (a constant of its loop), so a sensor that looks
+once per round sees an event 2.5 s late on average, and a file that needs a quiet second after
+it lands waits a whole extra round when the round comes too early. A listening tick looks, and
+while the look finds nothing to request it watches a cheap stamp (a folder's mtime, an inbox's
+newest row) and looks again the moment the stamp moves, or at every poll while the last look
+said something is about to become due (a file settling, a run about to start). It returns as
+soon as a look has work, or when its window ends. The window stays well inside the daemon's
+round so the next round finds the tick finished and starts the next one: the sensor is watching
+about `window / 5 s` of the time, and an event in the gap is seen at the start of the next tick.
+
+A window of 0 looks once, as a plain sensor does; resources made in code (tests) default to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+#: The daemon's round (`MIN_INTERVAL_LOOP_TIME` in Dagster's sensor daemon).
+DAEMON_ROUND_SECONDS = 5.0
+#: The window the automations' settings default to: the rest of the round is the margin for the
+#: tick's own writes and the daemon's bookkeeping, so the next round never finds it running.
+DEFAULT_WINDOW_SECONDS = 3.5
+#: How often the stamp is read while listening.
+POLL_SECONDS = 0.2
+
+Look = TypeVar("Look")
+
+
+@dataclass
+class Listened(Generic[Look]):
+    """The last look of a tick, and how many looks and seconds it took."""
+
+    look: Look
+    looks: int
+    seconds: float
+
+    def sentence(self) -> str:
+        return f"listened {self.seconds:.1f} s, {self.looks} look(s)"
+
+
+def listen(
+    look: Callable[[], Look],
+    has_work: Callable[[Look], bool],
+    stamp: Callable[[], Hashable],
+    window: float,
+    *,
+    due_soon: Callable[[Look], bool] = lambda _look: False,
+    poll: float = POLL_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Listened[Look]:
+    """Look, and while the look has no work and `window` seconds have not passed, look again
+    whenever `stamp()` changes or, at every poll, while `due_soon(last look)`.
+
+    The stamp is read before each look, so a change during a look is seen at the next poll.
+    """
+    if window > DAEMON_ROUND_SECONDS - 1:
+        raise ValueError(
+            f"a listening window of {window} s would still run when the daemon's next round "
+            f"({DAEMON_ROUND_SECONDS:.0f} s) comes, and that round would skip the sensor: keep "
+            f"it at most {DAEMON_ROUND_SECONDS - 1:.0f} s"
+        )
+    start = clock()
+    mark = stamp()
+    result = look()
+    looks = 1
+    while not has_work(result) and clock() + poll <= start + window:
+        sleep(poll)
+        now_mark = stamp()
+        if now_mark != mark or due_soon(result):
+            mark = now_mark
+            result = look()
+            looks += 1
+    return Listened(result, looks, clock() - start)
