@@ -34,7 +34,8 @@ def test_local_instance_settings(sqlite_instance: dg.DagsterInstance) -> None:
     queue = instance.run_coordinator.get_run_queue_config()
     assert queue.max_concurrent_runs == 4
     assert queue.tag_concurrency_limits == [
-        {"key": "automation", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        {"key": "automation/serial", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+        {"key": "automation", "value": "web_images", "limit": 2},
     ]
     assert instance.run_monitoring_enabled
     assert instance.run_monitoring_max_resume_run_attempts == 0

@@ -30,6 +30,7 @@ from automation_pipelines.reliability.tags import (
     OWNER_TAG,
     RETRY_ON_OP_FAILURE_TAG,
     RUNBOOK_PREFIX,
+    SERIAL_TAG,
 )
 
 #: Trigger metadata: the automation whose switch the trigger checks before it requests a run.
@@ -77,6 +78,11 @@ class Automation:
     expect: Expectation | None = None
     max_runtime_seconds: int = 3600
     breaker_after_failures: int = 5
+    #: Runs that may run at once. 1 (the default): runs never overlap (the instance limits the
+    #: `automation/serial` tag). More only for an automation whose runs cannot clash (their own
+    #: lock, idempotent writes): the next run's process then starts while one still works, and
+    #: dagster.yaml gives the automation its own limit.
+    side_by_side: int = 1
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -87,6 +93,8 @@ class Automation:
             raise ValueError(f"automation {self.name!r}: max_runtime_seconds must be positive")
         if self.breaker_after_failures < 1:
             raise ValueError(f"automation {self.name!r}: breaker_after_failures must be >= 1")
+        if self.side_by_side < 1:
+            raise ValueError(f"automation {self.name!r}: side_by_side must be >= 1")
 
     @classmethod
     def here(cls, module_file: str, *, owner: str, **settings) -> Automation:
@@ -111,6 +119,7 @@ class Automation:
         return {
             OWNER_TAG: self.owner,
             AUTOMATION_TAG: self.name,
+            **({SERIAL_TAG: self.name} if self.side_by_side == 1 else {}),
             MAX_RUNTIME_TAG: str(self.max_runtime_seconds),
             RETRY_ON_OP_FAILURE_TAG: "false",
             BREAKER_TAG: str(self.breaker_after_failures),

@@ -39,6 +39,7 @@ from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
     EXPECT_MAX_RUNS_TAG,
     EXPECT_TRIGGER_TAG,
+    SERIAL_TAG,
 )
 
 #: Sections a runbook must have, matched case-insensitively against its `##` headings.
@@ -215,6 +216,12 @@ def _concurrency(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
         return f"no tag of the job is limited (limited keys: {', '.join(keys)})"
     if any(int(limit.get("limit", 0)) < 1 for limit in matching):
         return "a matching concurrency limit is below 1, so its runs would never start"
+    least = min(int(limit.get("limit", 0)) for limit in matching)
+    if SERIAL_TAG in job.tags and least > 1:
+        return (
+            f"its runs must never overlap (`{SERIAL_TAG}`), but every limit on its tags lets "
+            f"{least} run at once"
+        )
     return None
 
 

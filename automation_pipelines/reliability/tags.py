@@ -1,7 +1,10 @@
 """Tag names the layers agree on: declared on jobs, read back from runs by the monitoring."""
 
-#: The automation a run belongs to; dagster.yaml limits concurrency per value of it.
+#: The automation a run belongs to.
 AUTOMATION_TAG = "automation"
+#: The automation whose runs never overlap (most of them): dagster.yaml limits each value of it
+#: to one run at a time. An automation declared with `side_by_side` > 1 has its own entry there.
+SERIAL_TAG = "automation/serial"
 #: The person or team that is alerted and answers for the automation.
 OWNER_TAG = "owner"
 #: Dagster's own tag: run monitoring stops a run that has run longer than this many seconds.

@@ -90,23 +90,36 @@ def _insert_ignoring_duplicates(dialect: str):
 
 def insert_events(conn: sa.Connection, events: Sequence[Event]) -> list[bool]:
     """Insert each event unless its (source, delivery id) is there already; True where a row was
-    added. Runs in the caller's transaction, so a batch of requests shares one commit."""
+    added. Runs in the caller's transaction, so a batch of requests shares one commit.
+
+    One statement for the whole group (a multi-row INSERT … ON CONFLICT DO NOTHING RETURNING the
+    keys it added): a statement per event cost about 0.35 ms each in the SQL layer, which capped
+    the receiver near 3,000 events/s however many a commit took. An event delivered twice in
+    one group is added once, for the first of the two."""
+    if not events:
+        return []
     statement = _insert_ignoring_duplicates(conn.dialect.name)
-    added = []
+    rows = [
+        {
+            "source": event.source,
+            "delivery_id": event.delivery_id,
+            "event_type": event.event_type,
+            "body": event.body,
+            "received_at": event.received_at,
+            "status": PENDING,
+            "attempts": 0,
+        }
+        for event in events
+    ]
+    if len(rows) == 1:  # the common case at low load: no RETURNING to set up
+        return [conn.execute(statement, rows[0]).rowcount == 1]
+    returning = statement.returning(inbox_table.c.source, inbox_table.c.delivery_id)
+    inserted = {(row.source, row.delivery_id) for row in conn.execute(returning, rows)}
+    added, claimed = [], set()
     for event in events:
-        result = conn.execute(
-            statement,
-            {
-                "source": event.source,
-                "delivery_id": event.delivery_id,
-                "event_type": event.event_type,
-                "body": event.body,
-                "received_at": event.received_at,
-                "status": PENDING,
-                "attempts": 0,
-            },
-        )
-        added.append(result.rowcount == 1)
+        key = (event.source, event.delivery_id)
+        added.append(key in inserted and key not in claimed)
+        claimed.add(key)
     return added
 
 

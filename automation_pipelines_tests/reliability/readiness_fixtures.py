@@ -100,7 +100,7 @@ incomplete_runbook = _make("incomplete_runbook_job", automation=INCOMPLETE)
 untriggered = _make("untriggered_job", triggered=False)
 no_retry = _make("no_retry_job", retry=False)
 no_max_runtime = _make("no_max_runtime_job", tags=_without("dagster/max_runtime"))
-unlimited = _make("unlimited_job", tags=_without("automation"))
+unlimited = _make("unlimited_job", tags=_without("automation/serial"))
 unhooked = _make("unhooked_job", hooks=frozenset())
 unexpected = _make(
     "unexpected_job",

@@ -296,3 +296,37 @@ def test_a_literal_password_in_the_instance_config_fails() -> None:
     )
     config["storage"]["postgres"]["postgres_db"]["password"] = {"env": "DAGSTER_PG_PASSWORD"}
     assert [f for f in readiness.run_checks(fixtures.ready, config) if not f.ok] == []
+
+
+def test_a_job_whose_runs_must_not_overlap_needs_a_limit_of_one() -> None:
+    config = readiness.load_instance_config(DEFAULT_CONFIG)
+    config["run_queue"]["tag_concurrency_limits"] = [
+        {"key": "automation", "value": {"applyLimitPerUniqueValue": True}, "limit": 2}
+    ]
+    failed = [f for f in readiness.run_checks(fixtures.ready, config) if not f.ok]
+    assert [(f.job, f.rule) for f in failed] == [("ready_job", "concurrency")]
+    assert "must never overlap (`automation/serial`)" in failed[0].reason
+    assert "lets 2 run at once" in failed[0].reason
+
+
+def test_only_web_images_runs_side_by_side_and_the_instance_says_how_many() -> None:
+    """Every job carries `automation/serial` (limited to 1 per value) except web_images', whose
+    runs keep apart by the photo tree's lock; the instance gives those a limit of 2."""
+    from automation_pipelines.definitions import defs
+
+    repository = defs.get_repository_def()
+    limits = readiness.tag_concurrency_limits(readiness.load_instance_config(DEFAULT_CONFIG))
+    side_by_side = {}
+    for job in repository.get_all_jobs():
+        automation = job.tags.get("automation")
+        if automation is None or job.name.startswith("__"):
+            continue
+        if "automation/serial" not in job.tags:
+            side_by_side[job.name] = [
+                limit["limit"]
+                for limit in limits
+                if limit["key"] == "automation" and limit.get("value") == automation
+            ]
+        else:
+            assert job.tags["automation/serial"] == automation
+    assert side_by_side == {"render_web_images_job": [2]}

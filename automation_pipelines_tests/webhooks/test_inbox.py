@@ -6,8 +6,12 @@ letter, with the new reason), and `counts` tallies rows per source and state."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.deadletters import dead_letters_table, open_dead_letters
@@ -35,6 +39,34 @@ def test_duplicate_in_the_same_transaction_is_not_added(engine) -> None:
     assert added == [True, False]
     [row] = inbox_rows(engine)
     assert row.body == "{}"
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stored=st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 5)), max_size=6),
+    group=st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 5)), max_size=40),
+)
+def test_a_group_adds_the_first_of_each_new_delivery_and_nothing_else(
+    engine, stored, group
+) -> None:
+    """One statement for a whole group (the receiver's commit) answers, per event, exactly what
+    one statement per event would: added for the first delivery of a key not stored yet."""
+    run = uuid.uuid4().hex[:8]  # keys of this example only
+    keys = lambda pairs: [(f"{run}-{s}", f"d-{n}") for s, n in pairs]  # noqa: E731
+    with engine.begin() as conn:
+        inbox.insert_events(conn, [event(*key) for key in keys(stored)])
+    with engine.begin() as conn:
+        added = inbox.insert_events(conn, [event(*key) for key in keys(group)])
+    seen = set(keys(stored))
+    expected = []
+    for key in keys(group):
+        expected.append(key not in seen)
+        seen.add(key)
+    assert added == expected
+    mine = [row for row in inbox_rows(engine) if row.source.startswith(run)]
+    assert sorted((row.source, row.delivery_id) for row in mine) == sorted(seen)
 
 
 def test_redelivery_is_told_apart_per_source(engine) -> None:

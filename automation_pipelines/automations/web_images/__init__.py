@@ -11,4 +11,7 @@ AUTOMATION = Automation.here(
     expect=Expectation(max_runs_per_hour=900, trigger_stale_minutes=10),
     max_runtime_seconds=1800,
     breaker_after_failures=5,
+    # A run renders its batch under the tree's lock, and every write is idempotent, so a second
+    # run may start while one renders: its worker loads meanwhile, then waits for the lock.
+    side_by_side=2,
 )

@@ -111,13 +111,13 @@ def test_a_file_seen_different_on_the_last_look_waits_for_the_next(folders) -> N
 
 
 def test_burst_above_the_cap_is_split_across_ticks(folders) -> None:
-    per_tick = sensors.MAX_FILES_PER_RUN * sensors.MAX_RUNS_PER_TICK
+    per_tick = sensors.MAX_FILES_PER_RUN_UNDER_LOAD * sensors.MAX_RUNS_PER_TICK
     total = per_tick + 30
     for n in range(total):
         drop(folders, f"burst/{n:04d}.jpg", mtime=n + 1)
     first, cursor, sentence = sensors.evaluate_inbox(folders, None, NOW)
     assert [len(f) for f in files_of(first)] == [
-        sensors.MAX_FILES_PER_RUN
+        sensors.MAX_FILES_PER_RUN_UNDER_LOAD
     ] * sensors.MAX_RUNS_PER_TICK
     assert "30 left for the next tick" in sentence
     second, cursor, _ = sensors.evaluate_inbox(folders, cursor, NOW + 30)
@@ -443,3 +443,42 @@ def test_a_listening_tick_leaves_a_file_still_written_at_its_end(tmp_path, sqlit
     message = skipped(tick(sqlite_instance, folders, None)[0])
     assert "1 still being written" in message
     assert "look(s)" in message and "listened 1 look(s)" not in message
+
+
+def test_a_tick_does_not_listen_while_a_run_of_its_files_is_in_flight(tmp_path, sqlite_instance):
+    """In a burst the runs move files out of the inbox all the time; a tick that listened would
+    look again at every move for nothing, so while a run is in flight a tick looks once. A file
+    waiting out its backoff after a failed run does not stop listening."""
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.0, listen_seconds=2.0)
+    folders.inbox.mkdir(parents=True)
+    request, cursor = first_request(sqlite_instance, folders, "a.jpg")
+    run = launch(sqlite_instance, request)
+    busy = skipped(tick(sqlite_instance, folders, cursor)[0])
+    listened = re.search(r"listened ([0-9.]+) s, 1 look", busy)
+    assert "1 waiting for their run" in busy
+    assert listened and float(listened[1]) < POLL_SECONDS  # no poll: it did not listen
+    end(sqlite_instance, run, seconds_ago=0.0)
+    backoff = skipped(tick(sqlite_instance, folders, cursor)[0])
+    listened = re.search(r"listened ([0-9.]+) s, 1 look", backoff)
+    assert "1 waiting for their run" in backoff
+    assert listened and float(listened[1]) >= 2.0 - POLL_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("waiting", "allowed", "sizes"),
+    [
+        (1, 4, [1]),
+        (25, 4, [25]),
+        (90, 4, [25, 25, 25, 15]),
+        (200, 4, [50, 50, 50, 50]),
+        (200, 1, [100]),  # paced to one run: the run takes more, not the tick fewer
+        (1000, 4, [100, 100, 100, 100]),
+    ],
+)
+def test_under_load_runs_batch_more(folders, waiting, allowed, sizes) -> None:
+    """A trickle gets a run per photo; a backlog is spread over the tick's runs, up to 100
+    files each, so a burst costs fewer run starts."""
+    for n in range(waiting):
+        drop(folders, f"{n:04d}.jpg", mtime=n + 1)
+    requests, _, _ = sensors.evaluate_inbox(folders, None, NOW, max_runs=allowed)
+    assert [len(f) for f in files_of(requests)] == sizes
