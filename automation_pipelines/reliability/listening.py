@@ -30,6 +30,15 @@ DEFAULT_WINDOW_SECONDS = 3.5
 POLL_SECONDS = 0.2
 
 Look = TypeVar("Look")
+_FAILED = object()
+
+
+def _read(stamp: Callable[[], Hashable]) -> object:
+    """The stamp, or `_FAILED` when reading it raised."""
+    try:
+        return stamp()
+    except Exception:
+        return _FAILED
 
 
 @dataclass
@@ -58,7 +67,9 @@ def listen(
     """Look, and while the look has no work and `window` seconds have not passed, look again
     whenever `stamp()` changes or, at every poll, while `due_soon(last look)`.
 
-    The stamp is read before each look, so a change during a look is seen at the next poll.
+    The stamp is read before each look, so a change during a look is seen at the next poll. A
+    stamp that cannot be read ends the listening with the last look (which, if its own reads
+    fail too, fails the tick as a plain sensor's would).
     """
     if window > DAEMON_ROUND_SECONDS - 1:
         raise ValueError(
@@ -67,12 +78,14 @@ def listen(
             f"it at most {DAEMON_ROUND_SECONDS - 1:.0f} s"
         )
     start = clock()
-    mark = stamp()
+    mark = _read(stamp)
     result = look()
     looks = 1
     while not has_work(result) and clock() + poll <= start + window:
         sleep(poll)
-        now_mark = stamp()
+        now_mark = _read(stamp)
+        if now_mark is _FAILED:
+            break  # the database or folder went away: the last look stands, the next tick retries
         if now_mark != mark or due_soon(result):
             mark = now_mark
             result = look()

@@ -69,7 +69,8 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
     support.stage_photos(root, support.make_sources(tmp_path / "sources", WIDTH), names)
     processes = dagster_processes(
         "automation_pipelines.definitions",
-        env={"WEB_IMAGES_ROOT": str(root)},
+        # Runs of 25 even with the whole backlog waiting, so there are enough runs to kill.
+        env={"WEB_IMAGES_ROOT": str(root), "WEB_IMAGES_MAX_FILES_PER_RUN": str(FILES_PER_RUN)},
         instance_overrides={
             "run_monitoring": {"poll_interval_seconds": 2},
             "run_queue": {"dequeue_interval_seconds": 1},
@@ -102,11 +103,13 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
             worker = psutil.Process(pid)
             assert "--multiprocessing-fork" in worker.cmdline(), worker.cmdline()
             family = [worker, *worker.children(recursive=True)]
+            # Taken before the signal: the run waiting beside it takes the lock only once this
+            # worker is dead, so any of its work starts after this moment.
+            at = time.time()
             worker.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             late += 1  # the batch was done before the kill: not a kill
             continue
-        at = time.time()
         done = delivered(root, run)
         psutil.wait_procs([worker], timeout=5)
         ended = wait_for(

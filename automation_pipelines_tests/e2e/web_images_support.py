@@ -24,6 +24,7 @@ import psutil
 import sqlalchemy as sa
 
 from automation_pipelines.automations.web_images import records
+from automation_pipelines.automations.web_images.batch import LOCK_RELEASED, LOCK_TAKEN
 from automation_pipelines.reliability import store
 from automation_pipelines_tests.automations.web_images.photos import photo
 
@@ -111,9 +112,10 @@ class StepSpan:
 def step_spans(
     instance: dg.DagsterInstance, killed_at: dict[str, float] | None = None
 ) -> list[StepSpan]:
-    """When each run of the job executed its step: from STEP_START to the step's end (for a
-    killed worker: the kill, or a later end of its step if an orphan finished it), else the
-    run's end."""
+    """When each run of the job worked on the photo tree: from taking its lock (else
+    STEP_START) to releasing it (else the step's end; for a killed worker: the kill, or a later
+    end of its step if an orphan finished it; else the run's end). Runs start side by side, and
+    the second waits in its step for the lock: that wait is not work."""
     killed_at = killed_at or {}
     spans = []
     for record in instance.get_run_records(dg.RunsFilter(job_name=JOB)):
@@ -126,6 +128,11 @@ def step_spans(
         ]
         if not starts:
             continue
+        said = {
+            message: [r.event_log_entry.timestamp for r in events if message in _said(r)]
+            for message in (LOCK_TAKEN, LOCK_RELEASED)
+        }
+        starts = said[LOCK_TAKEN] or starts
         ends = [
             r.event_log_entry.timestamp
             for r in events
@@ -134,10 +141,16 @@ def step_spans(
         ]
         # A killed run's step ends at the kill, unless something of it went on writing events.
         ended = max([*ends, killed_at[run_id]]) if run_id in killed_at else None
+        ended = ended or (min(said[LOCK_RELEASED]) if said[LOCK_RELEASED] else None)
         ended = ended or (max(ends) if ends else record.end_time)
         assert ended is not None, f"run {run_id} started its step and never ended"
         spans.append(StepSpan(run_id, min(starts), ended))
     return sorted(spans, key=lambda span: span.started)
+
+
+def _said(record) -> str:
+    entry = record.event_log_entry
+    return entry.user_message if entry.dagster_event is None else ""
 
 
 def overlapping(spans: list[StepSpan]) -> list[tuple[StepSpan, StepSpan]]:

@@ -72,6 +72,22 @@ def test_a_settling_file_is_looked_at_every_poll_without_a_change() -> None:
     assert listened.look is True and 1.0 <= listened.seconds <= 1.0 + POLL_SECONDS + 1e-9
 
 
+def test_a_stamp_that_cannot_be_read_ends_the_listening_with_the_last_look() -> None:
+    """The inbox's database going down mid-tick does not fail a tick that has looked."""
+    world = World([], work_at=None)
+    reads = []
+
+    def stamp():
+        reads.append(world.now)
+        if world.now >= 1.0:
+            raise ConnectionError("the database went away")
+        return 0
+
+    listened = listen(world.look, bool, stamp, 3.5, clock=world.clock, sleep=world.sleep)
+    assert listened.look is False and listened.looks == 1
+    assert 1.0 <= listened.seconds <= 1.0 + POLL_SECONDS + 1e-9
+
+
 def test_zero_window_is_one_look() -> None:
     world = World([0.0], work_at=None, settling=True)
     assert run(world, window=0).looks == 1

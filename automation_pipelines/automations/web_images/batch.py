@@ -134,6 +134,8 @@ def process_batch(
     outcome = BatchOutcome()
     batch = _Batch(folders, engine, settings, run_id, now, log, outcome)
     with exclusive_lock(folders.lock, holder={"run_id": run_id}, on_wait=on_wait):
+        # Runs may start side by side; these two lines say when this one had the tree.
+        log.info(f"{LOCK_TAKEN} ({len(files)} file(s), {len(revisit)} to revisit)")
         _remove_stale_temp_files(folders, files)
         files += batch.bring_back(revisit)
         try:
@@ -153,7 +155,13 @@ def process_batch(
             folders, files, batch.superseded, listed_outputs(manifest)
         )
         _forget_waiting_notes_of_gone_files(folders)
+    log.info(LOCK_RELEASED)
     return outcome
+
+
+#: What a run's log says when it takes and releases the photo tree's lock.
+LOCK_TAKEN = "took the photo tree's lock"
+LOCK_RELEASED = "released the photo tree's lock"
 
 
 class _Batch:

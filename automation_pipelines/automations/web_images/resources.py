@@ -16,6 +16,9 @@ DEFAULT_MARGIN_MB = 100.0
 QUIET_ENV = "WEB_IMAGES_QUIET_SECONDS"
 DEFAULT_QUIET_SECONDS = 1.0
 LISTEN_ENV = "WEB_IMAGES_LISTEN_SECONDS"
+BATCH_ENV = "WEB_IMAGES_MAX_FILES_PER_RUN"
+#: Under load a run takes up to this many files (a trickle: 25 per run, see the sensor).
+DEFAULT_MAX_FILES_PER_RUN = 100
 GRACE_ENV = "WEB_IMAGES_TRUNCATED_GRACE_SECONDS"
 DEFAULT_GRACE_SECONDS = 300.0
 
@@ -37,19 +40,23 @@ class PhotoFolders(dg.ConfigurableResource):
     #: A tick that finds nothing keeps watching the inbox this long (see
     #: `reliability.listening`); 0 looks once per tick of the daemon (every 5 s).
     listen_seconds: float = 0.0
+    #: The most files one run takes when a backlog is spread over a tick's runs: bigger batches
+    #: cost fewer run starts, smaller ones redo less after a killed worker.
+    max_files_per_run: int = DEFAULT_MAX_FILES_PER_RUN
 
     @classmethod
     def from_env(cls) -> PhotoFolders:
         """$WEB_IMAGES_ROOT, else `data/web_images` in the project (git-ignored);
         $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB; $WEB_IMAGES_QUIET_SECONDS, else 1 s;
         $WEB_IMAGES_TRUNCATED_GRACE_SECONDS, else 300 s; $WEB_IMAGES_LISTEN_SECONDS, else
-        3.5 s (0 turns listening off)."""
+        3.5 s (0 turns listening off); $WEB_IMAGES_MAX_FILES_PER_RUN, else 100."""
         return cls(
             root=os.environ.get(ROOT_ENV) or str(PROJECT_ROOT / "data" / "web_images"),
             free_space_margin_mb=float(os.environ.get(MARGIN_ENV) or DEFAULT_MARGIN_MB),
             quiet_seconds=float(os.environ.get(QUIET_ENV) or DEFAULT_QUIET_SECONDS),
             truncated_grace_seconds=float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_SECONDS),
             listen_seconds=float(os.environ.get(LISTEN_ENV) or listening.DEFAULT_WINDOW_SECONDS),
+            max_files_per_run=int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_FILES_PER_RUN),
         )
 
     @property

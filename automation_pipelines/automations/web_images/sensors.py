@@ -48,7 +48,10 @@ from automation_pipelines.automations.web_images import AUTOMATION
 from automation_pipelines.automations.web_images.batch import read_waiting_note
 from automation_pipelines.automations.web_images.images import IMAGE_SUFFIXES
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
-from automation_pipelines.automations.web_images.resources import PhotoFolders
+from automation_pipelines.automations.web_images.resources import (
+    DEFAULT_MAX_FILES_PER_RUN,
+    PhotoFolders,
+)
 from automation_pipelines.reliability import listening, pacing
 from automation_pipelines.reliability.files import (
     REASON_SUFFIX,
@@ -59,9 +62,10 @@ from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
 MAX_FILES_PER_RUN = 25
 #: Under load runs batch more: a backlog bigger than a tick's runs take at `MAX_FILES_PER_RUN`
-#: is spread over them, up to this many per run, so a burst costs fewer run starts (each about
-#: 3 s of a new process) for the same photos. A trickle still gets a run per photo.
-MAX_FILES_PER_RUN_UNDER_LOAD = 100
+#: is spread over them, up to `PhotoFolders.max_files_per_run` (100) per run, so a burst costs
+#: fewer run starts (each about 3 s of a new process) for the same photos. A trickle still gets
+#: a run per photo.
+MAX_FILES_PER_RUN_UNDER_LOAD = DEFAULT_MAX_FILES_PER_RUN
 #: Dagster's sensor daemon goes round every 5 s (a constant of its loop) and evaluates a sensor
 #: whose interval has passed. An interval of 5 s would be missed by a hair every other round (a
 #: 10 s cadence); 1 s makes every round evaluate it, so the cadence is the daemon's 5 s.
@@ -300,7 +304,7 @@ def look(
     sort(inbox, waiting_notes=True)
     sort(changed, waiting_notes=False)
 
-    per_run = files_per_run(len(inbox.ready), max_runs)
+    per_run = files_per_run(len(inbox.ready), max_runs, folders.max_files_per_run)
     taken, space_note = _fit_free_space(folders, inbox.ready[: per_run * max_runs], per_run)
     left = len(inbox.ready) - len(taken)
     requests = _requests(taken, inbox.requested, "files", "photos", now, per_run)
@@ -342,13 +346,13 @@ def inbox_stamp(folders: PhotoFolders) -> int | None:
         return None
 
 
-def files_per_run(ready: int, runs: int) -> int:
+def files_per_run(ready: int, runs: int, most: int = MAX_FILES_PER_RUN_UNDER_LOAD) -> int:
     """`MAX_FILES_PER_RUN`, or under load the `ready` files spread over the `runs` a tick may
-    request, at most `MAX_FILES_PER_RUN_UNDER_LOAD` each."""
+    request; never more than `most`."""
     if runs < 1:
-        return MAX_FILES_PER_RUN
+        return max(1, min(most, MAX_FILES_PER_RUN))
     spread = -(-ready // runs)  # ceiling
-    return min(MAX_FILES_PER_RUN_UNDER_LOAD, max(MAX_FILES_PER_RUN, spread))
+    return max(1, min(most, max(MAX_FILES_PER_RUN, spread)))
 
 
 def _requests(
@@ -469,7 +473,7 @@ def _fit_free_space(
     minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
     description=(
         f"Watches the photo inbox and requests runs for complete new files, {MAX_FILES_PER_RUN} "
-        f"per run (up to {MAX_FILES_PER_RUN_UNDER_LOAD} under load) and at most "
+        f"per run (more under load, up to $WEB_IMAGES_MAX_FILES_PER_RUN, 100) and at most "
         f"{MAX_RUNS_PER_TICK} runs per tick; files whose run "
         "failed are requested again with backoff, and nothing is requested while the output "
         "volume lacks space."

@@ -482,3 +482,12 @@ def test_under_load_runs_batch_more(folders, waiting, allowed, sizes) -> None:
         drop(folders, f"{n:04d}.jpg", mtime=n + 1)
     requests, _, _ = sensors.evaluate_inbox(folders, None, NOW, max_runs=allowed)
     assert [len(f) for f in files_of(requests)] == sizes
+
+
+def test_the_most_files_per_run_is_a_setting(tmp_path) -> None:
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.0, max_files_per_run=25)
+    for n in range(200):
+        drop(folders, f"{n:04d}.jpg", mtime=n + 1)
+    requests, _, sentence = sensors.evaluate_inbox(folders, None, NOW)
+    assert [len(f) for f in files_of(requests)] == [25, 25, 25, 25]
+    assert "100 left for the next tick" in sentence
