@@ -59,8 +59,11 @@ browser:
 			apt-get install -y --no-install-recommends chromium; \
 	fi
 
+# The tests that need no daemon or browser run on both cores; then the e2e and browser tests, one
+# at a time, since they measure real processes and must not share the machine with each other.
 test: browser lint check
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not e2e and not browser" -n 2
+	$(BIN)/pytest -m "e2e or browser"
 
 bench: install
 	@# ImageMagick and vipsthumbnail are what the benchmarks compare against; wrk loads the

@@ -52,7 +52,9 @@ def post_many(base_url: str, items: list[tuple[str, dict]]) -> list[int]:
         return list(pool.map(lambda item: post_push(base_url, *item), items))
 
 
-def start(dagster_processes, tmp_path: Path, json_receiver, database_url=None, **env: str):
+def start(
+    dagster_processes, tmp_path: Path, json_receiver, database_url=None, daemon=True, **env: str
+):
     if database_url:
         env["AUTOMATION_DB_URL"] = database_url
     processes = dagster_processes(
@@ -66,7 +68,8 @@ def start(dagster_processes, tmp_path: Path, json_receiver, database_url=None, *
         },
         instance_overrides={"run_monitoring": {"poll_interval_seconds": 2}},
     )
-    processes.start_daemon()
+    if daemon:
+        processes.start_daemon()
     base_url = processes.start_webhooks(free_port())
     return processes, base_url, store.engine(database_url or store.database_url(processes.home))
 
@@ -132,32 +135,43 @@ def test_killed_worker_loses_and_doubles_nothing(
 ) -> None:
     # The inbox and the warehouse on PostgreSQL too (AUTOMATION_DB_URL), as a team runs them.
     url = request.getfixturevalue("events_db_url_postgres") if database == "postgres" else None
+    # Everything is stored before the daemon starts, so its first tick makes full batches
+    # (2000 events, 400 commits of 5): a kill has a wide window to land mid-batch.
     processes, base_url, engine = start(
-        dagster_processes, tmp_path, json_receiver, url, WEBHOOK_LOAD_CHUNK_SIZE="5"
+        dagster_processes, tmp_path, json_receiver, url, daemon=False, WEBHOOK_LOAD_CHUNK_SIZE="5"
     )
     events = [(f"kill-{i}", push(commits=i % 3)) for i in range(3000)]
     redeliveries = events[::10]
     statuses = post_many(base_url, events + redeliveries)
     assert statuses.count(202) == 3000 and statuses.count(200) == 300
+    processes.start_daemon()
 
-    found = wait_for(
-        "a load run half-way through its batch",
-        lambda: half_loaded_batch(engine),
-        180,
-        processes.logs,
-        interval=0.005,
-    )
-    run_id, batch, done_before = found
-    assert kill_run_worker(processes.instance, run_id) >= 1
-    time.sleep(1)
-    with engine.connect() as conn:
-        batch_size = conn.execute(
-            sa.select(sa.func.count()).where(inbox.inbox_table.c.batch == batch)
-        ).scalar()
-    done_at_kill = count(
-        engine, inbox.inbox_table.c.batch == batch, inbox.inbox_table.c.status == "done"
-    )
-    assert 0 < done_before <= done_at_kill < batch_size, "the worker was not killed mid-batch"
+    # A batch can still finish between being seen half-done and the kill; then the next
+    # half-done batch is taken. One kill must land mid-batch.
+    killed_mid_batch = None
+    for _ in range(3):
+        run_id, batch, done_before = wait_for(
+            "a load run half-way through its batch",
+            lambda: half_loaded_batch(engine),
+            180,
+            processes.logs,
+            interval=0.005,
+        )
+        assert kill_run_worker(processes.instance, run_id) >= 1
+        time.sleep(1)
+        with engine.connect() as conn:
+            batch_size = conn.execute(
+                sa.select(sa.func.count()).where(inbox.inbox_table.c.batch == batch)
+            ).scalar()
+        done_at_kill = count(
+            engine, inbox.inbox_table.c.batch == batch, inbox.inbox_table.c.status == "done"
+        )
+        assert 0 < done_before <= done_at_kill <= batch_size
+        if done_at_kill < batch_size:
+            killed_mid_batch = run_id
+            break
+    assert killed_mid_batch, "the worker was never killed mid-batch"
+    run_id = killed_mid_batch
 
     wait_for(
         "every event loaded",
