@@ -43,7 +43,7 @@ from automation_pipelines_tests.automations.web_images.photos import photo
 from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import DagsterProcesses
 from bench.plain_sensor_location import INBOX_ENV, OUTPUT_ENV
-from bench.tables import print_columns
+from bench.tables import load_average, print_columns, verdict
 
 ROUNDS = int(os.environ.get("BENCH_LATENCY_ROUNDS", "2"))
 EVENTS = int(os.environ.get("BENCH_LATENCY_EVENTS", "5"))
@@ -96,10 +96,9 @@ def main() -> None:
 
 
 def describe_machine() -> str:
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return (
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, Dagster "
-        f"{dg.__version__}; load average at start: {load}\n"
+        f"{dg.__version__}; load average at start: {load_average()}\n"
         f"{ROUNDS} round(s) of {EVENTS} event(s) per figure, each after a random 0-5 s pause"
     )
 
@@ -171,15 +170,7 @@ def measure_project(root: Path, photos: Series, posts: Series) -> None:
     photos_root, staging = root / "photos", root / "staging"
     (photos_root / "inbox").mkdir(parents=True)
     staging.mkdir(parents=True)
-    env = {
-        "WEB_IMAGES_ROOT": str(photos_root),
-        "GITHUB_WEBHOOK_SECRET": SECRET,
-        "WEBHOOK_REPORTS_DIR": str(root / "reports"),
-        # Set but empty: the bench's instance and database, not a user's.
-        "AUTOMATION_DB_URL": "",
-        "AUTOMATION_INSTANCE_CONFIG": "",
-        "DAGSTER_PG_HOST": "",
-    }
+    env = project_env(root)
     processes = DagsterProcesses(root, "automation_pipelines.definitions", env=env)
     source = photo(staging / "source.jpg", PHOTO_WIDTH)
     rng = random.Random(1000 + len(photos.samples))
@@ -219,8 +210,8 @@ def drop_photo(processes, source: Path, root: Path, staging: Path, n: int, rng) 
     return Sample(end - start, sensor, launch, work)
 
 
-def post_event(processes, engine: sa.Engine, port: int, rng) -> Sample:
-    delivery = str(uuid.uuid4())
+def signed_push(delivery: str) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a GitHub push delivery signed with the bench's secret."""
     body = json.dumps(
         {
             "ref": "refs/heads/main",
@@ -237,12 +228,38 @@ def post_event(processes, engine: sa.Engine, port: int, rng) -> Sample:
         "X-GitHub-Delivery": delivery,
         "X-GitHub-Event": "push",
     }
+    return body, headers
+
+
+def post_signed(port: int, delivery: str) -> int:
+    """POST one signed push to the receiver; its HTTP status."""
+    body, headers = signed_push(delivery)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", "/hooks/github", body=body, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def project_env(root: Path) -> dict[str, str]:
+    """The environment of the project's processes in a bench: its own instance and database."""
+    return {
+        "WEB_IMAGES_ROOT": str(root / "photos"),
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_REPORTS_DIR": str(root / "reports"),
+        # Set but empty: the bench's instance and database, not a user's.
+        "AUTOMATION_DB_URL": "",
+        "AUTOMATION_INSTANCE_CONFIG": "",
+        "DAGSTER_PG_HOST": "",
+    }
+
+
+def post_event(processes, engine: sa.Engine, port: int, rng) -> Sample:
+    delivery = str(uuid.uuid4())
     settle(rng)
     start = time.time()
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("POST", "/hooks/github", body=body, headers=headers)
-    status = connection.getresponse().status
-    connection.close()
+    status = post_signed(port, delivery)
     assert status == 202, status
     query = sa.select(sa.func.count()).where(events_table.c.delivery_id == delivery)
 
@@ -266,10 +283,6 @@ def post_event(processes, engine: sa.Engine, port: int, rng) -> Sample:
         end,
     )
     return Sample(end - start, sensor, launch, work)
-
-
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
 
 
 def print_report(plain: Series, photos: Series, posts: Series) -> None:
@@ -300,8 +313,7 @@ def print_report(plain: Series, photos: Series, posts: Series) -> None:
         f"POST -> warehouse row: p50 {posts.p50():.1f} s ({posts.p50() / base:.2f}x the "
         f"baseline); target <= 5 s: {verdict(posts.p50() <= 5.0)}"
     )
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    print(f"load average at the end: {load}")
+    print(f"load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 
@@ -15,3 +16,12 @@ def print_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         cells = [row[0].ljust(widths[0])]
         cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
         print("  ".join(cells))
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages, for the figures' context."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
