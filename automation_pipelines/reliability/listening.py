@@ -43,14 +43,19 @@ def _read(stamp: Callable[[], Hashable]) -> object:
 
 @dataclass
 class Listened(Generic[Look]):
-    """The last look of a tick, and how many looks and seconds it took."""
+    """The last look of a tick, how many looks and seconds it took, and the window it had."""
 
     look: Look
     looks: int
     seconds: float
+    window: float = 0.0
 
     def sentence(self) -> str:
         return f"listened {self.seconds:.1f} s, {self.looks} look(s)"
+
+    def describe(self, sentence: str) -> str:
+        """The tick's `sentence`, with how long it listened when it had a window to listen."""
+        return f"{sentence}; {self.sentence()}" if self.window else sentence
 
 
 def listen(
@@ -90,4 +95,4 @@ def listen(
             mark = now_mark
             result = look()
             looks += 1
-    return Listened(result, looks, clock() - start)
+    return Listened(result, looks, clock() - start, window)

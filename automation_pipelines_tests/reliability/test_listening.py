@@ -93,6 +93,12 @@ def test_zero_window_is_one_look() -> None:
     assert run(world, window=0).looks == 1
 
 
+def test_the_tick_sentence_says_how_long_it_listened_only_when_it_had_a_window() -> None:
+    listened = run(World([], work_at=None), window=1.0)
+    assert listened.describe("nothing to do") == "nothing to do; listened 1.0 s, 1 look(s)"
+    assert run(World([], work_at=None), window=0).describe("nothing to do") == "nothing to do"
+
+
 def test_a_window_that_would_outlast_the_round_is_refused() -> None:
     with pytest.raises(ValueError, match="at most 4 s"):
         run(World([], None), window=DAEMON_ROUND_SECONDS)

@@ -60,12 +60,11 @@ from automation_pipelines.reliability.files import (
 )
 from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
+#: A run's files while the inbox is quiet. Under load runs batch more: a backlog bigger than a
+#: tick's runs take at this size is spread over them, up to `PhotoFolders.max_files_per_run`
+#: (`DEFAULT_MAX_FILES_PER_RUN`, 100) per run, so a burst costs fewer run starts (each about 3 s
+#: of a new process) for the same photos. A trickle still gets a run per photo.
 MAX_FILES_PER_RUN = 25
-#: Under load runs batch more: a backlog bigger than a tick's runs take at `MAX_FILES_PER_RUN`
-#: is spread over them, up to `PhotoFolders.max_files_per_run` (100) per run, so a burst costs
-#: fewer run starts (each about 3 s of a new process) for the same photos. A trickle still gets
-#: a run per photo.
-MAX_FILES_PER_RUN_UNDER_LOAD = DEFAULT_MAX_FILES_PER_RUN
 #: Dagster's sensor daemon goes round every 5 s (a constant of its loop) and evaluates a sensor
 #: whose interval has passed. An interval of 5 s would be missed by a hair every other round (a
 #: 10 s cadence); 1 s makes every round evaluate it, so the cadence is the daemon's 5 s.
@@ -331,12 +330,6 @@ def look(
     return Look(requests, new_cursor, sentence, inbox.settling + changed.settling, inbox.in_flight)
 
 
-def evaluate_inbox(*args, **kwargs) -> tuple[list[dg.RunRequest], str, str]:
-    """`look`'s requests, cursor and sentence, for a caller that needs no settling count."""
-    found = look(*args, **kwargs)
-    return found.requests, found.cursor, found.sentence
-
-
 def inbox_stamp(folders: PhotoFolders) -> int | None:
     """Moves when a file is made, renamed in or removed at the top of the inbox (a file in a
     sub-folder is seen at the next tick, or with any file that settles meanwhile)."""
@@ -346,7 +339,7 @@ def inbox_stamp(folders: PhotoFolders) -> int | None:
         return None
 
 
-def files_per_run(ready: int, runs: int, most: int = MAX_FILES_PER_RUN_UNDER_LOAD) -> int:
+def files_per_run(ready: int, runs: int, most: int = DEFAULT_MAX_FILES_PER_RUN) -> int:
     """`MAX_FILES_PER_RUN`, or under load the `ready` files spread over the `runs` a tick may
     request; never more than `most`."""
     if runs < 1:
@@ -506,9 +499,7 @@ def photo_inbox_sensor(context: dg.SensorEvaluationContext, folders: PhotoFolder
         due_soon=lambda found: found.settling > 0,
     )
     found = listened.look
-    sentence = pacing.with_pace(found.sentence, MAX_RUNS_PER_TICK)
-    if folders.listen_seconds:
-        sentence = f"{sentence}; {listened.sentence()}"
+    sentence = listened.describe(pacing.with_pace(found.sentence, MAX_RUNS_PER_TICK))
     context.update_cursor(found.cursor)
     if not found.requests:
         return dg.SkipReason(sentence)

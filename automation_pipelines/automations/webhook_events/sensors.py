@@ -259,9 +259,7 @@ def webhook_inbox_sensor(
             sort_keys=True,
         )
     )
-    sentence = pacing.with_pace(decision.sentence(), MAX_RUNS_PER_TICK)
-    if warehouse.listen_seconds:
-        sentence = f"{sentence}; {listened.sentence()}"
+    sentence = listened.describe(pacing.with_pace(decision.sentence(), MAX_RUNS_PER_TICK))
     if not decision.requests:
         return dg.SkipReason(f"nothing to run: {sentence}")
     context.log.info(sentence)

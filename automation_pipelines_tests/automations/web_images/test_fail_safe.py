@@ -24,7 +24,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from automation_pipelines.automations.web_images import sensors
 from automation_pipelines.automations.web_images.batch import process_batch
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import PhotoFolders
@@ -41,6 +40,7 @@ from automation_pipelines_tests.automations.web_images.corpus import (
     quadrants,
 )
 from automation_pipelines_tests.automations.web_images.photos import rendition
+from automation_pipelines_tests.automations.web_images.ticks import look_once
 
 
 def make_folders(root: Path, **options) -> PhotoFolders:
@@ -207,8 +207,8 @@ def test_a_stalled_upload_waits_out_its_grace_then_renders_when_finished(tmp_pat
     assert until == pytest.approx(path.stat().st_mtime + 300, abs=2)
     assert path.exists() and not folders.quarantine.exists() and published(folders) == []
     # The sensor names it, with its reason, and does not ask again within the grace period.
-    _, cursor, _ = sensors.evaluate_inbox(folders, None, until - 100)
-    requests, _, sentence = sensors.evaluate_inbox(folders, cursor, until - 50)
+    _, cursor, _ = look_once(folders, None, until - 100)
+    requests, _, sentence = look_once(folders, cursor, until - 50)
     assert requests == [] and "upload.jpg" in sentence and "truncated" in sentence
 
     with path.open("ab") as upload:  # the upload resumes and finishes
@@ -229,7 +229,7 @@ def test_a_file_written_into_after_quarantine_is_looked_at_again(folders, engine
 
     # The sensor sees the change once it is quiet, and asks for a look again.
     now = quarantined.stat().st_mtime + 60
-    requests, _, _ = sensors.evaluate_inbox(folders, None, now)
+    requests, _, _ = look_once(folders, None, now)
     [request] = requests
     config = request.run_config["ops"]["render_web_images"]["config"]
     assert (config.get("files", []), config["revisit"]) == ([], ["upload.jpg"])
@@ -250,7 +250,7 @@ def test_files_of_every_kind_are_requested_and_none_sits_unseen(folders) -> None
     os.symlink("photo.jpg", folders.inbox / "link.jpg")
     quiet = time.time() + folders.quiet_seconds + 1
 
-    requests, _, _ = sensors.evaluate_inbox(folders, None, quiet)
+    requests, _, _ = look_once(folders, None, quiet)
 
     asked = sorted(
         f for r in requests for f in r.run_config["ops"]["render_web_images"]["config"]["files"]

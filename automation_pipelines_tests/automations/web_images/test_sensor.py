@@ -29,6 +29,7 @@ from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.listening import POLL_SECONDS
 from automation_pipelines.reliability.tags import WILL_RETRY_TAG
+from automation_pipelines_tests.automations.web_images.ticks import look_once
 
 NOW = 1_800_000_000.0
 
@@ -58,10 +59,10 @@ def files_of(requests) -> list[list[str]]:
 def test_quiet_files_are_taken_on_the_first_look(folders) -> None:
     drop(folders, "a.jpg", mtime=1)
     drop(folders, "trip/b.JPG", mtime=2)
-    requests, cursor, _ = sensors.evaluate_inbox(folders, None, NOW)
+    requests, cursor, _ = look_once(folders, None, NOW)
     assert files_of(requests) == [["a.jpg", "trip/b.JPG"]]
     assert requests[0].run_key.startswith("photos-")
-    again, _, sentence = sensors.evaluate_inbox(folders, cursor, NOW + 5)
+    again, _, sentence = look_once(folders, cursor, NOW + 5)
     assert again == [] and "2 waiting for their run" in sentence
 
 
@@ -71,15 +72,15 @@ def test_a_file_renamed_in_waits_for_its_quiet_time_only(tmp_path) -> None:
     folders.inbox.mkdir(parents=True)
     drop(folders, "old.jpg", mtime=1)
     renamed = os.lstat(folders.inbox / "old.jpg").st_ctime
-    requests, cursor, sentence = sensors.evaluate_inbox(folders, None, renamed + 1.0)
+    requests, cursor, sentence = look_once(folders, None, renamed + 1.0)
     assert requests == [] and "1 still being written (changed in the last 2 s" in sentence
-    requests, _, _ = sensors.evaluate_inbox(folders, cursor, renamed + 2.05)
+    requests, _, _ = look_once(folders, cursor, renamed + 2.05)
     assert files_of(requests) == [["old.jpg"]]
 
 
 def test_nothing_new(folders) -> None:
-    requests, cursor, sentence = sensors.evaluate_inbox(folders, None, NOW)
-    requests2, _, _ = sensors.evaluate_inbox(folders, cursor, NOW + 15)
+    requests, cursor, sentence = look_once(folders, None, NOW)
+    requests2, _, _ = look_once(folders, cursor, NOW + 15)
     assert requests == requests2 == []
     assert "0 file(s) in 0 run(s)" in sentence
 
@@ -88,14 +89,14 @@ def test_half_written_file_waits_until_it_stops_changing(tmp_path) -> None:
     folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=2.0)
     folders.inbox.mkdir(parents=True)
     path = drop(folders, "big.jpg", b"x" * 100)
-    requests, cursor, sentence = sensors.evaluate_inbox(folders, None, time.time())
+    requests, cursor, sentence = look_once(folders, None, time.time())
     assert requests == [] and "1 still being written" in sentence
     with path.open("ab") as copy:  # the copy is still going
         copy.write(b"x" * 100)
     written = os.lstat(path).st_ctime
-    requests, cursor, _ = sensors.evaluate_inbox(folders, cursor, written + 1.5)
+    requests, cursor, _ = look_once(folders, cursor, written + 1.5)
     assert requests == []
-    requests, cursor, _ = sensors.evaluate_inbox(folders, cursor, written + 2.05)
+    requests, cursor, _ = look_once(folders, cursor, written + 2.05)
     assert files_of(requests) == [["big.jpg"]]
 
 
@@ -103,24 +104,24 @@ def test_a_file_seen_different_on_the_last_look_waits_for_the_next(folders) -> N
     """Quiet by its times, yet not what the last look saw: taken once two looks agree."""
     path = drop(folders, "a.jpg", b"x" * 100, mtime=10)
     seen = {"seen": {"a.jpg": [50, 10]}, "requested": {}}
-    requests, cursor, sentence = sensors.evaluate_inbox(folders, json.dumps(seen), NOW)
+    requests, cursor, sentence = look_once(folders, json.dumps(seen), NOW)
     assert requests == [] and "1 still being written" in sentence
     assert path.stat().st_size == 100
-    requests, _, _ = sensors.evaluate_inbox(folders, cursor, NOW + 5)
+    requests, _, _ = look_once(folders, cursor, NOW + 5)
     assert files_of(requests) == [["a.jpg"]]
 
 
 def test_burst_above_the_cap_is_split_across_ticks(folders) -> None:
-    per_tick = sensors.MAX_FILES_PER_RUN_UNDER_LOAD * sensors.MAX_RUNS_PER_TICK
+    per_tick = sensors.DEFAULT_MAX_FILES_PER_RUN * sensors.MAX_RUNS_PER_TICK
     total = per_tick + 30
     for n in range(total):
         drop(folders, f"burst/{n:04d}.jpg", mtime=n + 1)
-    first, cursor, sentence = sensors.evaluate_inbox(folders, None, NOW)
+    first, cursor, sentence = look_once(folders, None, NOW)
     assert [len(f) for f in files_of(first)] == [
-        sensors.MAX_FILES_PER_RUN_UNDER_LOAD
+        sensors.DEFAULT_MAX_FILES_PER_RUN
     ] * sensors.MAX_RUNS_PER_TICK
     assert "30 left for the next tick" in sentence
-    second, cursor, _ = sensors.evaluate_inbox(folders, cursor, NOW + 30)
+    second, cursor, _ = look_once(folders, cursor, NOW + 30)
     assert [len(f) for f in files_of(second)] == [sensors.MAX_FILES_PER_RUN, 5]
     taken = [name for batch in files_of(first) + files_of(second) for name in batch]
     assert sorted(taken) == sorted(f"burst/{n:04d}.jpg" for n in range(total))
@@ -154,14 +155,14 @@ def test_own_output_and_temp_names_are_ignored_other_files_taken(tmp_path) -> No
 
 def test_a_file_whose_run_is_gone_is_requested_again_after_a_long_wait(folders) -> None:
     drop(folders, "a.jpg", mtime=1)
-    first, cursor, _ = sensors.evaluate_inbox(folders, None, NOW + 15)
-    again, cursor, _ = sensors.evaluate_inbox(folders, cursor, NOW + 30)
+    first, cursor, _ = look_once(folders, None, NOW + 15)
+    again, cursor, _ = look_once(folders, cursor, NOW + 30)
     assert len(first) == 1 and again == []
     late = NOW + 30 + sensors.REQUEST_AGAIN_AFTER_SECONDS
-    retry, cursor, _ = sensors.evaluate_inbox(folders, cursor, late)
+    retry, cursor, _ = look_once(folders, cursor, late)
     assert files_of(retry) == [["a.jpg"]]
     (folders.inbox / "a.jpg").unlink()
-    _, cursor, _ = sensors.evaluate_inbox(folders, cursor, late + 15)
+    _, cursor, _ = look_once(folders, cursor, late + 15)
     assert json.loads(cursor)["requested"] == {}
 
 
@@ -299,7 +300,7 @@ def test_a_run_not_started_yet_or_running_is_not_requested_again(folders, sqlite
     assert "1 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
     # Not even after the long fallback: the run exists and has not finished.
     later = time.time() + 10 * sensors.REQUEST_AGAIN_AFTER_SECONDS
-    requests, _, _ = sensors.evaluate_inbox(
+    requests, _, _ = look_once(
         folders, cursor, later, runs=lambda key: sensors.run_outcome(instance, key, later)
     )
     assert requests == []
@@ -480,7 +481,7 @@ def test_under_load_runs_batch_more(folders, waiting, allowed, sizes) -> None:
     files each, so a burst costs fewer run starts."""
     for n in range(waiting):
         drop(folders, f"{n:04d}.jpg", mtime=n + 1)
-    requests, _, _ = sensors.evaluate_inbox(folders, None, NOW, max_runs=allowed)
+    requests, _, _ = look_once(folders, None, NOW, max_runs=allowed)
     assert [len(f) for f in files_of(requests)] == sizes
 
 
@@ -488,6 +489,6 @@ def test_the_most_files_per_run_is_a_setting(tmp_path) -> None:
     folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.0, max_files_per_run=25)
     for n in range(200):
         drop(folders, f"{n:04d}.jpg", mtime=n + 1)
-    requests, _, sentence = sensors.evaluate_inbox(folders, None, NOW)
+    requests, _, sentence = look_once(folders, None, NOW)
     assert [len(f) for f in files_of(requests)] == [25, 25, 25, 25]
     assert "100 left for the next tick" in sentence
