@@ -372,11 +372,16 @@ def _encode_all(
 ) -> dict[tuple[int, int, str], bytes]:
     """Every rendition, encoded in memory, in plan order (WebP before JPEG per width).
 
-    Two cores, two threads (Pillow releases the GIL while it resizes and encodes): a helper
-    resizes half of the largest size, then encodes its WebP, the longest job of all, while this
-    thread resizes and encodes everything else."""
+    Two cores, two threads: a helper resizes half of the largest size, then encodes its WebP,
+    the longest job of all, while this thread resizes and encodes everything else. Pillow
+    releases the interpreter lock while it resizes and encodes WebP, but not while it encodes
+    JPEG, so the largest JPEG waits until after the next resize: started at once, it would hold
+    the lock the helper needs to begin its WebP for the whole encode."""
     made: list[Image.Image] = [decoded.image]
-    encoded: dict[tuple[int, int, str], bytes | Future[bytes]] = {}
+    encoded: dict[tuple[int, int, str], bytes | Future[bytes] | None] = {
+        (width, height, fmt): None for width, height, formats in plan for fmt in formats
+    }
+    later: list[tuple[tuple[int, int, str], Image.Image]] = []
     with ThreadPoolExecutor(max_workers=1) as helper:
         for index, (width, height, formats) in enumerate(plan):
             first = index == 0
@@ -384,21 +389,25 @@ def _encode_all(
                 _resize_source(made, width), width, height, helper if first else None
             )
             made.append(picture)
+            for key, held in later:
+                encoded[key] = _encode_jpeg(held, decoded.icc_profile, settings)
+            later.clear()
             for fmt in formats:
+                key = (width, height, fmt)
                 if fmt == "webp" and first:
                     # Its own copy: Pillow keeps save options on the image object while it
                     # saves, so two threads saving one object could swap their qualities.
-                    encoded[(width, height, fmt)] = helper.submit(
+                    encoded[key] = helper.submit(
                         _encode_webp, picture.copy(), decoded.icc_profile, settings
                     )
                 elif fmt == "webp":
-                    encoded[(width, height, fmt)] = _encode_webp(
-                        picture, decoded.icc_profile, settings
-                    )
+                    encoded[key] = _encode_webp(picture, decoded.icc_profile, settings)
+                elif first:
+                    later.append((key, picture))
                 else:
-                    encoded[(width, height, fmt)] = _encode_jpeg(
-                        picture, decoded.icc_profile, settings
-                    )
+                    encoded[key] = _encode_jpeg(picture, decoded.icc_profile, settings)
+        for key, held in later:
+            encoded[key] = _encode_jpeg(held, decoded.icc_profile, settings)
         return {
             key: value.result() if isinstance(value, Future) else value
             for key, value in encoded.items()

@@ -13,6 +13,7 @@ decodes to a damaged picture that no reader can tell from a real one. Truncation
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 
@@ -91,20 +92,18 @@ def check_jpeg(data: bytes) -> None:
             at = _end_of_scan(data, at)
 
 
+#: A marker that ends entropy-coded data: 0xFF followed by anything but a stuffed 0x00, a
+#: restart marker (0xD0-0xD7) or another 0xFF (a fill byte; the marker is the last 0xFF).
+_SCAN_END = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+
+
 def _end_of_scan(data: bytes, at: int) -> int:
-    """The offset of the marker that ends the entropy-coded data starting at `at`."""
-    size = len(data)
-    while True:
-        at = data.find(b"\xff", at)
-        if at < 0 or at + 1 >= size:
-            raise Truncated(f"the file ends at byte {size} inside the picture data")
-        following = data[at + 1]
-        if following == 0x00 or 0xD0 <= following <= 0xD7:
-            at += 2  # a stuffed 0xFF, or a restart marker
-        elif following == 0xFF:
-            at += 1
-        else:
-            return at
+    """The offset of the marker that ends the entropy-coded data starting at `at`. One regular
+    expression search instead of a Python step per 0xFF: a 12 MP photo holds about 15,000."""
+    found = _SCAN_END.search(data, at)
+    if found is None:
+        raise Truncated(f"the file ends at byte {len(data)} inside the picture data")
+    return found.start()
 
 
 def check_webp(data: bytes) -> None:
