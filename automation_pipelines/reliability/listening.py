@@ -49,9 +49,13 @@ class Listened(Generic[Look]):
     looks: int
     seconds: float
     window: float = 0.0
+    stopped: bool = False  # `go_on` said no: the automation was paused or stopped meanwhile
 
     def sentence(self) -> str:
-        return f"listened {self.seconds:.1f} s, {self.looks} look(s)"
+        said = f"listened {self.seconds:.1f} s, {self.looks} look(s)"
+        if self.stopped:
+            said += "; stopped listening: the automation was paused or stopped"
+        return said
 
     def describe(self, sentence: str) -> str:
         """The tick's `sentence`, with how long it listened when it had a window to listen."""
@@ -65,6 +69,7 @@ def listen(
     window: float,
     *,
     due_soon: Callable[[Look], bool] = lambda _look: False,
+    go_on: Callable[[], bool] = lambda: True,
     poll: float = POLL_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -74,7 +79,9 @@ def listen(
 
     The stamp is read before each look, so a change during a look is seen at the next poll. A
     stamp that cannot be read ends the listening with the last look (which, if its own reads
-    fail too, fails the tick as a plain sensor's would).
+    fail too, fails the tick as a plain sensor's would). `go_on()` is asked before every look
+    after the first: the automation paused (or its breaker tripped) while the tick listened
+    ends the listening with the last look, so nothing is requested after the pause.
     """
     if window > DAEMON_ROUND_SECONDS - 1:
         raise ValueError(
@@ -92,6 +99,8 @@ def listen(
         if now_mark is _FAILED:
             break  # the database or folder went away: the last look stands, the next tick retries
         if now_mark != mark or due_soon(result):
+            if not go_on():
+                return Listened(result, looks, clock() - start, window, stopped=True)
             mark = now_mark
             result = look()
             looks += 1

@@ -88,6 +88,23 @@ def test_a_stamp_that_cannot_be_read_ends_the_listening_with_the_last_look() -> 
     assert 1.0 <= listened.seconds <= 1.0 + POLL_SECONDS + 1e-9
 
 
+def test_go_on_saying_no_ends_the_listening_with_the_last_look() -> None:
+    """Paused at 1 s: a change at 1.5 s is not looked at, and the tick says why it stopped."""
+    world = World([1.5], work_at=1.5)
+    listened = listen(
+        world.look,
+        lambda found: found,
+        world.stamp,
+        3.5,
+        go_on=lambda: world.now < 1.0,
+        clock=world.clock,
+        sleep=world.sleep,
+    )
+    assert listened.look is False and listened.looks == 1 and listened.stopped
+    assert world.looks == [0.0]
+    assert "stopped listening: the automation was paused or stopped" in listened.sentence()
+
+
 def test_zero_window_is_one_look() -> None:
     world = World([0.0], work_at=None, settling=True)
     assert run(world, window=0).looks == 1

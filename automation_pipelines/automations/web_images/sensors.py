@@ -497,6 +497,7 @@ def photo_inbox_sensor(context: dg.SensorEvaluationContext, folders: PhotoFolder
         stamp=lambda: inbox_stamp(folders),
         window=folders.listen_seconds,
         due_soon=lambda found: found.settling > 0,
+        go_on=lambda: AUTOMATION.blocked(context) is None,
     )
     found = listened.look
     sentence = listened.describe(pacing.with_pace(found.sentence, MAX_RUNS_PER_TICK))

@@ -244,6 +244,7 @@ def webhook_inbox_sensor(
         window=warehouse.listen_seconds,
         # The run new events gather behind may start at any moment: look at every poll.
         due_soon=lambda found: found[0].gathering,
+        go_on=lambda: AUTOMATION.blocked(context) is None,
     )
     decision, dead = listened.look
     if dead:

@@ -435,6 +435,28 @@ def test_a_listening_tick_takes_a_photo_renamed_in_during_the_tick(tmp_path, sql
     assert listened and float(listened[1]) >= 3.0 - POLL_SECONDS  # the window, nothing new
 
 
+def test_a_pause_during_a_listening_tick_stops_it_before_it_takes_anything(
+    tmp_path, sqlite_instance
+):
+    """`pause` while a tick listens: a photo renamed in after it waits for `resume` instead of
+    going into a run the tick would request seconds after the pause."""
+    import threading
+
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.2, listen_seconds=3.0)
+    folders.inbox.mkdir(parents=True)
+    staged = tmp_path / "staged.jpg"
+    staged.write_bytes(b"\xff\xd8jpeg")
+    switches = breaker.engine_for(sqlite_instance)
+    threading.Timer(0.3, breaker.pause, (switches, "web_images", "maintenance")).start()
+    threading.Timer(0.6, os.replace, (staged, folders.inbox / "late.jpg")).start()
+    result, cursor = tick(sqlite_instance, folders, None)
+    assert "the automation was paused or stopped" in skipped(result)
+    breaker.resume(switches, "web_images")
+    time.sleep(0.3)  # quiet
+    result, _ = tick(sqlite_instance, folders, cursor)
+    assert files_of(requested(result)) == [["late.jpg"]]
+
+
 def test_a_listening_tick_leaves_a_file_still_written_at_its_end(tmp_path, sqlite_instance):
     import threading
 

@@ -247,15 +247,10 @@ def test_paused_automation_requests_nothing(sqlite_instance, events_db_url, engi
     assert len(inbox.unbatched(engine, 10)) == 2
 
 
-def test_a_listening_tick_takes_events_stored_during_the_tick(
-    sqlite_instance, events_db_url, engine
-) -> None:
-    """A tick that finds nothing keeps watching the inbox: events stored while it listens go in
-    a run requested by that same tick; with nothing new it listens its whole window."""
-    import threading
-
-    context = dg.build_sensor_context(
-        instance=sqlite_instance,
+def listening_context(instance, events_db_url: str) -> dg.SensorEvaluationContext:
+    """A tick's context whose sensor listens for 3 s."""
+    return dg.build_sensor_context(
+        instance=instance,
         resources={
             "warehouse": EventWarehouse(
                 database_url=events_db_url, reports_dir="unused", listen_seconds=3.0
@@ -263,6 +258,33 @@ def test_a_listening_tick_takes_events_stored_during_the_tick(
             "alerts": AlertRouter(database_url=events_db_url),
         },
     )
+
+
+def test_a_pause_during_a_listening_tick_stops_it_before_it_takes_anything(
+    sqlite_instance, events_db_url, engine
+) -> None:
+    """`pause` while a tick listens: events stored after it stay in the inbox, unbatched,
+    instead of going into a run the tick would request seconds after the pause."""
+    import threading
+
+    context = listening_context(sqlite_instance, events_db_url)
+    switches = breaker.engine_for(sqlite_instance)
+    threading.Timer(0.3, breaker.pause, (switches, "webhook_events", "maintenance")).start()
+    threading.Timer(0.8, _seed, (engine, 2)).start()
+    result = webhook_inbox_sensor(context)
+    assert isinstance(result, dg.SkipReason), result
+    assert "the automation was paused or stopped" in result.skip_message
+    assert len(inbox.unbatched(engine, 10)) == 2
+
+
+def test_a_listening_tick_takes_events_stored_during_the_tick(
+    sqlite_instance, events_db_url, engine
+) -> None:
+    """A tick that finds nothing keeps watching the inbox: events stored while it listens go in
+    a run requested by that same tick; with nothing new it listens its whole window."""
+    import threading
+
+    context = listening_context(sqlite_instance, events_db_url)
     threading.Timer(0.5, _seed, (engine, 3)).start()
     [request] = webhook_inbox_sensor(context)
     assert request.tags["webhook_events/events"] == "3"
