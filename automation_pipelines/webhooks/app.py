@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -201,22 +202,66 @@ def prepare_sources(
     return prepared
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+class _Disconnected(Exception):
+    """The sender hung up before its body was read; nobody is left to answer."""
 
 
-async def _read_limited(request: Request, limit: int) -> bytes | None:
+async def _read_limited(scope, receive, limit: int) -> bytes | None:
     """The body, or None as soon as it grows past `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                return None
+            break
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _reply(send, status: int, content: dict) -> None:
+    """A JSON answer, as Starlette's JSONResponse would render it."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    data = body.encode("utf-8")
+    headers = [(b"content-length", str(len(data)).encode()), (b"content-type", _JSON)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+_JSON = b"application/json"
+_HOOKS = "/hooks/"
+
+
+class ReceiverApp:
+    """The receiver's ASGI app. `POST /hooks/<source>` goes straight to its handler; everything
+    else (health, lifespan, unknown paths and methods) through Starlette. Starlette's routing and
+    middleware cost about 55 us a request, a sixth of a durable delivery's whole cost."""
+
+    def __init__(self, hooks, rest: Starlette) -> None:
+        self.hooks = hooks
+        self.rest = rest
+
+    @property
+    def state(self):
+        return self.rest.state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path = scope["path"]
+            if path.startswith(_HOOKS):
+                name = path[len(_HOOKS) :]
+                if name and "/" not in name:
+                    await self.hooks(name, scope, receive, send)
+                    return
+        await self.rest(scope, receive, send)
 
 
 def create_app(
@@ -224,7 +269,7 @@ def create_app(
     sources: Mapping[str, Source] | None = None,
     *,
     max_group: int = MAX_GROUP,
-) -> Starlette:
+) -> ReceiverApp:
     """The receiver's ASGI app on the project database (or `database_url`)."""
     url = database_url or store.database_url()
     prepared = sources if sources is not None else prepare_sources(load_sources())
@@ -233,47 +278,60 @@ def create_app(
     engine = store.engine(url, lazy=True)
     writer = InboxWriter(engine, max_group=max_group)
 
-    async def receive(request: Request) -> JSONResponse:
-        name = request.path_params["source"]
+    async def receive(name: str, scope, receive, send) -> None:
         source = prepared.get(name)
         if source is None:
-            return _error(404, f"unknown source {name!r}")
+            return await _reply(send, 404, {"error": f"unknown source {name!r}"})
         if source.verifier is None:
-            return _error(503, f"source {name!r} is not configured on this server")
-        body = await _read_limited(request, source.config.max_body_bytes)
+            message = f"source {name!r} is not configured on this server"
+            return await _reply(send, 503, {"error": message})
+        try:
+            body = await _read_limited(scope, receive, source.config.max_body_bytes)
+        except _Disconnected:
+            return None
         if body is None:
-            return _error(413, f"body over {source.config.max_body_bytes} bytes")
-        headers = {key.lower(): value for key, value in request.headers.items()}
+            return await _reply(
+                send, 413, {"error": f"body over {source.config.max_body_bytes} bytes"}
+            )
+        status, content = await accept(name, source, scope, body)
+        return await _reply(send, status, content)
+
+    async def accept(name: str, source: Source, scope, body: bytes) -> tuple[int, dict]:
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in scope["headers"]
+        }
         try:
             source.verifier.check_signature(body, headers, time.time())
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return _error(400, f"body is not JSON in UTF-8: {exc}")
+                return 400, {"error": f"body is not JSON in UTF-8: {exc}"}
             payload = parse_object(text, what="body")
             delivery = source.verifier.identify(headers, payload)
         except Rejected as exc:
             log.info("rejected %s delivery: %s %s", name, exc.status, exc)
-            return _error(exc.status, str(exc))
+            return exc.status, {"error": str(exc)}
         except PayloadError as exc:
             log.info("rejected %s delivery: 400 %s", name, exc)
-            return _error(400, str(exc))
+            return 400, {"error": str(exc)}
         except Exception:
             # Whatever in this request made reading it fail will fail on every delivery: a 5xx
             # would have the sender retry it for days, so it is a 400, and logged for us.
             log.exception("could not read a %s delivery; answered 400", name)
-            return _error(400, "the request could not be read (see the receiver's log)")
+            return 400, {"error": "the request could not be read (see the receiver's log)"}
         event = Event(name, delivery.delivery_id, delivery.event_type, text, time.time())
         try:
             added = await writer.put(event)
         except InboxUnavailable:
-            return _error(503, "the inbox cannot commit right now; deliver again later")
+            return 503, {"error": "the inbox cannot commit right now; deliver again later"}
         except InboxRefused as exc:
-            return _error(400, f"the inbox cannot store this event: {exc}")
-        return JSONResponse(
-            {"status": "accepted" if added else "duplicate", "delivery_id": delivery.delivery_id},
-            status_code=202 if added else 200,
-        )
+            return 400, {"error": f"the inbox cannot store this event: {exc}"}
+        status = "accepted" if added else "duplicate"
+        return (202 if added else 200), {"status": status, "delivery_id": delivery.delivery_id}
+
+    async def hooks_route(scope, receive_, send) -> None:
+        await receive(scope["path_params"]["source"], scope, receive_, send)
 
     def database_ok() -> bool:
         try:
@@ -307,14 +365,14 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/hooks/{source}", receive, methods=["POST"]),
+            Route("/hooks/{source}", hooks_route, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
     app.state.writer = writer
     app.state.sources = prepared
-    return app
+    return ReceiverApp(receive, app)
 
 
 def serve(

@@ -6,6 +6,7 @@ inbox that cannot commit answers 503 until it can again."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -194,3 +195,55 @@ def test_inbox_that_cannot_commit_answers_503_until_repaired(receiver, events_db
     inbox.inbox_table.create(engine)
     assert receiver.post_push("during").status == 202
     assert [row.delivery_id for row in inbox_rows(engine)] == ["during"]
+
+
+#: (method, path) → status: what the hooks route does not take is answered by Starlette's routing.
+OFF_THE_ROUTE = {
+    ("GET", "/hooks/github"): 405,
+    ("PUT", "/hooks/github"): 405,
+    ("POST", "/hooks/"): 404,
+    ("POST", "/hooks/github/extra"): 404,
+    ("POST", "/hooks/git%2Fhub"): 404,
+    ("POST", "/elsewhere"): 404,
+    ("GET", "/healthz"): 200,
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), OFF_THE_ROUTE, ids=[" ".join(k) for k in OFF_THE_ROUTE]
+)
+def test_requests_off_the_hooks_route_are_routed_as_before(
+    receiver, events_db_url, method, path
+) -> None:
+    body = push_body("d-1")
+
+    reply = receiver.request(method, path, body, github_headers(body, "d-1"))
+
+    assert reply.status == OFF_THE_ROUTE[(method, path)], reply.body
+    assert inbox_rows(store.engine(events_db_url)) == []
+
+
+def test_a_source_named_outside_ascii_is_named_back_in_utf8(receiver) -> None:
+    body = push_body("d-1")
+
+    reply = receiver.request("POST", "/hooks/%C3%A9t%C3%A9", body, github_headers(body, "d-1"))
+
+    assert reply.status == 404
+    assert reply.json() == {"error": "unknown source 'été'"}
+
+
+def test_a_sender_that_hangs_up_mid_body_leaves_nothing_and_harms_no_one(
+    receiver, events_db_url
+) -> None:
+    body = push_body("cut-off")
+    head = "".join(f"{k}: {v}\r\n" for k, v in github_headers(body, "cut-off").items())
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as conn:
+        conn.sendall(
+            f"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}"
+            "\r\n".encode()
+            + body[: len(body) // 2]
+        )
+    time.sleep(0.3)
+
+    assert receiver.post_push("after").status == 202
+    assert [row.delivery_id for row in inbox_rows(store.engine(events_db_url))] == ["after"]
