@@ -37,9 +37,9 @@ from automation_pipelines.instance import (
     instance_config_path,
     prepare_home,
 )
-from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines.paths import PACKAGE_ROOT, PROJECT_ROOT
 from automation_pipelines.reliability import store
-from automation_pipelines.reliability.processes import become_subreaper
+from automation_pipelines.reliability.processes import become_subreaper, write_bytecode
 from automation_pipelines.reliability.supervisor import (
     Dependency,
     Notice,
@@ -284,6 +284,7 @@ def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int
         )
         return 2
     home = prepare_home(home_path(), config)
+    write_bytecode(PACKAGE_ROOT)  # each run's worker imports the code location afresh
     storage = config_storage(config)  # missing PostgreSQL settings stop here, named
     env = {**os.environ, HOME_ENV: str(home), CONFIG_ENV: str(config)}
     workspace_file = home / "workspace.yaml"

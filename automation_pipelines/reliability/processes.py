@@ -8,6 +8,7 @@ then SIGKILL to every process of the session and every descendant seen, so nothi
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import ctypes
 import os
@@ -30,6 +31,20 @@ def become_subreaper() -> bool:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def write_bytecode(package: Path) -> bool:
+    """Compile `package`'s modules to bytecode now, before the processes that import them start.
+
+    Every Dagster run starts a Python process that imports the whole code location, and a module
+    without current bytecode is compiled again in each one (in every one where
+    PYTHONDONTWRITEBYTECODE is set): about 0.2 s of every run's start on a 2-core machine. False
+    if some module could not be compiled or written (a read-only checkout); nothing else changes.
+    """
+    try:
+        return bool(compileall.compile_dir(str(package), quiet=2))
+    except OSError:
+        return False
 
 
 def _alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:

@@ -24,8 +24,8 @@ import psutil
 import yaml
 
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
-from automation_pipelines.paths import PROJECT_ROOT
-from automation_pipelines.reliability.processes import ProcessGroup
+from automation_pipelines.paths import PACKAGE_ROOT, PROJECT_ROOT
+from automation_pipelines.reliability.processes import ProcessGroup, write_bytecode
 
 T = TypeVar("T")
 
@@ -123,6 +123,7 @@ class DagsterProcesses:
         instance_overrides: dict | None = None,
     ) -> None:
         self.root = root
+        write_bytecode(PACKAGE_ROOT)  # as `make run` does: run workers start as they would there
         if instance_overrides:
             self.home = root / "dagster_home"
             self.home.mkdir(parents=True)

@@ -1,8 +1,12 @@
 """ProcessGroup: a tree of processes that ignores SIGINT and SIGTERM, with a grandchild that
-moved to a process group of its own, is still stopped completely."""
+moved to a process group of its own, is still stopped completely. write_bytecode: a process
+started where PYTHONDONTWRITEBYTECODE is set imports the package from the bytecode written
+before it started."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from automation_pipelines.reliability.processes import ProcessGroup
+from automation_pipelines.reliability.processes import ProcessGroup, write_bytecode
 
 STUBBORN = textwrap.dedent(
     """
@@ -61,3 +65,31 @@ def test_cooperative_process_stops_on_sigint(tmp_path: Path) -> None:
         time.sleep(0.5)
     assert popen.returncode == 0
     assert Path(f"{script}.done").exists()
+
+
+def _loaded_from(package_parent: Path) -> str:
+    """Where a new interpreter that may not write bytecode takes `pkg.mod`'s code from."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(package_parent)}
+    verbose = subprocess.run(
+        [sys.executable, "-v", "-c", "import pkg.mod"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    [line] = [x for x in verbose.splitlines() if x.startswith("# code object from") and "mod" in x]
+    return line.strip("'")
+
+
+def test_processes_that_may_not_write_bytecode_start_from_what_was_written_before(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text("VALUE = 1\n")
+    assert _loaded_from(tmp_path).endswith("mod.py"), "compiled from source without it"
+
+    assert write_bytecode(package)
+
+    assert _loaded_from(tmp_path).endswith(".pyc")
