@@ -133,12 +133,21 @@ def _status(args: argparse.Namespace) -> int:
 def _webhooks_serve(args: argparse.Namespace) -> int:
     """Run the webhook receiver on the project database until SIGINT/SIGTERM."""
     from automation_pipelines.reliability import store
-    from automation_pipelines.webhooks.app import serve
+    from automation_pipelines.webhooks.app import DEFAULT_WORKERS, serve
 
     home = instance_home()
     os.environ["DAGSTER_HOME"] = str(home)
-    serve(args.host, args.port, store.database_url(home), max_group=args.max_group, fd=args.fd)
-    return 0
+    workers = args.workers
+    if workers is None:
+        workers = settings.integer("WEBHOOKS_WORKERS", DEFAULT_WORKERS, minimum=1, maximum=64)
+    return serve(
+        args.host,
+        args.port,
+        store.database_url(home),
+        max_group=args.max_group,
+        fd=args.fd,
+        workers=max(1, workers),
+    )
 
 
 def _events_engine():
@@ -466,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="most events one inbox commit takes (default 512; 1 commits each event alone)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="receiver processes sharing the port (env WEBHOOKS_WORKERS, default 2)",
     )
     serve.set_defaults(func=_webhooks_serve)
 

@@ -2,19 +2,23 @@
 
 Part 1, the receiver alone. `wrk` (C, two threads, 64 keep-alive connections) sends correctly
 signed GitHub pushes, each with a delivery id of its own, for a fixed time to one
-`automation-pipelines webhooks serve` process on a fresh instance home. The receiver shares two
-CPUs with wrk (the bench holds itself and what it starts to two when the machine has more; the
+`automation-pipelines webhooks serve` on a fresh instance home. The receiver shares two CPUs
+with wrk (the bench holds itself and what it starts to two when the machine has more; the
 PostgreSQL server is not held). An event counts as accepted when its 202 came back, which happens
 only after its inbox row was committed; the rows are counted afterwards, and there must be at
 least one per 202. The modes take turns for a few rounds and each is shown with the median of
 its rounds (events/s and each latency). Side by side:
-- the receiver as shipped: commits grouped by one writer thread, SQLite WAL, synchronous=FULL;
-- the same receiver committing each event alone (`--max-group 1`), as a hand-written receiver
-  with one transaction per request does;
+- the receiver as shipped: its worker processes (`webhooks serve --workers`, 2 by default) on
+  one port, each committing in groups from one writer thread, taking turns at commits; SQLite
+  WAL, synchronous=FULL;
+- the same receiver in one process (`--workers 1`);
+- the receiver committing each event alone (`--max-group 1`), as a hand-written receiver with
+  one transaction per request does;
 - the receiver as shipped on PostgreSQL (a fresh database on the local server, dropped after);
 - the app a person would write by hand (`bench/minimal_receiver.py`: the same server, one SQLite
   transaction per request, WAL, synchronous=FULL, no signature check), and the same app storing
-  nothing: the cost of HTTP alone;
+  nothing: the cost of HTTP alone; both in one process, as `uvicorn app:app` runs unless told.
+  The app storing nothing is also run in as many processes as the receiver, for comparison;
 - what open-source Dagster offers instead: one GraphQL `launchRun` of the load job per event
   against `dagster-webserver`, from 8 client threads. It checks no signature and would load a
   re-delivered event twice; the runs are only queued (no daemon runs in this part).
@@ -63,6 +67,7 @@ import uvicorn
 from automation_pipelines.automations.webhook_events.warehouse import events_table
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
 from automation_pipelines.reliability.processes import ProcessGroup
+from automation_pipelines.webhooks.app import DEFAULT_WORKERS
 from automation_pipelines.webhooks.inbox import DEAD, PENDING, inbox_table
 from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import DagsterProcesses, http_get, venv_script, wait_for
@@ -94,13 +99,15 @@ REPOSITORY_LINKS = (
     *("stargazers", "statuses", "subscribers", "tags", "trees"),
 )
 
-SHIPPED, ALONE, POSTGRES, LAUNCH_RUN, MINIMAL_SQLITE, MINIMAL_NONE = (
-    "receiver, group commit (SQLite)",
+SHIPPED, ONE_PROCESS, ALONE, POSTGRES, LAUNCH_RUN, MINIMAL_SQLITE, MINIMAL_NONE, MINIMAL_NONE_2 = (
+    f"receiver as shipped ({DEFAULT_WORKERS} processes, group commit, SQLite)",
+    "receiver, 1 process (group commit, SQLite)",
     "receiver, one commit per event",
-    "receiver, group commit (PostgreSQL)",
+    "receiver as shipped on PostgreSQL",
     "Dagster launchRun per event",
     "minimal app, one SQLite commit per request",
     "minimal app, storing nothing",
+    f"minimal app, storing nothing, {DEFAULT_WORKERS} processes",
 )
 #: The receiver as shipped against the minimal apps (`bench/minimal_receiver.py`).
 TARGET_VS_ONE_COMMIT = 2.0
@@ -311,16 +318,29 @@ def measure_receivers(wrk: str) -> tuple[list[Result], list[Result]]:
         for number in range(1, ROUNDS + 1):
             load = (wrk, script, requests)
             every.append(load_receiver(*load, SHIPPED, base, run=number))
+            every.append(load_receiver(*load, ONE_PROCESS, base, "--workers", "1", run=number))
             every.append(load_receiver(*load, ALONE, base, "--max-group", "1", run=number))
             every.append(load_receiver(*load, MINIMAL_SQLITE, base, minimal="sqlite", run=number))
             every.append(load_receiver(*load, MINIMAL_NONE, base, minimal="none", run=number))
+            workers = ("--workers", str(DEFAULT_WORKERS))
+            every.append(
+                load_receiver(*load, MINIMAL_NONE_2, base, *workers, minimal="none", run=number)
+            )
             with postgres_database() as url:  # a fresh database each round
                 if url is None:
                     continue
                 env = {**base, "AUTOMATION_DB_URL": url}
                 every.append(load_receiver(*load, POSTGRES, env, database=url, run=number))
         medians = []
-        for mode in (SHIPPED, ALONE, POSTGRES, MINIMAL_SQLITE, MINIMAL_NONE):
+        for mode in (
+            SHIPPED,
+            ONE_PROCESS,
+            ALONE,
+            POSTGRES,
+            MINIMAL_SQLITE,
+            MINIMAL_NONE,
+            MINIMAL_NONE_2,
+        ):
             runs = [r for r in every if r.mode == mode]
             if runs:
                 medians.append(median_result(mode, runs))
@@ -897,4 +917,10 @@ def print_receiver_checks(results: list[Result], every: list[Result]) -> bool:
             f"target: >= {target}x the {mode} ({base:,.0f}/s): "
             f"{'MET' if ratio >= target else 'NOT MET'} ({ratio:.2f}x)"
         )
+    both = next(r for r in results if r.mode == MINIMAL_NONE_2).events_per_second or 0
+    print(
+        f"for comparison, not a target: {rate / both if both else 0:.2f}x the {MINIMAL_NONE_2} "
+        f"({both:,.0f}/s). The minimal apps run one process, as `uvicorn app:app` does unless "
+        f"told; the receiver ships with {DEFAULT_WORKERS}."
+    )
     return ok

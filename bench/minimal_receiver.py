@@ -6,11 +6,13 @@ commits it as one row in its own SQLite transaction per request (WAL, synchronou
 Starlette's thread pool, then answers 202. It checks no signature and parses nothing.
 
 `--store none`: the same app answering 202 without storing anything: the cost of HTTP alone.
+`--workers N`: N processes, as `uvicorn --workers N` runs them (one unless told).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import threading
 
@@ -63,14 +65,27 @@ def create_app(store: str, db: str | None) -> Starlette:
     )
 
 
+def app_from_environment() -> Starlette:
+    """The app for each of uvicorn's worker processes, which import it by name."""
+    return create_app(os.environ["MINIMAL_STORE"], os.environ.get("MINIMAL_DB") or None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--store", choices=["sqlite", "none"], required=True)
     parser.add_argument("--db")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
+    os.environ.update(MINIMAL_STORE=args.store, MINIMAL_DB=args.db or "")
+    if args.workers > 1:
+        app = "minimal_receiver:app_from_environment"
+    else:
+        app = create_app(args.store, args.db)
     uvicorn.run(
-        create_app(args.store, args.db),
+        app,
+        factory=args.workers > 1,
+        workers=args.workers,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",

@@ -11,18 +11,22 @@ from __future__ import annotations
 import compileall
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import psutil
 
+log = logging.getLogger(__name__)
+
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
 
 
 def become_subreaper() -> bool:
@@ -31,6 +35,94 @@ def become_subreaper() -> bool:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when `parent` dies, even by SIGKILL (Linux); exit
+    now if it is gone already. For a forked worker: nothing serves on unsupervised."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def run_forked(count: int, target: Callable[[], int], *, grace: float = 15.0) -> int:
+    """Run `target` in `count` forked processes and watch them, as one service.
+
+    Call it before any thread is started. SIGTERM or SIGINT stops them all (SIGTERM to each,
+    SIGKILL after `grace` seconds) and returns 0. A worker that exits on its own, however it
+    ends, stops the others and returns 1: whatever supervises this process then restarts the
+    whole, and nothing runs short-handed unnoticed. Each worker dies with this process.
+    """
+    parent = os.getpid()
+    alive: dict[int, int] = {}
+    for number in range(count):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                die_with_parent(parent)
+                code = target()
+            except BaseException:
+                log.exception("worker %d of %d failed", number + 1, count)
+            finally:
+                os._exit(code)
+        alive[pid] = number
+    stopping: list[str] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        if not stopping:
+            stopping.append(signal.Signals(signum).name)
+            _send(alive, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failed = False
+    deadline = None
+    try:
+        while alive:
+            if stopping and deadline is None:
+                deadline = time.monotonic() + grace
+            if deadline is not None and time.monotonic() > deadline:
+                _send(alive, signal.SIGKILL)
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # all reaped already
+                break
+            if pid == 0:
+                time.sleep(0.1)
+                continue
+            number = alive.pop(pid, None)
+            if number is not None and not stopping:
+                failed = True
+                log.error(
+                    "worker %d of %d (pid %d) ended: %s; stopping the others",
+                    number + 1,
+                    count,
+                    pid,
+                    _status(status),
+                )
+                stopping.append("a worker ended")
+                _send(alive, signal.SIGTERM)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 1 if failed else 0
+
+
+def _send(pids: Iterable[int], sig: int) -> None:
+    for pid in list(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def write_bytecode(package: Path) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import queue
@@ -22,6 +23,7 @@ import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
@@ -31,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from automation_pipelines.reliability import store
+from automation_pipelines.reliability.processes import run_forked
 from automation_pipelines.webhooks.inbox import Event, data_refusal, insert_events
 from automation_pipelines.webhooks.payloads import PayloadError, parse_object
 from automation_pipelines.webhooks.sources import (
@@ -59,9 +62,13 @@ class InboxRefused(ValueError):
 class InboxWriter:
     """One thread that owns the write connection and commits waiting events together."""
 
-    def __init__(self, engine: sa.Engine, *, max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self, engine: sa.Engine, *, max_group: int = MAX_GROUP, lock_path: Path | None = None
+    ) -> None:
         self.engine = engine
         self.max_group = max_group
+        self.lock_path = lock_path
+        self._lock_file = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
@@ -94,6 +101,23 @@ class InboxWriter:
             conn.commit()
         return conn
 
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """Hold the receivers' commit lock (SQLite only). Receiver processes on one SQLite file
+        take turns at commits through this file lock, which wakes the next one the moment it is
+        free; without it they meet in SQLite's busy handler, which sleeps in steps of up to
+        100 ms and made a second receiver process slower than one."""
+        if self.lock_path is None:
+            yield
+            return
+        if self._lock_file is None:
+            self._lock_file = open(self.lock_path, "a")  # noqa: SIM115 - kept for the writer's life
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
     def _run(self) -> None:
         conn = None
         while not self._stopping.is_set():
@@ -110,7 +134,7 @@ class InboxWriter:
             try:
                 if conn is None:
                     conn = self._connect()
-                with conn.begin():
+                with self._exclusive(), conn.begin():
                     added = insert_events(conn, [event for event, _, _ in group])
                 self.commits += 1
             except Exception as exc:  # every sender must hear back
@@ -126,6 +150,8 @@ class InboxWriter:
             _answer(group, results=added)
         if conn is not None:
             conn.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
 
     @staticmethod
     def _drop(conn: sa.Connection | None) -> None:
@@ -144,7 +170,7 @@ class InboxWriter:
                 outcomes.append(InboxUnavailable("the inbox connection was lost"))
                 continue
             try:
-                with conn.begin():
+                with self._exclusive(), conn.begin():
                     outcomes.extend(insert_events(conn, [event]))
                 self.commits += 1
             except Exception as exc:
@@ -200,6 +226,15 @@ def prepare_sources(
             log.error("webhook source %r is disabled: %s", name, exc)
             prepared[name] = Source(config, None, str(exc))
     return prepared
+
+
+def commit_lock_path(url: str) -> Path | None:
+    """The file receivers on one SQLite database take turns at commits with (None elsewhere:
+    PostgreSQL lets their inserts run side by side)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(f"{parsed.database}.commit-lock")
 
 
 class _Disconnected(Exception):
@@ -276,7 +311,7 @@ def create_app(
     # Lazy: with its database down the receiver still starts, answers 503 (senders deliver
     # again) and makes its tables on the first commit once the database is back.
     engine = store.engine(url, lazy=True)
-    writer = InboxWriter(engine, max_group=max_group)
+    writer = InboxWriter(engine, max_group=max_group, lock_path=commit_lock_path(url))
 
     async def receive(name: str, scope, receive, send) -> None:
         source = prepared.get(name)
@@ -375,6 +410,12 @@ def create_app(
     return ReceiverApp(receive, app)
 
 
+#: Receiver processes on one listening socket (`webhooks serve --workers`, WEBHOOKS_WORKERS). A
+#: process verifies, parses and answers on one core (Python's interpreter lock), so a second
+#: one is what lets a 2-core machine take more events; their commits take turns.
+DEFAULT_WORKERS = 2
+
+
 def serve(
     host: str,
     port: int,
@@ -382,15 +423,39 @@ def serve(
     *,
     max_group: int | None = None,
     fd: int | None = None,
-) -> None:
-    """Run the receiver in this process until SIGINT/SIGTERM (uvicorn handles both). With `fd`,
-    serve the listening socket the supervisor holds open: while this process restarts, new
-    connections wait in that socket's backlog instead of being refused."""
+    workers: int = 1,
+) -> int:
+    """Run the receiver until SIGINT/SIGTERM (uvicorn handles both), in this process or in
+    `workers` forked ones sharing the listening socket; the exit code. With `fd`, serve the
+    listening socket the supervisor holds open: while this process restarts, new connections
+    wait in that socket's backlog instead of being refused."""
     import socket
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if workers <= 1:
+        _serve_here(
+            host,
+            port,
+            database_url,
+            max_group,
+            socket.socket(fileno=fd) if fd is not None else None,
+        )
+        return 0
+    if fd is not None:
+        listening = socket.socket(fileno=fd)
+    else:
+        import uvicorn
+
+        listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()  # IPv6 too
+    log.info("receiver: %d worker processes on %s:%d", workers, host, port)
+    return run_forked(
+        workers, lambda: _serve_here(host, port, database_url, max_group, listening) or 0
+    )
+
+
+def _serve_here(host, port, database_url, max_group, listening) -> None:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(database_url, max_group=max_group or MAX_GROUP)
     config = uvicorn.Config(
         app,
@@ -400,11 +465,11 @@ def serve(
         http="httptools",
         access_log=False,
         log_level="info",
-        # Beyond this many open requests the receiver answers 503 instead of queueing without
+        # Beyond this many open requests a process answers 503 instead of queueing without
         # bound; senders retry.
         limit_concurrency=2000,
         timeout_graceful_shutdown=5,
     )
-    sockets = [socket.socket(fileno=fd)] if fd is not None else None
+    sockets = [listening] if listening is not None else None
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it handled
         uvicorn.Server(config).run(sockets=sockets)

@@ -243,10 +243,16 @@ TOPOLOGY_PROCESSES = {
 
 
 def find_process(group: ProcessGroup, needle: str) -> psutil.Process | None:
-    """The process of `group` whose command line holds `needle` (not its setpriv wrapper)."""
+    """The process of `group` whose command line holds `needle` (not its setpriv wrapper, nor
+    a worker it forked, whose command line is its parent's)."""
+
+    def matches(process: psutil.Process) -> bool:
+        return needle in " ".join(process.cmdline()) and process.name() != "setpriv"
+
     for process in group.members():
         try:
-            if needle in " ".join(process.cmdline()) and process.name() != "setpriv":
+            parent = process.parent()
+            if matches(process) and (parent is None or not matches(parent)):
                 return process
         except psutil.Error:
             continue

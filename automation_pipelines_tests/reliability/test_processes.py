@@ -1,11 +1,15 @@
 """ProcessGroup: a tree of processes that ignores SIGINT and SIGTERM, with a grandchild that
 moved to a process group of its own, is still stopped completely. write_bytecode: a process
 started where PYTHONDONTWRITEBYTECODE is set imports the package from the bytecode written
-before it started."""
+before it started. run_forked: two forked workers stop with their parent on SIGTERM (SIGKILL
+after the grace for one that ignores it), die with a parent killed outright, and a worker that
+ends ends the whole with exit code 1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,6 +17,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from automation_pipelines.reliability.processes import ProcessGroup, write_bytecode
 
@@ -93,3 +98,98 @@ def test_processes_that_may_not_write_bytecode_start_from_what_was_written_befor
     assert write_bytecode(package)
 
     assert _loaded_from(tmp_path).endswith(".pyc")
+
+
+FORKED = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    from automation_pipelines.reliability.processes import run_forked
+
+    def work():
+        if sys.argv[1] == "stubborn":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        Path(sys.argv[2], str(os.getpid())).touch()
+        while True:
+            time.sleep(0.1)
+
+    sys.exit(run_forked(2, work, grace=1.0))
+    """
+)
+
+
+@pytest.fixture
+def forked(tmp_path: Path):
+    """Start a parent of two forked workers (`how`: "polite" or "stubborn"); yields the parent
+    and its workers' pids once both are up."""
+    started: list[subprocess.Popen] = []
+
+    def start(how: str = "polite") -> tuple[subprocess.Popen, list[int]]:
+        marks = tmp_path / f"marks-{len(started)}"
+        marks.mkdir()
+        script = tmp_path / "forked.py"
+        script.write_text(FORKED)
+        parent = subprocess.Popen([sys.executable, str(script), how, str(marks)])
+        started.append(parent)
+        deadline = time.monotonic() + 30
+        while len(list(marks.iterdir())) < 2:
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        return parent, sorted(int(p.name) for p in marks.iterdir())
+
+    yield start
+    for parent in started:
+        with contextlib.suppress(ProcessLookupError):
+            parent.kill()
+        parent.wait()
+
+
+def _gone(pids: list[int], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_forked_workers_stop_with_their_parent_on_sigterm(forked) -> None:
+    parent, workers = forked()
+
+    parent.send_signal(signal.SIGTERM)
+
+    assert parent.wait(timeout=10) == 0
+    assert _gone(workers)
+
+
+def test_a_worker_that_ends_ends_the_whole_with_a_failure(forked) -> None:
+    """Whatever supervises the parent restarts the whole: nothing runs short-handed."""
+    parent, workers = forked()
+
+    os.kill(workers[0], signal.SIGKILL)
+
+    assert parent.wait(timeout=10) == 1
+    assert _gone(workers)
+
+
+def test_workers_die_with_a_parent_killed_outright(forked) -> None:
+    parent, workers = forked()
+
+    parent.kill()
+    parent.wait()
+
+    assert _gone(workers)
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(forked) -> None:
+    parent, workers = forked("stubborn")
+    began = time.monotonic()
+
+    parent.send_signal(signal.SIGTERM)
+
+    assert parent.wait(timeout=10) == 0
+    assert time.monotonic() - began >= 1.0
+    assert _gone(workers)

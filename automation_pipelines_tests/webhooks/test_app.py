@@ -1,18 +1,22 @@
 """The receiver over real HTTP, on SQLite and on PostgreSQL: a signed delivery is committed to the
 inbox before its 202, a re-delivery answers 200 without a second row, every rejection (404, 401,
-413, 400, 503) adds no row and never echoes a secret, concurrent requests share commits, and an
-inbox that cannot commit answers 503 until it can again."""
+413, 400, 503) adds no row and never echoes a secret, concurrent requests share commits, an
+inbox that cannot commit answers 503 until it can again, requests off the hooks route are routed
+by Starlette as before, and commits on SQLite wait for the receivers' commit lock."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from automation_pipelines.reliability import store
 from automation_pipelines.webhooks import inbox
+from automation_pipelines.webhooks.app import commit_lock_path
 from automation_pipelines_tests.webhooks.conftest import (
     GITHUB_SECRET,
     MAX_BODY,
@@ -247,3 +251,25 @@ def test_a_sender_that_hangs_up_mid_body_leaves_nothing_and_harms_no_one(
 
     assert receiver.post_push("after").status == 202
     assert [row.delivery_id for row in inbox_rows(store.engine(events_db_url))] == ["after"]
+
+
+def test_commits_on_sqlite_wait_for_the_receivers_commit_lock(start_receiver, events_db_url):
+    """Receiver processes on one SQLite file take turns at commits through a file lock; on
+    PostgreSQL there is none and nothing waits."""
+    lock_path = commit_lock_path(events_db_url)
+    receiver = start_receiver()
+    if lock_path is None:
+        assert events_db_url.startswith("postgresql")
+        assert receiver.post_push("no-lock").status == 202
+        return
+    with ThreadPoolExecutor(1) as pool, open(lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another receiver process in its commit
+        try:
+            reply = pool.submit(receiver.post_push, "waits")
+            time.sleep(0.5)
+            assert not reply.done()
+            assert inbox_rows(store.engine(events_db_url)) == []
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        assert reply.result(timeout=10).status == 202
+    assert [row.delivery_id for row in inbox_rows(store.engine(events_db_url))] == ["waits"]

@@ -1,7 +1,8 @@
 """`automation-pipelines events status | dead | replay` on the project database of a temporary
 DAGSTER_HOME (SQLite): what they print, what they change and their exit codes; and
 `webhooks serve` run as the real console script: it takes a signed GitHub delivery into the
-inbox and shuts down cleanly on SIGTERM."""
+inbox and shuts down cleanly on SIGTERM, and its worker processes, posted to at once with
+re-deliveries among the events, keep each event exactly once and answer each re-delivery 200."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import sqlalchemy as sa
 
@@ -144,15 +148,47 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
-def test_serve_takes_a_delivery_and_stops_on_sigterm(tmp_path: Path) -> None:
+SERVE_SECRET = "serve-test-github-secret"
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen
+    base_url: str
+    home: Path
+    log_path: Path
+
+    def post(self, delivery: str) -> tuple[int, dict]:
+        body = push_body(delivery)
+        request = urllib.request.Request(
+            f"{self.base_url}/hooks/github",
+            data=body,
+            headers=github_headers(body, delivery, secret=SERVE_SECRET),
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+
+    def inbox(self) -> list[str]:
+        engine = sa.create_engine(f"sqlite:///{self.home.resolve() / store.DB_FILE}")
+        try:
+            return [row.delivery_id for row in inbox_rows(engine)]
+        finally:
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, workers: int) -> Iterator[Served]:
+    """`automation-pipelines webhooks serve` as the console script, with `workers` processes
+    (WEBHOOKS_WORKERS), on a SQLite home of its own, once it answers /healthz with every worker up;
+    killed with its session afterwards."""
     home = tmp_path / "home"
     home.mkdir()
-    secret = "serve-test-github-secret"
     env = {key: value for key, value in os.environ.items() if key not in DATABASE_ENV}
     env.pop("WEBHOOK_SOURCES_FILE", None)
-    env.update(DAGSTER_HOME=str(home), GITHUB_WEBHOOK_SECRET=secret)
+    env.update(
+        DAGSTER_HOME=str(home), GITHUB_WEBHOOK_SECRET=SERVE_SECRET, WEBHOOKS_WORKERS=str(workers)
+    )
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     script = Path(sys.executable).with_name("automation-pipelines")
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
@@ -163,36 +199,46 @@ def test_serve_takes_a_delivery_and_stops_on_sigterm(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    served = Served(process, f"http://127.0.0.1:{port}", home, log_path)
+    forked = workers if workers > 1 else 0
     try:
         deadline = time.monotonic() + 30
-        while not _healthy(base_url):
+        while not _healthy(served.base_url) or len(psutil.Process(process.pid).children()) < forked:
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
-
-        body = push_body("serve-1")
-        request = urllib.request.Request(
-            f"{base_url}/hooks/github",
-            data=body,
-            headers=github_headers(body, "serve-1", secret=secret),
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert (response.status, json.load(response)["status"]) == (202, "accepted")
-        engine = sa.create_engine(f"sqlite:///{home.resolve() / store.DB_FILE}")
-        try:
-            assert [(row.source, row.delivery_id) for row in inbox_rows(engine)] == [
-                ("github", "serve-1")
-            ]
-        finally:
-            engine.dispose()
-
-        process.send_signal(signal.SIGTERM)
-        returncode = process.wait(timeout=10)
+        yield served
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_takes_a_delivery_and_stops_on_sigterm(tmp_path: Path, workers: int) -> None:
+    with serving(tmp_path, workers) as served:
+        status, answer = served.post("serve-1")
+
+        assert (status, answer["status"]) == (202, "accepted")
+        assert served.inbox() == ["serve-1"]
+        served.process.send_signal(signal.SIGTERM)
+        returncode = served.process.wait(timeout=20)
+
     # After its graceful shutdown uvicorn re-raises the signal it caught, so -SIGTERM is clean too.
-    assert returncode in (0, -signal.SIGTERM), log_path.read_text()
-    assert "Application shutdown complete" in log_path.read_text()
+    log = served.log_path.read_text()
+    assert returncode in (0, -signal.SIGTERM), log
+    assert log.count("Application shutdown complete") == workers
+
+
+def test_worker_processes_keep_each_event_once(tmp_path: Path) -> None:
+    """Three processes posted to at once, re-deliveries among the events."""
+    with serving(tmp_path, 3) as served:
+        deliveries = [f"w-{n}" for n in range(300)] + [f"w-{n}" for n in range(0, 300, 5)]
+        with ThreadPoolExecutor(24) as pool:
+            statuses = [status for status, _ in pool.map(served.post, deliveries)]
+
+        assert (statuses.count(202), statuses.count(200)) == (300, 60)
+        assert sorted(served.inbox()) == sorted(set(deliveries))
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=20) == 0, served.log_path.read_text()
+    assert served.log_path.read_text().count("Application shutdown complete") == 3
