@@ -71,7 +71,7 @@ from automation_pipelines.webhooks.app import DEFAULT_WORKERS
 from automation_pipelines.webhooks.inbox import DEAD, PENDING, inbox_table
 from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import DagsterProcesses, http_get, venv_script, wait_for
-from bench.tables import print_columns
+from bench.tables import load_average, print_columns
 
 SECONDS = int(os.environ.get("BENCH_WEBHOOKS_SECONDS", "10"))
 BURST = int(os.environ.get("BENCH_WEBHOOKS_BURST", "10000"))
@@ -191,7 +191,8 @@ def main() -> None:
         ok = run_burst(WORK / "burst", launch_rate(results)) and ok
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
-    print(f"(whole benchmark: {time.perf_counter() - started:.0f} s)")
+    took = time.perf_counter() - started
+    print(f"(whole benchmark: {took:.0f} s; load average at the end: {load_average()})")
     if not ok:
         raise SystemExit(1)
 
@@ -846,6 +847,7 @@ def describe_machine(wrk: str) -> str:
             f"receiver: uvicorn {uvicorn.__version__} (uvloop, httptools), SQLAlchemy "
             f"{sa.__version__}, SQLite {sqlite_version()}; Dagster {dg.__version__}",
             f"load: {(version.stdout or version.stderr).splitlines()[0].split(' [')[0]}",
+            f"load average at start: {load_average()}",
         ]
     )
 
