@@ -196,8 +196,29 @@ def _standard_secret(secret: str) -> bytes:
     return key
 
 
+#: The header families a Standard Webhooks sender may use: the spec's `webhook-*`, and `svix-*`,
+#: which Svix sends by default. A request is read in one family whole, `webhook-*` first.
+STANDARD_FAMILIES = ("webhook", "svix")
+_STANDARD_PARTS = ("id", "timestamp", "signature")
+
+
+def standard_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request's id, timestamp and signature under the spec's `webhook-*` names, taken from
+    the first family that has all three (else what `webhook-*` has, which fails as missing)."""
+    for family in STANDARD_FAMILIES:
+        found = {part: headers.get(f"{family}-{part}") for part in _STANDARD_PARTS}
+        if all(found.values()):
+            return {f"webhook-{part}": value for part, value in found.items()}
+    return {
+        f"webhook-{p}": headers[f"webhook-{p}"]
+        for p in _STANDARD_PARTS
+        if f"webhook-{p}" in headers
+    }
+
+
 class StandardWebhooksVerifier:
-    """The Standard Webhooks spec (Svix and others), checked by the `standardwebhooks` library.
+    """The Standard Webhooks spec (Svix and others), checked by the `standardwebhooks` library,
+    with its headers named `webhook-*` or, as Svix names them by default, `svix-*`.
 
     The library reads its own clock with a fixed five-minute tolerance, so `now` is not used.
     """
@@ -210,7 +231,7 @@ class StandardWebhooksVerifier:
 
     def check_signature(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
         try:
-            self._webhook.verify(body, dict(headers), json_parse=False)
+            self._webhook.verify(body, standard_headers(headers), json_parse=False)
         except WebhookVerificationError as error:
             if "timestamp too" in str(error):
                 raise StaleTimestamp(
@@ -224,7 +245,7 @@ class StandardWebhooksVerifier:
     def identify(self, headers: Mapping[str, str], payload: Any) -> Delivery:
         event_type = payload.get("type") if isinstance(payload, dict) else None
         return Delivery(
-            delivery_id=_required_header(headers, "webhook-id"),
+            delivery_id=_required_header(standard_headers(headers), "webhook-id"),
             event_type=_label(event_type, "event type"),
         )
 

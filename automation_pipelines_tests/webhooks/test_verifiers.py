@@ -1,6 +1,7 @@
 """The signature verifiers: GitHub's published test vector, Stripe and plain-HMAC signatures
 computed here independently of the code under test, Standard Webhooks signatures made by the
-library itself, and the rejections (bad or missing signature, stale timestamp, unreadable ids)
+library itself and sent under either header family (`webhook-*`, or `svix-*` as Svix sends them),
+and the rejections (bad or missing signature, stale timestamp, unreadable ids)
 each mapped to its own error whose message never reveals the secret or the expected signature."""
 
 from __future__ import annotations
@@ -241,14 +242,19 @@ def test_stripe_id_of_exactly_255_chars_is_accepted():
 
 
 def standard_headers(
-    body: bytes, msg_id: str = "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", age: timedelta = timedelta(0)
+    body: bytes,
+    msg_id: str = "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
+    age: timedelta = timedelta(0),
+    family: str = "webhook",
 ) -> dict[str, str]:
+    """Headers as a sender signing with the `standardwebhooks` library sends them, named
+    `webhook-*` (the spec) or `svix-*` (Svix's default)."""
     signed_at = datetime.now(tz=UTC) - age
     signature = Webhook(STANDARD_SECRET).sign(msg_id, signed_at, body.decode())
     return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(signed_at.timestamp())),
-        "webhook-signature": signature,
+        f"{family}-id": msg_id,
+        f"{family}-timestamp": str(int(signed_at.timestamp())),
+        f"{family}-signature": signature,
     }
 
 
@@ -258,6 +264,60 @@ STANDARD_BODY = json.dumps({"type": "user.created", "data": {"id": 7}}).encode()
 def test_standard_signed_by_the_library_passes():
     verifier = StandardWebhooksVerifier(STANDARD_SECRET)
     verifier.check_signature(STANDARD_BODY, standard_headers(STANDARD_BODY), time.time())
+
+
+@pytest.mark.parametrize("family", ["webhook", "svix"])
+def test_standard_either_header_family_is_verified_and_identified(family):
+    verifier = StandardWebhooksVerifier(STANDARD_SECRET)
+    headers = standard_headers(STANDARD_BODY, msg_id=f"msg_{family}", family=family)
+
+    verifier.check_signature(STANDARD_BODY, headers, time.time())
+
+    assert verifier.identify(headers, json.loads(STANDARD_BODY)) == Delivery(
+        f"msg_{family}", "user.created"
+    )
+
+
+@pytest.mark.parametrize("family", ["webhook", "svix"])
+def test_standard_tampered_body_fails_in_either_header_family(family):
+    headers = standard_headers(STANDARD_BODY, family=family)
+    with pytest.raises(SignatureError):
+        StandardWebhooksVerifier(STANDARD_SECRET).check_signature(
+            STANDARD_BODY.replace(b"7", b"8"), headers, time.time()
+        )
+
+
+@pytest.mark.parametrize("missing", ["svix-id", "svix-timestamp", "svix-signature"])
+def test_standard_incomplete_svix_headers_are_a_signature_error(missing):
+    headers = standard_headers(STANDARD_BODY, family="svix")
+    del headers[missing]
+    with pytest.raises(SignatureError):
+        StandardWebhooksVerifier(STANDARD_SECRET).check_signature(
+            STANDARD_BODY, headers, time.time()
+        )
+
+
+def test_standard_a_complete_family_wins_over_a_partial_one():
+    """A stray webhook-id does not pull the svix-signed request into the other family."""
+    verifier = StandardWebhooksVerifier(STANDARD_SECRET)
+    headers = {**standard_headers(STANDARD_BODY, msg_id="msg_svix", family="svix")}
+    headers["webhook-id"] = "msg_stray"
+
+    verifier.check_signature(STANDARD_BODY, headers, time.time())
+
+    assert verifier.identify(headers, json.loads(STANDARD_BODY)).delivery_id == "msg_svix"
+
+
+def test_standard_the_spec_family_is_read_first_and_alone():
+    """With both families complete, `webhook-*` decides: a bad one is not saved by the other."""
+    headers = {
+        **standard_headers(STANDARD_BODY, family="svix"),
+        **standard_headers(STANDARD_BODY.replace(b"7", b"8"), family="webhook"),
+    }
+    with pytest.raises(SignatureError):
+        StandardWebhooksVerifier(STANDARD_SECRET).check_signature(
+            STANDARD_BODY, headers, time.time()
+        )
 
 
 def test_standard_accepts_secret_without_prefix():
