@@ -323,6 +323,7 @@ def create_app(
         try:
             body = await _read_limited(scope, receive, source.config.max_body_bytes)
         except _Disconnected:
+            log.info("%s delivery: the sender hung up before its body was read", name)
             return None
         if body is None:
             return await _reply(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -237,8 +238,9 @@ def test_a_source_named_outside_ascii_is_named_back_in_utf8(receiver) -> None:
 
 
 def test_a_sender_that_hangs_up_mid_body_leaves_nothing_and_harms_no_one(
-    receiver, events_db_url
+    receiver, events_db_url, caplog
 ) -> None:
+    caplog.set_level(logging.INFO, logger="automation_pipelines.webhooks")
     body = push_body("cut-off")
     head = "".join(f"{k}: {v}\r\n" for k, v in github_headers(body, "cut-off").items())
     with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as conn:
@@ -251,6 +253,9 @@ def test_a_sender_that_hangs_up_mid_body_leaves_nothing_and_harms_no_one(
 
     assert receiver.post_push("after").status == 202
     assert [row.delivery_id for row in inbox_rows(store.engine(events_db_url))] == ["after"]
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("automation_pipelines")]
+    assert said == ["github delivery: the sender hung up before its body was read"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_commits_on_sqlite_wait_for_the_receivers_commit_lock(start_receiver, events_db_url):
