@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -37,12 +38,13 @@ from automation_pipelines.reliability.processes import run_forked
 from automation_pipelines.webhooks.inbox import Event, data_refusal, insert_events
 from automation_pipelines.webhooks.payloads import PayloadError, parse_object
 from automation_pipelines.webhooks.sources import (
+    PREVIOUS_SUFFIX,
     MissingSecret,
     SourceConfig,
     build_verifier,
     load_sources,
 )
-from automation_pipelines.webhooks.verifiers import Rejected, Verifier
+from automation_pipelines.webhooks.verifiers import Rejected, RotatingVerifier, Verifier
 
 log = logging.getLogger("automation_pipelines.webhooks")
 
@@ -212,6 +214,18 @@ class Source:
     config: SourceConfig
     verifier: Verifier | None
     problem: str | None = None
+
+    def state(self, now: float) -> str:
+        """What /healthz says of it: ready, closed and why, or ready during a rotation."""
+        if self.verifier is None:
+            return f"disabled: {self.problem}"
+        if not isinstance(self.verifier, RotatingVerifier):
+            return "ready"
+        until = datetime.fromtimestamp(self.verifier.until, UTC).isoformat(timespec="seconds")
+        previous = self.config.secret_env + PREVIOUS_SUFFIX
+        if now < self.verifier.until:
+            return f"ready; the previous secret ({previous}) is accepted until {until}"
+        return f"ready; the previous secret's window ended at {until}: unset {previous}"
 
 
 def prepare_sources(
@@ -383,10 +397,7 @@ def create_app(
             {
                 "status": "ok" if ok else "unavailable",
                 "writer": "running" if writer.alive else "stopped",
-                "sources": {
-                    name: "ready" if s.verifier else f"disabled: {s.problem}"
-                    for name, s in sorted(prepared.items())
-                },
+                "sources": {name: s.state(time.time()) for name, s in sorted(prepared.items())},
             },
             status_code=200 if ok else 503,
         )

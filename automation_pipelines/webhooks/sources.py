@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.webhooks.verifiers import (
     GitHubVerifier,
     HmacVerifier,
+    RotatingVerifier,
     StandardWebhooksVerifier,
     StripeVerifier,
     Verifier,
@@ -193,15 +195,51 @@ def load_sources(path: Path | str | None = None) -> dict[str, SourceConfig]:
     }
 
 
+#: Appended to a source's `secret_env` for the previous secret during a rotation, and for the
+#: moment it stops being accepted (ISO 8601 with its offset, e.g. 2026-12-31T00:00:00Z).
+PREVIOUS_SUFFIX, UNTIL_SUFFIX = "_PREVIOUS", "_PREVIOUS_UNTIL"
+
+
 def build_verifier(config: SourceConfig, environ: Mapping[str, str] | None = None) -> Verifier:
     """The verifier for `config`, keyed with its secret from `environ` (default `os.environ`).
 
-    A secret never has a default: without one the source must stay closed.
+    A secret never has a default: without one the source must stay closed. While
+    `<secret_env>_PREVIOUS` is set, the previous secret is accepted as well until
+    `<secret_env>_PREVIOUS_UNTIL`, which must then be set: a previous secret without an end
+    would stay valid for ever, so the source stays closed instead and says why.
     """
     env = os.environ if environ is None else environ
     secret = env.get(config.secret_env)
     if not secret:
         raise MissingSecret(config.secret_env, config.name)
+    current = _keyed(config, secret, config.secret_env)
+    previous = env.get(config.secret_env + PREVIOUS_SUFFIX)
+    if not previous:
+        return current
+    until = _rotation_end(config, env.get(config.secret_env + UNTIL_SUFFIX))
+    return RotatingVerifier(
+        current, _keyed(config, previous, config.secret_env + PREVIOUS_SUFFIX), until
+    )
+
+
+def _rotation_end(config: SourceConfig, raw: str | None) -> float:
+    name = config.secret_env + UNTIL_SUFFIX
+    example = "an ISO 8601 moment with its offset, e.g. 2026-12-31T00:00:00Z"
+    if not raw:
+        raise ValueError(
+            f"{config.secret_env}{PREVIOUS_SUFFIX} is set without {name}: set {name} to the "
+            f"moment the previous secret stops being accepted ({example})"
+        )
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not {example}") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{name}={raw!r} has no offset; write it as {example}")
+    return moment.timestamp()
+
+
+def _keyed(config: SourceConfig, secret: str, env_name: str) -> Verifier:
     try:
         if config.kind == "github":
             return GitHubVerifier(secret)
@@ -216,5 +254,5 @@ def build_verifier(config: SourceConfig, environ: Mapping[str, str] | None = Non
                     options[key] = options[key].lower()
             return HmacVerifier(secret, tolerance_seconds=config.tolerance_seconds, **options)
     except ValueError as error:
-        raise ValueError(f"{config.secret_env} (source {config.name!r}): {error}") from None
+        raise ValueError(f"{env_name} (source {config.name!r}): {error}") from None
     raise SourceConfigError(f"source {config.name!r}: unknown kind {config.kind!r}")

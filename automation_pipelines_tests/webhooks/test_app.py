@@ -2,7 +2,8 @@
 inbox before its 202, a re-delivery answers 200 without a second row, every rejection (404, 401,
 413, 400, 503) adds no row and never echoes a secret, concurrent requests share commits, an
 inbox that cannot commit answers 503 until it can again, requests off the hooks route are routed
-by Starlette as before, and commits on SQLite wait for the receivers' commit lock."""
+by Starlette as before, commits on SQLite wait for the receivers' commit lock, and a secret's
+rotation window ends by itself in a running receiver."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from automation_pipelines.reliability import store
 from automation_pipelines.webhooks import inbox
-from automation_pipelines.webhooks.app import commit_lock_path
+from automation_pipelines.webhooks.app import commit_lock_path, prepare_sources
+from automation_pipelines.webhooks.sources import SourceConfig
 from automation_pipelines_tests.webhooks.conftest import (
     GITHUB_SECRET,
     MAX_BODY,
@@ -278,3 +281,33 @@ def test_commits_on_sqlite_wait_for_the_receivers_commit_lock(start_receiver, ev
             fcntl.flock(held, fcntl.LOCK_UN)
         assert reply.result(timeout=10).status == 202
     assert [row.delivery_id for row in inbox_rows(store.engine(events_db_url))] == ["waits"]
+
+
+def test_a_rotation_window_ends_by_itself_with_nothing_restarted(start_receiver) -> None:
+    """GitHub's hook is moved to a new secret: during the window both are accepted, and when it
+    ends the old one gets 401 from the same running receiver; /healthz says which state it is in."""
+    ends = datetime.now(UTC) + timedelta(seconds=2)
+    config = SourceConfig("github", "github", "GITHUB_WEBHOOK_SECRET", MAX_BODY)
+    environ = {
+        "GITHUB_WEBHOOK_SECRET": "the-new-secret",
+        "GITHUB_WEBHOOK_SECRET_PREVIOUS": GITHUB_SECRET,
+        "GITHUB_WEBHOOK_SECRET_PREVIOUS_UNTIL": ends.isoformat(),
+    }
+    receiver = start_receiver(prepare_sources({"github": config}, environ=environ))
+
+    def post(delivery: str, secret: str) -> int:
+        body = push_body(delivery)
+        return receiver.request(
+            "POST", "/hooks/github", body, github_headers(body, delivery, secret=secret)
+        ).status
+
+    assert post("old-during", GITHUB_SECRET) == 202
+    assert post("new-during", "the-new-secret") == 202
+    health = receiver.request("GET", "/healthz").json()["sources"]["github"]
+    assert health.startswith("ready; the previous secret (GITHUB_WEBHOOK_SECRET_PREVIOUS) is")
+    time.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.2)
+
+    assert post("old-after", GITHUB_SECRET) == 401
+    assert post("new-after", "the-new-secret") == 202
+    health = receiver.request("GET", "/healthz").json()["sources"]["github"]
+    assert "window ended" in health and "unset GITHUB_WEBHOOK_SECRET_PREVIOUS" in health

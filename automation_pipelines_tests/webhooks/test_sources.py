@@ -1,6 +1,8 @@
 """The webhook sources file: the shipped webhook_sources.yaml loads, broken files are refused
 with a message naming the file, the source and the problem, a missing secret names its variable,
-and every kind builds a verifier that accepts a correctly signed request."""
+every kind builds a verifier that accepts a correctly signed request, and during a secret's
+rotation both secrets are accepted until the window's end and only the new one after it, while a
+previous secret without a readable end closes the source with the reason."""
 
 from __future__ import annotations
 
@@ -345,3 +347,70 @@ sources:
     verifier = build_verifier(load_sources(path)["ci"], {"CI_HOOK_SECRET": secret})
     verifier.check_signature(body, headers, time.time())
     assert verifier.identify(headers, json.loads(body)) == Delivery("b-9", "build.done")
+
+
+# A secret's rotation window
+
+OLD, NEW = "the-old-github-secret", "the-new-github-secret"
+BODY = b'{"zen": "Rotate without a gap."}'
+
+
+def github_signed(secret: str) -> dict[str, str]:
+    return {"x-hub-signature-256": "sha256=" + sign(secret, BODY)}
+
+
+def rotating(until: str | None) -> dict[str, str]:
+    environ = {"GITHUB_WEBHOOK_SECRET": NEW, "GITHUB_WEBHOOK_SECRET_PREVIOUS": OLD}
+    if until is not None:
+        environ["GITHUB_WEBHOOK_SECRET_PREVIOUS_UNTIL"] = until
+    return environ
+
+
+def test_both_secrets_are_accepted_until_the_window_ends_and_then_only_the_new_one():
+    verifier = build_verifier(load_sources(SHIPPED)["github"], rotating("2030-01-01T00:00:00Z"))
+    end = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+
+    for now in (end - 3600, end - 0.001):
+        verifier.check_signature(BODY, github_signed(NEW), now)
+        verifier.check_signature(BODY, github_signed(OLD), now)
+    for now in (end, end + 3600):
+        verifier.check_signature(BODY, github_signed(NEW), now)
+        with pytest.raises(SignatureError):
+            verifier.check_signature(BODY, github_signed(OLD), now)
+    with pytest.raises(SignatureError):
+        verifier.check_signature(BODY, github_signed("neither"), end - 3600)
+
+
+def test_the_window_takes_any_offset():
+    late = build_verifier(load_sources(SHIPPED)["github"], rotating("2030-01-01T02:00:00+02:00"))
+    assert late.until == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("until", "says"),
+    [
+        (
+            None,
+            "GITHUB_WEBHOOK_SECRET_PREVIOUS is set without GITHUB_WEBHOOK_SECRET_PREVIOUS_UNTIL",
+        ),
+        ("", "is set without GITHUB_WEBHOOK_SECRET_PREVIOUS_UNTIL"),
+        ("next tuesday", "'next tuesday' is not an ISO 8601 moment"),
+        ("2030-01-01T00:00:00", "has no offset"),
+    ],
+    ids=["unset", "empty", "unreadable", "no offset"],
+)
+def test_a_previous_secret_without_a_readable_end_closes_the_source_and_says_why(until, says):
+    with pytest.raises(ValueError, match=says) as caught:
+        build_verifier(load_sources(SHIPPED)["github"], rotating(until))
+    assert OLD not in str(caught.value) and NEW not in str(caught.value)
+
+
+def test_a_previous_secret_the_sender_kind_refuses_names_its_own_variable():
+    environ = {
+        "STANDARD_WEBHOOK_SECRET": ENVIRON["STANDARD_WEBHOOK_SECRET"],
+        "STANDARD_WEBHOOK_SECRET_PREVIOUS": "not base64!!",
+        "STANDARD_WEBHOOK_SECRET_PREVIOUS_UNTIL": "2030-01-01T00:00:00Z",
+    }
+    with pytest.raises(ValueError, match="STANDARD_WEBHOOK_SECRET_PREVIOUS") as caught:
+        build_verifier(load_sources(SHIPPED)["partner"], environ)
+    assert "not base64!!" not in str(caught.value)
