@@ -31,6 +31,11 @@ def env_file() -> Path:
     return Path(configured) if configured else PROJECT_ROOT / ".env"
 
 
+#: The variables taken from the env file, by this process or the one that started it (its
+#: children inherit both), so that reading the file again can replace exactly those.
+FROM_FILE_ENV = "AUTOMATION_ENV_FILE_KEYS"
+
+
 def load_project_env() -> Path | None:
     """Put the variables of the project's `.env` into this process's environment, except those
     already set there; return the file read, or None when there is none."""
@@ -39,10 +44,23 @@ def load_project_env() -> Path | None:
     path = env_file()
     if not path.is_file():
         return None
+    taken = set(filter(None, os.environ.get(FROM_FILE_ENV, "").split(",")))
     for key, value in dotenv_values(path).items():
         if value is not None and key not in os.environ:
             os.environ[key] = value
+            taken.add(key)
+    if taken:
+        os.environ[FROM_FILE_ENV] = ",".join(sorted(taken))
     return path
+
+
+def reload_project_env() -> Path | None:
+    """Read the env file again: what came from it takes its current values (and what was
+    removed from it goes), while variables set in the environment proper still win. How a
+    restarted process, or a receiver told SIGHUP, sees a secret that was changed in `.env`."""
+    for key in filter(None, os.environ.pop(FROM_FILE_ENV, "").split(",")):
+        os.environ.pop(key, None)
+    return load_project_env()
 
 
 def integer(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from automation_pipelines import settings
 from automation_pipelines.instance import (
     CONFIG_ENV,
     HOME_ENV,
@@ -263,6 +264,13 @@ def run(ports: Ports, *, production: bool, policy: Policy = DEFAULT_POLICY) -> i
             signal.signal(sig, handler)
 
 
+def _current_env(home: Path, config: Path) -> dict[str, str]:
+    """The environment for a process started now: `.env` read again (what it set before takes
+    its current values; the environment proper still wins), on the instance this topology runs."""
+    settings.reload_project_env()
+    return {**os.environ, HOME_ENV: str(home), CONFIG_ENV: str(config)}
+
+
 def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int:
     config = instance_config_path()
     if production and not config_storage(config).is_postgres:
@@ -311,6 +319,7 @@ def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int
         notify=lambda notice: None,
         policy=policy,
         dependencies=dependencies,
+        refresh_env=lambda: _current_env(home, config),
     )
     notifier = OutboxNotifier(home, say=supervisor.say)
     supervisor.notify = notifier

@@ -37,6 +37,26 @@ def test_env_file_fills_what_the_environment_lacks(clean, tmp_path: Path) -> Non
     clean.delenv("AP_TEST_A")
 
 
+def test_reading_the_env_file_again_replaces_what_came_from_it_only(clean, tmp_path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("AP_TEST_A=old\nAP_TEST_B=from-file\nAP_TEST_C=going\n")
+    clean.setenv("AP_TEST_B", "from-environment")
+    for name in ("AP_TEST_A", "AP_TEST_C", "AP_TEST_D", settings.FROM_FILE_ENV):
+        clean.delenv(name, raising=False)
+    settings.load_project_env()
+    env.write_text("AP_TEST_A=new\nAP_TEST_B=changed-in-file\nAP_TEST_D=added\n")
+
+    settings.reload_project_env()
+
+    assert os.environ["AP_TEST_A"] == "new"
+    assert os.environ["AP_TEST_B"] == "from-environment"  # the environment proper still wins
+    assert "AP_TEST_C" not in os.environ
+    assert os.environ["AP_TEST_D"] == "added"
+    assert os.environ[settings.FROM_FILE_ENV] == "AP_TEST_A,AP_TEST_D"
+    for name in ("AP_TEST_A", "AP_TEST_D", settings.FROM_FILE_ENV):
+        clean.delenv(name)
+
+
 def test_no_env_file_is_fine(clean) -> None:
     assert settings.load_project_env() is None
 

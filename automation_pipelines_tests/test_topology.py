@@ -124,6 +124,30 @@ def test_a_killed_process_is_restarted_alone_and_reported_once(harnesses, tmp_pa
     assert [n.kind for n in h.notices] == ["restarted", "restarted"]
 
 
+def test_a_restarted_process_gets_the_environment_as_it_is_now(harnesses, tmp_path) -> None:
+    """A secret changed in `.env` reaches the restarted process, not the one read at start."""
+    seen = tmp_path / "seen"
+    script = (
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(seen)!r}).open('a').write(os.environ['AP_ROTATED'] + '\\n')\n"
+        "print('serving', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    service = Service("receiver", [sys.executable, "-c", script])
+    now = {"AP_ROTATED": "old"}
+    h = harnesses([service], tmp_path)
+    h.supervisor.refresh_env = lambda: {**os.environ, **now}
+    h.supervisor.start_all(h.stop)
+    h.until(lambda: "serving" in service.tail())
+    now["AP_ROTATED"] = "new"
+
+    first = service.process.pid
+    os.kill(first, signal.SIGKILL)
+    h.until(lambda: seen.exists() and seen.read_text().splitlines() == ["old", "new"])
+
+    assert service.process.pid != first
+
+
 def test_backoff_doubles_between_restarts_up_to_its_cap(harnesses, tmp_path) -> None:
     service = Service("flaky", crasher(tmp_path / "never"))
     policy = Policy(**{**FAST.__dict__, "loop_exits": 10, "first_delay": 0.1, "max_delay": 0.5})

@@ -56,13 +56,21 @@ def _status(status: int) -> str:
     return f"exit code {code}"
 
 
-def run_forked(count: int, target: Callable[[], int], *, grace: float = 15.0) -> int:
+def run_forked(
+    count: int,
+    target: Callable[[], int],
+    *,
+    grace: float = 15.0,
+    forward: Sequence[signal.Signals] = (),
+) -> int:
     """Run `target` in `count` forked processes and watch them, as one service.
 
     Call it before any thread is started. SIGTERM or SIGINT stops them all (SIGTERM to each,
     SIGKILL after `grace` seconds) and returns 0. A worker that exits on its own, however it
     ends, stops the others and returns 1: whatever supervises this process then restarts the
-    whole, and nothing runs short-handed unnoticed. Each worker dies with this process.
+    whole, and nothing runs short-handed unnoticed. Each worker dies with this process. The
+    signals in `forward` are passed on to every worker, which ignores them until `target` sets
+    a handler of its own.
     """
     parent = os.getpid()
     alive: dict[int, int] = {}
@@ -72,6 +80,8 @@ def run_forked(count: int, target: Callable[[], int], *, grace: float = 15.0) ->
             code = 1
             try:
                 die_with_parent(parent)
+                for sig in forward:
+                    signal.signal(sig, signal.SIG_IGN)
                 code = target()
             except BaseException:
                 log.exception("worker %d of %d failed", number + 1, count)
@@ -85,7 +95,11 @@ def run_forked(count: int, target: Callable[[], int], *, grace: float = 15.0) ->
             stopping.append(signal.Signals(signum).name)
             _send(alive, signal.SIGTERM)
 
+    def pass_on(signum: int, _frame: object) -> None:
+        _send(alive, signum)
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous.update({sig: signal.signal(sig, pass_on) for sig in forward})
     failed = False
     deadline = None
     try:

@@ -142,8 +142,13 @@ class Supervisor:
         policy: Policy = Policy(),
         out: IO[str] | None = None,
         dependencies: list[Dependency] | None = None,
+        refresh_env: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
+        """`refresh_env`, when given, is asked for the environment before every start, so a
+        restarted process sees what changed (a secret rotated in `.env`) instead of the
+        environment the supervisor had when it started."""
         self.services = services
+        self.refresh_env = refresh_env
         self.dependencies = list(dependencies or [])
         self._outage_exits: list[str] = []
         self._halt = threading.Event()
@@ -176,6 +181,11 @@ class Supervisor:
 
     def _launch(self, service: Service) -> None:
         service.output.clear()
+        if self.refresh_env is not None:
+            try:
+                self.env = dict(self.refresh_env())
+            except Exception as exc:  # an unreadable .env must not stop a restart
+                self.say(f"✗ could not read the environment again ({exc}); the last one is used")
         process = self.group.start(
             _die_with_parent(service.argv),
             env=self.env,

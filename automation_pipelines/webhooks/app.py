@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import queue
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from automation_pipelines import settings
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import run_forked
 from automation_pipelines.webhooks.inbox import Event, data_refusal, insert_events
@@ -321,6 +323,7 @@ def create_app(
 ) -> ReceiverApp:
     """The receiver's ASGI app on the project database (or `database_url`)."""
     url = database_url or store.database_url()
+    reloadable = sources is None
     prepared = sources if sources is not None else prepare_sources(load_sources())
     # Lazy: with its database down the receiver still starts, answers 503 (senders deliver
     # again) and makes its tables on the first commit once the database is back.
@@ -402,8 +405,27 @@ def create_app(
             status_code=200 if ok else 503,
         )
 
+    def reload_sources() -> None:
+        """SIGHUP: read `.env` and the sources file again and key every source with what they
+        say now (a rotated secret, a new source); if either cannot be read, nothing changes."""
+        try:
+            settings.reload_project_env()
+            fresh = prepare_sources(load_sources())
+        except Exception as exc:
+            log.error("webhook sources not reloaded, the ones before stay: %s", exc)
+            return
+        prepared.clear()
+        prepared.update(fresh)
+        now = time.time()
+        states = ", ".join(f"{name} {s.state(now)}" for name, s in sorted(prepared.items()))
+        log.info("webhook sources reloaded: %s", states)
+
     @asynccontextmanager
     async def lifespan(_app: Starlette):
+        if reloadable:
+            # Only the main thread may take signals (the tests serve from other threads).
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_sources)
         writer.start()
         try:
             yield
@@ -461,7 +483,9 @@ def serve(
         listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()  # IPv6 too
     log.info("receiver: %d worker processes on %s:%d", workers, host, port)
     return run_forked(
-        workers, lambda: _serve_here(host, port, database_url, max_group, listening) or 0
+        workers,
+        lambda: _serve_here(host, port, database_url, max_group, listening) or 0,
+        forward=(signal.SIGHUP,),
     )
 
 

@@ -24,6 +24,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from automation_pipelines import settings
 from automation_pipelines.cli import main
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.deadletters import open_dead_letters
@@ -158,15 +159,18 @@ class Served:
     home: Path
     log_path: Path
 
-    def post(self, delivery: str) -> tuple[int, dict]:
+    def post(self, delivery: str, secret: str = SERVE_SECRET) -> tuple[int, dict]:
         body = push_body(delivery)
         request = urllib.request.Request(
             f"{self.base_url}/hooks/github",
             data=body,
-            headers=github_headers(body, delivery, secret=SERVE_SECRET),
+            headers=github_headers(body, delivery, secret=secret),
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.load(refused)
 
     def inbox(self) -> list[str]:
         engine = sa.create_engine(f"sqlite:///{self.home.resolve() / store.DB_FILE}")
@@ -177,7 +181,7 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, workers: int) -> Iterator[Served]:
+def serving(tmp_path: Path, workers: int, env_file: Path | None = None) -> Iterator[Served]:
     """`automation-pipelines webhooks serve` as the console script, with `workers` processes
     (WEBHOOKS_WORKERS), on a SQLite home of its own, once it answers /healthz with every worker up;
     killed with its session afterwards."""
@@ -185,9 +189,13 @@ def serving(tmp_path: Path, workers: int) -> Iterator[Served]:
     home.mkdir()
     env = {key: value for key, value in os.environ.items() if key not in DATABASE_ENV}
     env.pop("WEBHOOK_SOURCES_FILE", None)
-    env.update(
-        DAGSTER_HOME=str(home), GITHUB_WEBHOOK_SECRET=SERVE_SECRET, WEBHOOKS_WORKERS=str(workers)
-    )
+    env.update(DAGSTER_HOME=str(home), WEBHOOKS_WORKERS=str(workers))
+    env.pop(settings.FROM_FILE_ENV, None)
+    if env_file is None:
+        env["GITHUB_WEBHOOK_SECRET"] = SERVE_SECRET
+    else:  # the secret comes from the file alone
+        env.pop("GITHUB_WEBHOOK_SECRET", None)
+        env[settings.ENV_FILE_ENV] = str(env_file)
     port = free_port()
     script = Path(sys.executable).with_name("automation-pipelines")
     log_path = tmp_path / "serve.log"
@@ -242,3 +250,27 @@ def test_worker_processes_keep_each_event_once(tmp_path: Path) -> None:
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=20) == 0, served.log_path.read_text()
     assert served.log_path.read_text().count("Application shutdown complete") == 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reads_a_secret_rotated_in_the_env_file(tmp_path: Path, workers: int) -> None:
+    """Every worker answers with the new secret once told, none with the old one; nothing was
+    restarted."""
+    env_file = tmp_path / "rotated.env"
+    env_file.write_text("GITHUB_WEBHOOK_SECRET=the-old-secret\n")
+    with serving(tmp_path, workers, env_file) as served:
+        pids = {served.process.pid, *(c.pid for c in psutil.Process(served.process.pid).children())}
+        assert served.post("before", "the-old-secret")[0] == 202
+        env_file.write_text("GITHUB_WEBHOOK_SECRET=the-new-secret\n")
+
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while served.log_path.read_text().count("webhook sources reloaded") < workers:
+            assert time.monotonic() < deadline, served.log_path.read_text()
+            time.sleep(0.1)
+
+        answers = [served.post(f"after-{n}", "the-new-secret")[0] for n in range(20)]
+        refused = [served.post(f"old-{n}", "the-old-secret")[0] for n in range(20)]
+        assert set(answers) == {202} and set(refused) == {401}
+        now = {served.process.pid, *(c.pid for c in psutil.Process(served.process.pid).children())}
+        assert now == pids
