@@ -278,11 +278,14 @@ async def _read_limited(scope, receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _reply(send, status: int, content: dict) -> None:
-    """A JSON answer, as Starlette's JSONResponse would render it."""
+async def _reply(send, status: int, content: dict, *, close: bool = False) -> None:
+    """A JSON answer, as Starlette's JSONResponse would render it; with `close`, the connection
+    ends after it (the rest of a body that never came cannot be read)."""
     body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     data = body.encode("utf-8")
     headers = [(b"content-length", str(len(data)).encode()), (b"content-type", _JSON)]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
@@ -315,13 +318,24 @@ class ReceiverApp:
         await self.rest(scope, receive, send)
 
 
+#: How long a sender has, once its headers are in, to send the whole body
+#: (WEBHOOKS_BODY_TIMEOUT_SECONDS). A real sender's few kilobytes take milliseconds; a client
+#: that trickles its body would otherwise hold a request, and its place, for as long as it likes.
+BODY_TIMEOUT_SECONDS = 10
+
+
 def create_app(
     database_url: str | None = None,
     sources: Mapping[str, Source] | None = None,
     *,
     max_group: int = MAX_GROUP,
+    body_timeout: float | None = None,
 ) -> ReceiverApp:
     """The receiver's ASGI app on the project database (or `database_url`)."""
+    if body_timeout is None:
+        body_timeout = settings.integer(
+            "WEBHOOKS_BODY_TIMEOUT_SECONDS", BODY_TIMEOUT_SECONDS, minimum=1, maximum=3600
+        )
     url = database_url or store.database_url()
     reloadable = sources is None
     prepared = sources if sources is not None else prepare_sources(load_sources())
@@ -338,10 +352,15 @@ def create_app(
             message = f"source {name!r} is not configured on this server"
             return await _reply(send, 503, {"error": message})
         try:
-            body = await _read_limited(scope, receive, source.config.max_body_bytes)
+            async with asyncio.timeout(body_timeout):
+                body = await _read_limited(scope, receive, source.config.max_body_bytes)
         except _Disconnected:
             log.info("%s delivery: the sender hung up before its body was read", name)
             return None
+        except TimeoutError:
+            log.info("%s delivery: no whole body within %g s; answered 408", name, body_timeout)
+            message = f"the body did not arrive within {body_timeout:g} s"
+            return await _reply(send, 408, {"error": message}, close=True)
         if body is None:
             return await _reply(
                 send, 413, {"error": f"body over {source.config.max_body_bytes} bytes"}

@@ -132,8 +132,10 @@ def start_receiver(events_db_url: str) -> Iterator[Callable[..., Receiver]]:
     before the database is disposed of, since this fixture depends on it."""
     started: list[Receiver] = []
 
-    def start(sources: dict[str, Source] | None = None) -> Receiver:
-        app = create_app(events_db_url, webhook_sources() if sources is None else sources)
+    def start(sources: dict[str, Source] | None = None, **options) -> Receiver:
+        app = create_app(
+            events_db_url, webhook_sources() if sources is None else sources, **options
+        )
         receiver = Receiver(app)
         receiver.start()
         started.append(receiver)

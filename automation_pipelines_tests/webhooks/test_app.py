@@ -240,18 +240,21 @@ def test_a_source_named_outside_ascii_is_named_back_in_utf8(receiver) -> None:
     assert reply.json() == {"error": "unknown source 'été'"}
 
 
+def raw_push(delivery: str) -> tuple[bytes, bytes]:
+    """A signed GitHub push as bytes on the wire: (the request line and headers, the body)."""
+    body = push_body(delivery)
+    head = "".join(f"{k}: {v}\r\n" for k, v in github_headers(body, delivery).items())
+    start = f"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    return f"{start}{head}\r\n".encode(), body
+
+
 def test_a_sender_that_hangs_up_mid_body_leaves_nothing_and_harms_no_one(
     receiver, events_db_url, caplog
 ) -> None:
     caplog.set_level(logging.INFO, logger="automation_pipelines.webhooks")
-    body = push_body("cut-off")
-    head = "".join(f"{k}: {v}\r\n" for k, v in github_headers(body, "cut-off").items())
+    head, body = raw_push("cut-off")
     with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as conn:
-        conn.sendall(
-            f"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}"
-            "\r\n".encode()
-            + body[: len(body) // 2]
-        )
+        conn.sendall(head + body[: len(body) // 2])
     time.sleep(0.3)
 
     assert receiver.post_push("after").status == 202
@@ -311,3 +314,42 @@ def test_a_rotation_window_ends_by_itself_with_nothing_restarted(start_receiver)
     assert post("new-after", "the-new-secret") == 202
     health = receiver.request("GET", "/healthz").json()["sources"]["github"]
     assert "window ended" in health and "unset GITHUB_WEBHOOK_SECRET_PREVIOUS" in health
+
+
+def test_a_body_that_trickles_in_gets_408_and_its_connection_closed(
+    start_receiver, events_db_url, caplog
+) -> None:
+    """One byte every 0.3 s, against a 1 s deadline: the sender is answered and let go, and the
+    receiver goes on answering others meanwhile."""
+    caplog.set_level(logging.INFO, logger="automation_pipelines.webhooks")
+    receiver = start_receiver(body_timeout=1)
+    head, body = raw_push("trickled")
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as conn:
+        conn.sendall(head)
+        began = time.monotonic()
+        answer = b""
+        conn.settimeout(0.3)
+        reset = False
+        for n, byte in enumerate(body):
+            try:
+                chunk = conn.recv(4096)
+            except TimeoutError:
+                assert receiver.post_push(f"meanwhile-{n}").status == 202
+                conn.sendall(bytes([byte]))
+                continue
+            except ConnectionResetError:  # closed with a byte of ours unread: the 408 may be lost
+                reset = True
+                break
+            answer += chunk
+            if not chunk:  # closed by the receiver
+                break
+        took = time.monotonic() - began
+
+    if not (reset and not answer):
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"did not arrive within 1 s" in answer
+    assert 1.0 <= took < 5.0
+    rows = [row.delivery_id for row in inbox_rows(store.engine(events_db_url))]
+    assert "trickled" not in rows and rows
+    said = [r.getMessage() for r in caplog.records if " delivery: " in r.getMessage()]
+    assert said == ["github delivery: no whole body within 1 s; answered 408"]
