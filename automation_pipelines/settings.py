@@ -44,7 +44,7 @@ def load_project_env() -> Path | None:
     path = env_file()
     if not path.is_file():
         return None
-    taken = set(filter(None, os.environ.get(FROM_FILE_ENV, "").split(",")))
+    taken = _taken_from_file()
     for key, value in dotenv_values(path).items():
         if value is not None and key not in os.environ:
             os.environ[key] = value
@@ -58,9 +58,15 @@ def reload_project_env() -> Path | None:
     """Read the env file again: what came from it takes its current values (and what was
     removed from it goes), while variables set in the environment proper still win. How a
     restarted process, or a receiver told SIGHUP, sees a secret that was changed in `.env`."""
-    for key in filter(None, os.environ.pop(FROM_FILE_ENV, "").split(",")):
+    for key in _taken_from_file():
         os.environ.pop(key, None)
+    os.environ.pop(FROM_FILE_ENV, None)
     return load_project_env()
+
+
+def _taken_from_file() -> set[str]:
+    listed = os.environ.get(FROM_FILE_ENV)
+    return set(listed.split(",")) - {""} if listed else set()
 
 
 def integer(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:

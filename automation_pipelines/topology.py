@@ -294,7 +294,7 @@ def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int
     home = prepare_home(home_path(), config)
     write_bytecode(PACKAGE_ROOT)  # each run's worker imports the code location afresh
     storage = config_storage(config)  # missing PostgreSQL settings stop here, named
-    env = {**os.environ, HOME_ENV: str(home), CONFIG_ENV: str(config)}
+    env = _current_env(home, config)
     workspace_file = home / "workspace.yaml"
     workspace_file.write_text(yaml.safe_dump(workspace(ports.host, ports.code_server)))
     print(

@@ -47,13 +47,16 @@ def die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _status(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-        return f"killed by signal {-code}"
-    return f"exit code {code}"
+def exit_reason(returncode: int | None) -> str:
+    """'killed by SIGKILL', 'exit code 3' — what the operator reads first."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
 
 
 def run_forked(
@@ -88,11 +91,12 @@ def run_forked(
             finally:
                 os._exit(code)
         alive[pid] = number
-    stopping: list[str] = []
+    stopping = False
 
-    def stop(signum: int, _frame: object) -> None:
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
         if not stopping:
-            stopping.append(signal.Signals(signum).name)
+            stopping = True
             _send(alive, signal.SIGTERM)
 
     def pass_on(signum: int, _frame: object) -> None:
@@ -123,9 +127,9 @@ def run_forked(
                     number + 1,
                     count,
                     pid,
-                    _status(status),
+                    exit_reason(os.waitstatus_to_exitcode(status)),
                 )
-                stopping.append("a worker ended")
+                stopping = True
                 _send(alive, signal.SIGTERM)
     finally:
         for sig, handler in previous.items():

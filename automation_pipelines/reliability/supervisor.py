@@ -22,7 +22,6 @@ import collections
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from typing import IO
 
 import psutil
 
-from automation_pipelines.reliability.processes import ProcessGroup
+from automation_pipelines.reliability.processes import ProcessGroup, exit_reason
 
 
 @dataclass(frozen=True)
@@ -98,18 +97,6 @@ class Dependency:
     down_since: float | None = None  # wall-clock time of the first failed look
     alerted: bool = False
     last_error: str = ""
-
-
-def exit_reason(returncode: int | None) -> str:
-    """'killed by SIGKILL', 'exit code 3' — what the operator reads first."""
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
 
 
 def _duration(seconds: float) -> str:

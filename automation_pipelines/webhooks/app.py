@@ -344,7 +344,7 @@ def create_app(
     engine = store.engine(url, lazy=True)
     writer = InboxWriter(engine, max_group=max_group, lock_path=commit_lock_path(url))
 
-    async def receive(name: str, scope, receive, send) -> None:
+    async def take_delivery(name: str, scope, receive, send) -> None:
         source = prepared.get(name)
         if source is None:
             return await _reply(send, 404, {"error": f"unknown source {name!r}"})
@@ -402,8 +402,8 @@ def create_app(
         status = "accepted" if added else "duplicate"
         return (202 if added else 200), {"status": status, "delivery_id": delivery.delivery_id}
 
-    async def hooks_route(scope, receive_, send) -> None:
-        await receive(scope["path_params"]["source"], scope, receive_, send)
+    async def hooks_route(scope, receive, send) -> None:
+        await take_delivery(scope["path_params"]["source"], scope, receive, send)
 
     def database_ok() -> bool:
         try:
@@ -460,7 +460,7 @@ def create_app(
     )
     app.state.writer = writer
     app.state.sources = prepared
-    return ReceiverApp(receive, app)
+    return ReceiverApp(take_delivery, app)
 
 
 #: Receiver processes on one listening socket (`webhooks serve --workers`, WEBHOOKS_WORKERS). A
@@ -484,31 +484,23 @@ def serve(
     wait in that socket's backlog instead of being refused."""
     import socket
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if workers <= 1:
-        _serve_here(
-            host,
-            port,
-            database_url,
-            max_group,
-            socket.socket(fileno=fd) if fd is not None else None,
-        )
-        return 0
-    if fd is not None:
-        listening = socket.socket(fileno=fd)
-    else:
-        import uvicorn
+    import uvicorn
 
-        listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()  # IPv6 too
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    listening = socket.socket(fileno=fd) if fd is not None else None
+    if workers <= 1:
+        return _serve_here(host, port, database_url, max_group, listening)
+    if listening is None:  # bound before the fork, so the workers share it (IPv6 too)
+        listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()
     log.info("receiver: %d worker processes on %s:%d", workers, host, port)
     return run_forked(
         workers,
-        lambda: _serve_here(host, port, database_url, max_group, listening) or 0,
+        lambda: _serve_here(host, port, database_url, max_group, listening),
         forward=(signal.SIGHUP,),
     )
 
 
-def _serve_here(host, port, database_url, max_group, listening) -> None:
+def _serve_here(host, port, database_url, max_group, listening) -> int:
     import uvicorn
 
     app = create_app(database_url, max_group=max_group or MAX_GROUP)
@@ -528,3 +520,4 @@ def _serve_here(host, port, database_url, max_group, listening) -> None:
     sockets = [listening] if listening is not None else None
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it handled
         uvicorn.Server(config).run(sockets=sockets)
+    return 0
