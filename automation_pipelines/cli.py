@@ -24,7 +24,27 @@ def _check(args: argparse.Namespace) -> int:
     config = readiness.load_instance_config(Path(args.instance_config))
     findings = readiness.run_checks(defs, config)
     print(readiness.format_report(findings))
-    return 0 if all(f.ok for f in findings) else 1
+    declared = _credentials_declared()
+    return 0 if all(f.ok for f in findings) and declared else 1
+
+
+def _credentials_declared() -> bool:
+    """Every secret variable the project reads is declared in credentials.yaml."""
+    from automation_pipelines.reliability import credentials
+
+    try:
+        inventory = credentials.load()
+    except credentials.InventoryError as error:
+        print(f"\n✗ credentials: {error}")
+        return False
+    missing = credentials.undeclared(inventory)
+    for name, where in sorted(missing.items()):
+        print(f"\n✗ credentials: ${name} is read by {where} but not declared in {inventory.path}")
+    if not missing:
+        print(
+            f"\nAll {len(inventory.credentials)} credential(s) declared in {inventory.path.name}."
+        )
+    return not missing
 
 
 def _ports(args: argparse.Namespace):
@@ -393,8 +413,117 @@ def _watchdog(args: argparse.Namespace) -> int:
     return 0 if outcome.healthy else 1
 
 
+def _drift(args: argparse.Namespace) -> int:
+    """Compare this Python and its packages with the lock, and the lock with pyproject.toml."""
+    from automation_pipelines.monitoring import drift
+
+    try:
+        lines, as_locked = drift.report(Path(args.lock) if args.lock else drift.LOCK_FILE)
+    except drift.LockError as error:
+        print(f"✗ {error}", flush=True)
+        return 2
+    print("\n".join(lines), flush=True)
+    return 0 if as_locked else 1
+
+
 def _host() -> str:
     return os.environ.get("AUTOMATION_HOST") or "127.0.0.1"
+
+
+def _credential_statuses(probe: bool):
+    from automation_pipelines.reliability import credentials
+
+    inventory = credentials.load()
+    url = _project_database()
+    if probe:
+        return inventory, credentials.check_all(inventory, now=time.time(), database_url=url)
+    known = credentials.history([c.name for c in inventory.credentials], database_url=url)
+    # Listing never probes (a login, a connection): the state shown is "set" or "not set".
+    statuses = [
+        credentials.evaluate(
+            c,
+            value=os.environ.get(c.env),
+            known=known[c.name],
+            now=time.time(),
+            warn_days=inventory.warn_days,
+            probe=lambda _c, _v: credentials.ProbeResult(True, "set (not probed)"),
+        )
+        for c in inventory.credentials
+    ]
+    return inventory, statuses
+
+
+def _credentials_list(args: argparse.Namespace) -> int:
+    """Each declared credential: its variable, account, owner, dates; `--check` probes them."""
+    from automation_pipelines.reliability.credentials import InventoryError
+
+    try:
+        inventory, statuses = _credential_statuses(args.check)
+    except InventoryError as error:
+        print(f"✗ {error}", file=sys.stderr)
+        return 2
+    mark = {"ok": "✓", "due": "!", "overdue": "✗", "broken": "✗"}
+    for status in statuses:
+        c, facts = status.credential, status.metadata
+        print(f"{mark[status.kind]} {c.name}  ${c.env}  ({facts.get('probe', 'set')})")
+        print(f"    account: {c.account}; owner: {c.owner}")
+        print(f"    used by: {', '.join(c.used_by)}")
+        print(
+            f"    last rotated: {facts['last_rotated']}; rotation due: "
+            f"{facts['rotation_due']}; expires: {facts['expires']}"
+        )
+        if not status.passed:
+            print(f"    {status.sentence}")
+    problems = [s for s in statuses if s.kind in ("broken", "overdue")]
+    print(
+        f"\n{len(statuses)} credential(s) in {inventory.path}; {len(problems)} problem(s), "
+        f"{sum(s.kind == 'due' for s in statuses)} due within {inventory.warn_days} days."
+    )
+    return 1 if problems else 0
+
+
+def _day_argument(value: str) -> float:
+    import datetime as dt
+
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+    return dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
+
+
+def _credentials_rotated(args: argparse.Namespace) -> int:
+    """Record that a credential was rotated (today unless --on), so its next due date counts
+    from now; --expires records when the new one stops working."""
+    from automation_pipelines.reliability import credentials
+
+    try:
+        credential = credentials.load().get(args.name)
+    except credentials.InventoryError as error:
+        print(f"✗ {error}", file=sys.stderr)
+        return 2
+    at = args.on if args.on is not None else time.time()
+    if at > time.time():
+        print("✗ --on is in the future; record a rotation once it is done", file=sys.stderr)
+        return 2
+    if args.expires is not None and args.expires <= at:
+        print("✗ --expires must come after the rotation", file=sys.stderr)
+        return 2
+    credentials.record_rotation(
+        credential.name,
+        at=at,
+        expires_at=args.expires,
+        note=args.note,
+        database_url=_project_database(),
+    )
+    day = time.strftime("%Y-%m-%d", time.gmtime(at))
+    due = (
+        time.strftime("%Y-%m-%d", time.gmtime(at + credential.rotate_every_days * 86400))
+        if credential.rotate_every_days
+        else "no cadence declared"
+    )
+    print(f"✓ {credential.name} (${credential.env}) rotated on {day}; next rotation due {due}.")
+    return 0
 
 
 def _topology_arguments(parser: argparse.ArgumentParser) -> None:
@@ -560,6 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.set_defaults(func=_watchdog)
 
+    drift = commands.add_parser(
+        "drift", help="compare the installed packages with requirements.lock (exit 1 on drift)"
+    )
+    drift.add_argument("--lock", help="another lock than the project's requirements.lock")
+    drift.set_defaults(func=_drift)
+
     alerts = commands.add_parser("alerts", help="the alert outbox and routes")
     alert_commands = alerts.add_subparsers(dest="alerts_command", required=True)
     test = alert_commands.add_parser("test", help="send a test alert through an owner's route")
@@ -569,6 +704,19 @@ def build_parser() -> argparse.ArgumentParser:
     pending.set_defaults(func=_alerts_pending)
     deliver = alert_commands.add_parser("deliver", help="deliver what is due now")
     deliver.set_defaults(func=_alerts_deliver)
+
+    creds = commands.add_parser(
+        "credentials", help="the declared credentials: list, probe, record a rotation"
+    )
+    creds.add_argument("--check", action="store_true", help="probe each one (a harmless call)")
+    creds.set_defaults(func=_credentials_list)
+    cred_commands = creds.add_subparsers(dest="credentials_command")
+    rotated = cred_commands.add_parser("rotated", help="record that a credential was rotated")
+    rotated.add_argument("name", help="its name in credentials.yaml")
+    rotated.add_argument("--on", type=_day_argument, help="YYYY-MM-DD (default: now)")
+    rotated.add_argument("--expires", type=_day_argument, help="YYYY-MM-DD the new one expires")
+    rotated.add_argument("--note", help="who rotated it, a ticket")
+    rotated.set_defaults(func=_credentials_rotated)
     return parser
 
 

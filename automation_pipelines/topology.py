@@ -9,6 +9,10 @@ the webhook receiver. `make run` does it on the instance the settings choose (SQ
 inbox while the daemon is down, and the owner hears of every restart from the supervisor itself,
 since the daemon's outbox sensor may be the part that died. `docs/deployment.md` shows the same
 split under systemd and Helm.
+
+With PROXY_PORT set, `make run-prod` adds a fifth process, Debian's nginx (`proxy.py`), started
+last: the one way in from outside, with TLS, basic auth for the UI and limits per client, while
+the others stay on loopback.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from automation_pipelines import settings
+from automation_pipelines import proxy, settings
 from automation_pipelines.instance import (
     CONFIG_ENV,
     HOME_ENV,
@@ -114,9 +118,14 @@ def receiver_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def services(ports: Ports, workspace_file: Path, receiver_fd: int | None = None) -> list[Service]:
+def services(
+    ports: Ports,
+    workspace_file: Path,
+    receiver_fd: int | None = None,
+    edge: proxy.Edge | None = None,
+) -> list[Service]:
     """The four processes, in the order they start; with `receiver_fd` the receiver serves
-    that inherited socket."""
+    that inherited socket, with `edge` the proxy follows once the others answer."""
     host = ports.host
     ws = ["-w", str(workspace_file)]
     listen = (
@@ -124,7 +133,7 @@ def services(ports: Ports, workspace_file: Path, receiver_fd: int | None = None)
         if receiver_fd is not None
         else ["--host", host, "--port", str(ports.webhooks)]
     )
-    return [
+    started = [
         Service(
             "code server",
             [
@@ -155,6 +164,7 @@ def services(ports: Ports, workspace_file: Path, receiver_fd: int | None = None)
             pass_fds=(receiver_fd,) if receiver_fd is not None else (),
         ),
     ]
+    return [*started, proxy.service(edge)] if edge is not None else started
 
 
 class OutboxNotifier:
@@ -202,22 +212,25 @@ class OutboxNotifier:
             self.say(f"✗ alert not delivered yet: {problem}")
 
 
-def busy_ports(ports: Ports) -> list[str]:
+def busy_ports(ports: Ports, edge: proxy.ProxySettings | None = None) -> list[str]:
     """The ports someone else already listens on, each with the setting that moves it: a second
     `make run` must not start a second daemon on the same instance."""
-    settings = (
-        (ports.webserver, "UI_PORT / --port"),
-        (ports.webhooks, "WEBHOOKS_PORT / --webhooks-port"),
-        (ports.code_server, "CODE_SERVER_PORT / --code-server-port"),
-    )
+    settings = [
+        (ports.host, ports.webserver, "UI_PORT / --port"),
+        (ports.host, ports.webhooks, "WEBHOOKS_PORT / --webhooks-port"),
+        (ports.host, ports.code_server, "CODE_SERVER_PORT / --code-server-port"),
+    ]
+    if edge is not None:
+        settings.append((edge.host, edge.port, proxy.PORT_ENV))
     busy = []
-    for port, setting in settings:
-        with socket.socket() as probe:
+    for host, port, setting in settings:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((ports.host, port))
+                probe.bind((host, port))
             except OSError:
-                busy.append(f"{ports.host}:{port} ({setting})")
+                busy.append(f"{host}:{port} ({setting})")
     return busy
 
 
@@ -271,6 +284,20 @@ def _current_env(home: Path, config: Path) -> dict[str, str]:
     return {**os.environ, HOME_ENV: str(home), CONFIG_ENV: str(config)}
 
 
+def _announce(edge: proxy.ProxySettings) -> None:
+    print(
+        f"Public edge {edge.url} (nginx): /hooks/<source> and /healthz for anyone, the UI for "
+        f"the users of {edge.htpasswd}.",
+        flush=True,
+    )
+    if not edge.tls:
+        print(
+            f"! the proxy serves plain HTTP ({proxy.CERT_ENV} and {proxy.KEY_ENV} are unset): run "
+            "it only behind another TLS terminator, or passwords and payloads travel in clear",
+            flush=True,
+        )
+
+
 def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int:
     config = instance_config_path()
     if production and not config_storage(config).is_postgres:
@@ -282,7 +309,11 @@ def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int
             flush=True,
         )
         return 2
-    busy = busy_ports(ports)
+    edge_settings = proxy.from_env() if production else None
+    if edge_settings is not None:
+        proxy.check_upstream_host(ports.host)
+        proxy.nginx_binary()
+    busy = busy_ports(ports, edge_settings)
     if busy:
         print(
             f"✗ already in use: {', '.join(busy)}. Is another `make run` or `make run-prod` "
@@ -297,12 +328,23 @@ def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int
     env = _current_env(home, config)
     workspace_file = home / "workspace.yaml"
     workspace_file.write_text(yaml.safe_dump(workspace(ports.host, ports.code_server)))
+    edge = None
+    if edge_settings is not None:
+        edge = proxy.prepare(
+            edge_settings,
+            home,
+            upstream_host=ports.host,
+            webserver_port=ports.webserver,
+            receiver_port=ports.webhooks,
+        )
     print(
         f"Instance {home} ({_shown(config)}). Code server {ports.host}:{ports.code_server}, "
         f"UI http://{ports.host}:{ports.webserver}, webhook receiver "
         f"http://{ports.host}:{ports.webhooks}/hooks/<source>. Ctrl-C stops everything.",
         flush=True,
     )
+    if edge is not None:
+        _announce(edge.settings)
     listening = receiver_socket(ports.host, ports.webhooks)
     dependencies = []
     if storage.is_postgres:
@@ -313,7 +355,7 @@ def _run(ports: Ports, production: bool, policy: Policy, stop: list[str]) -> int
             )
         )
     supervisor = Supervisor(
-        services(ports, workspace_file, listening.fileno()),
+        services(ports, workspace_file, listening.fileno(), edge),
         env=env,
         cwd=PROJECT_ROOT,
         notify=lambda notice: None,

@@ -191,3 +191,17 @@ def events_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
         return
     yield f"sqlite:///{tmp_path / 'project.db'}"
     store.dispose_all()
+
+
+def require_program(path: Path, package: str) -> Path:
+    """`path` of a Debian package's program; skip when it is missing, or fail where CI forbids
+    skipping."""
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    reason = (
+        f"{path} is missing: install Debian's package with `sudo apt-get install {package}` "
+        "(make test does it when it can)"
+    )
+    if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_POSTGRES_ENV}=1 forbids skipping)")
+    pytest.skip(reason)

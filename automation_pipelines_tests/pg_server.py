@@ -34,7 +34,9 @@ def _bin(name: str) -> str:
 class PrivateServer:
     """`start()`, `stop()`, `settings()`; `remove()` deletes the cluster."""
 
-    def __init__(self) -> None:
+    def __init__(self, host_auth: str = "trust") -> None:
+        """`host_auth` for TCP logins (e.g. scram-sha-256, so a wrong password is refused);
+        the unix socket always trusts the `postgres` user, who sets passwords."""
         if os.geteuid() != 0:
             raise PermissionError("running a private PostgreSQL cluster needs root (runuser)")
         self.port = free_port()
@@ -47,7 +49,15 @@ class PrivateServer:
         account = pwd.getpwnam(OWNER)
         for path in (self.root, self.sockets):
             os.chown(path, account.pw_uid, account.pw_gid)
-        self._as_owner(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", OWNER)
+        self._as_owner(
+            _bin("initdb"),
+            "-D",
+            str(self.data),
+            "--auth-local=trust",
+            f"--auth-host={host_auth}",
+            "-U",
+            OWNER,
+        )
 
     def _as_owner(self, *argv: str) -> None:
         subprocess.run(
@@ -65,14 +75,18 @@ class PrivateServer:
         deadline = time.monotonic() + 30
         while True:
             try:
-                psycopg2.connect(
-                    host="127.0.0.1", port=self.port, user=OWNER, dbname="postgres"
-                ).close()
+                self.connect_as_owner().close()
                 return
             except psycopg2.OperationalError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def connect_as_owner(self):
+        """A connection over the unix socket (trusted whatever `host_auth` says)."""
+        return psycopg2.connect(
+            host=str(self.sockets), port=self.port, user=OWNER, dbname="postgres"
+        )
 
     def stop(self) -> None:
         self._as_owner(_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")

@@ -111,9 +111,13 @@ def test_secret_example_holds_every_webhook_and_alert_secret() -> None:
 def test_dockerfile_installs_like_the_makefile() -> None:
     pip = re.compile(r'"pip==([0-9.]+)"')
     assert pip.findall(DOCKERFILE) == pip.findall(MAKEFILE) != []
-    # Both install the project editable, so the package finds its settings beside it.
-    assert "pip install --quiet -e '.[dev]'" in MAKEFILE
-    assert "pip install --no-cache-dir -e '.[k8s]'" in DOCKERFILE
+    # Both install a lock with hashes, then the project alone and editable, so the package finds
+    # its settings beside it; the image's drift check reads the lock it was built from.
+    assert "pip install --quiet --require-hashes -r $(LOCK)" in MAKEFILE
+    assert "pip install --quiet --no-deps -e ." in MAKEFILE
+    assert "pip install --no-cache-dir --require-hashes -r requirements-k8s.lock" in DOCKERFILE
+    assert "pip install --no-cache-dir --no-deps -e ." in DOCKERFILE
+    assert "AUTOMATION_LOCK_FILE=/opt/automation_pipelines/requirements-k8s.lock" in DOCKERFILE
     base = re.search(r"^FROM python:(\d+\.\d+)", DOCKERFILE, re.MULTILINE)
     assert base and base.group(1) == "3.11"
     assert "sys.version_info[:2] == (3, 11)" in MAKEFILE

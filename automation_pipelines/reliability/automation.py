@@ -141,6 +141,18 @@ class Automation:
             kwargs["description"] = self.describe(kwargs["description"])
         return dg.job(**kwargs)
 
+    def asset_job(self, name: str, *, selection: dg.AssetSelection, description: str):
+        """`dg.define_asset_job` with what `job` adds: this automation's tags, the alerting
+        hook, the in-process executor and the runbook link."""
+        return dg.define_asset_job(
+            name,
+            selection=selection,
+            tags=self.job_tags(),
+            hooks={alert_on_failure_hook},
+            executor_def=dg.in_process_executor,
+            description=self.describe(description),
+        )
+
     def blocked(self, context) -> dg.SkipReason | None:
         """A SkipReason naming the breaker when the automation is paused or tripped."""
         reason = breaker.blocked(context.instance, self.name)

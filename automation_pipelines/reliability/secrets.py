@@ -25,6 +25,11 @@ SECRET_NAME = re.compile(
     r"ALERT_URLS|DB_URL|DSN)",
     re.IGNORECASE,
 )
+#: Names that look secret but point at something (a socket, a file, a host) or describe it.
+_POINTER_NAME = re.compile(
+    r"_(SOCK|SOCKET|FILE|PATH|DIR|HOST|PORT|USER|USERNAME|TYPE|METHOD|MODE|UNTIL|SECONDS)$",
+    re.IGNORECASE,
+)
 _URL_PASSWORD = re.compile(
     r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?=@)", re.I
 )
@@ -76,7 +81,7 @@ def secret_values() -> list[str]:
     """The values to mask, longest first so a value containing another is masked whole."""
     values = set()
     for name, value in os.environ.items():
-        if name in _registered or SECRET_NAME.search(name):
+        if name in _registered or (SECRET_NAME.search(name) and not _POINTER_NAME.search(name)):
             for part in [value, *re.split(r"[\s,]+", value)]:
                 if len(part) >= MIN_SECRET_LENGTH:
                     values.add(part)

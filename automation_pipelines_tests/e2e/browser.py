@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import BrowserContext, Page, Playwright
 
 from automation_pipelines.paths import PROJECT_ROOT
-from automation_pipelines_tests.conftest import REQUIRE_POSTGRES_ENV
+from automation_pipelines_tests.conftest import require_program
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,16 +36,7 @@ DEFAULT_SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
 
 
 def require_chromium() -> Path:
-    """The browser's path; skip when it is missing, or fail where CI forbids skipping."""
-    if CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    reason = (
-        f"Chromium is missing at {CHROMIUM}: install Debian's package with "
-        "`sudo apt-get install chromium` (make test does it when it can)"
-    )
-    if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_POSTGRES_ENV}=1 forbids skipping)")
-    pytest.skip(reason)
+    return require_program(CHROMIUM, "chromium")
 
 
 @contextmanager

@@ -52,6 +52,19 @@ def test_secret_looking_names_are_masked(
     )
 
 
+@pytest.mark.parametrize(
+    "name", ["SSH_AUTH_SOCK", "GITHUB_WEBHOOK_SECRET_PREVIOUS_UNTIL", "SMTP_AUTH_METHOD"]
+)
+def test_names_that_point_at_a_secret_are_not_masked(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "/tmp/ssh-XXXXabcd/agent.1234")
+    text = "socket /tmp/ssh-XXXXabcd/agent.1234 in use"
+    assert redact(text) == text
+    secret_env(name)  # declared as a secret after all: then it is masked
+    assert redact(text) == f"socket {MASK} in use"
+
+
 def test_registered_name_is_masked_and_unregistered_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLAIN_NAME", "plain-but-private")
     monkeypatch.setenv("OTHER_PLAIN_NAME", "ordinary-value")

@@ -4,30 +4,19 @@ import dagster as dg
 
 from automation_pipelines.automations.backups import AUTOMATION
 from automation_pipelines.automations.backups.assets import BACKUP_JOB, BACKUP_KEY
-from automation_pipelines.reliability.hooks import alert_on_failure_hook
 
-backup_snapshots_job = dg.define_asset_job(
+backup_snapshots_job = AUTOMATION.asset_job(
     BACKUP_JOB,
     # Only the asset: by default an asset job also runs the asset's checks, and the health
     # check must stay its own job so that it runs when the backup does not.
     selection=dg.AssetSelection.assets(BACKUP_KEY).without_checks(),
-    tags=AUTOMATION.job_tags(),
-    hooks={alert_on_failure_hook},
-    executor_def=dg.in_process_executor,
-    description=AUTOMATION.describe(
-        "Makes a verified snapshot of every source in backups.yaml, then deletes old snapshots "
-        "beyond the retention policy (never before the new one is verified)."
-    ),
+    description="Makes a verified snapshot of every source in backups.yaml, then deletes old "
+    "snapshots beyond the retention policy (never before the new one is verified).",
 )
 
-check_backups_job = dg.define_asset_job(
+check_backups_job = AUTOMATION.asset_job(
     "check_backups_job",
     selection=dg.AssetSelection.checks_for_assets(BACKUP_KEY),
-    tags=AUTOMATION.job_tags(),
-    hooks={alert_on_failure_hook},
-    executor_def=dg.in_process_executor,
-    description=AUTOMATION.describe(
-        "Checks the backups: destination ready, newest snapshot recent, every snapshot intact, "
-        "a sample restore matches; alerts the owner once per problem."
-    ),
+    description="Checks the backups: destination ready, newest snapshot recent, every snapshot "
+    "intact, a sample restore matches; alerts the owner once per problem.",
 )
