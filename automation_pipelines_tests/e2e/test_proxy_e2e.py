@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
 import os
 import socket
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import pytest
 import sqlalchemy as sa
 
@@ -212,7 +214,7 @@ def test_the_proxy_is_the_hardened_way_in(postgres_env, json_receiver, tmp_path:
         "BACKUP_DESTINATION": str(tmp_path / "backups"),
         "AUTOMATION_INSTANCE_CONFIG": "",
         "PROXY_PORT": str(edge.port),
-        "PROXY_HOST": "127.0.0.1",
+        "PROXY_HOST": "0.0.0.0",  # the public side; everything else stays on loopback
         "PROXY_TLS_CERT": str(cert),
         "PROXY_TLS_KEY": str(key),
         "PROXY_HTPASSWD": str(users),
@@ -330,6 +332,18 @@ def test_the_proxy_is_the_hardened_way_in(postgres_env, json_receiver, tmp_path:
         assert status == 200 and json.loads(answer)["data"]["version"] == dg.__version__
         assert _websocket_ack(edge) == {"type": "connection_ack"}
 
+        # The proxy is the one way in: it listens on every address, each other process of the
+        # topology on loopback only, so from another address only the proxy answers.
+        listening = _listening(topology.process.pid)
+        assert {port for _, port in listening} >= {edge.port, *topology.ports}, listening
+        outside = [(ip, port) for ip, port in listening if not _loopback(ip)]
+        assert outside == [("0.0.0.0", edge.port)], listening
+        other = _non_loopback_address()
+        if other is not None:
+            assert _connects(other, edge.port)
+            for port in topology.ports:
+                assert not _connects(other, port), f"{other}:{port} answers from outside"
+
         wait_for(
             "the first event in the warehouse",
             lambda: _loaded(engine, "edge-first"),
@@ -342,6 +356,40 @@ def test_the_proxy_is_the_hardened_way_in(postgres_env, json_receiver, tmp_path:
             wire.close()
         topology.cleanup()
         store.dispose_all()
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """The TCP addresses the process `pid` and its descendants listen on."""
+    root = psutil.Process(pid)
+    pids = {root.pid, *(child.pid for child in root.children(recursive=True))}
+    return {
+        (conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
+    }
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 (gRPC's dual stack)
+    return (mapped or address).is_loopback
+
+
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback, if it has one."""
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not _loopback(address.address):
+                return address.address
+    return None
+
+
+def _connects(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 def _answers(edge: Edge, path: str) -> int:
