@@ -56,8 +56,10 @@ class ProxySettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     trusted_proxies: tuple[str, ...] = ()
-    hooks_rate: int = 20
-    hooks_burst: int = 40
+    #: Generous: a sender's bursts come from few addresses, and some (GitHub) never deliver a
+    #: refused event again by themselves; the limit is there to stop one abusive client.
+    hooks_rate: int = 200
+    hooks_burst: int = 1000
     ui_rate: int = 20
     ui_burst: int = 200
     connections_per_client: int = 50
