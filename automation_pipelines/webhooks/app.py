@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
@@ -37,6 +38,7 @@ from starlette.routing import Route
 from automation_pipelines import settings
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import run_forked
+from automation_pipelines.webhooks.edge import EdgeLimits, closed_by_edge, edge_protocol
 from automation_pipelines.webhooks.inbox import Event, data_refusal, insert_events
 from automation_pipelines.webhooks.payloads import PayloadError, parse_object
 from automation_pipelines.webhooks.sources import (
@@ -47,6 +49,9 @@ from automation_pipelines.webhooks.sources import (
     load_sources,
 )
 from automation_pipelines.webhooks.verifiers import Rejected, RotatingVerifier, Verifier
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("automation_pipelines.webhooks")
 
@@ -355,7 +360,8 @@ def create_app(
             async with asyncio.timeout(body_timeout):
                 body = await _read_limited(scope, receive, source.config.max_body_bytes)
         except _Disconnected:
-            log.info("%s delivery: the sender hung up before its body was read", name)
+            if not closed_by_edge(scope):  # if it did, it has logged it
+                log.info("%s delivery: the sender hung up before its body was read", name)
             return None
         except TimeoutError:
             log.info("%s delivery: no whole body within %g s; answered 408", name, body_timeout)
@@ -487,36 +493,41 @@ def serve(
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    limits = EdgeLimits.from_settings()  # a bad value stops the start, not each worker
     listening = socket.socket(fileno=fd) if fd is not None else None
     if workers <= 1:
-        return _serve_here(host, port, database_url, max_group, listening)
+        return _serve_here(host, port, database_url, max_group, listening, limits)
     if listening is None:  # bound before the fork, so the workers share it (IPv6 too)
         listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()
     log.info("receiver: %d worker processes on %s:%d", workers, host, port)
     return run_forked(
         workers,
-        lambda: _serve_here(host, port, database_url, max_group, listening),
+        lambda: _serve_here(host, port, database_url, max_group, listening, limits),
         forward=(signal.SIGHUP,),
     )
 
 
-def _serve_here(host, port, database_url, max_group, listening) -> int:
+def server_config(app, host: str, port: int, limits: EdgeLimits, **options) -> uvicorn.Config:
+    """How the receiver is served: uvloop, and httptools behind the edge's limits (`edge.py`),
+    which also bound the requests in progress (uvicorn's `limit_concurrency` would count stalled
+    connections too and answer fresh senders 503)."""
+    import uvicorn
+
+    defaults = {
+        "loop": "uvloop",
+        "http": edge_protocol(limits),
+        "access_log": False,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 5,
+    }
+    return uvicorn.Config(app, host=host, port=port, **{**defaults, **options})
+
+
+def _serve_here(host, port, database_url, max_group, listening, limits: EdgeLimits) -> int:
     import uvicorn
 
     app = create_app(database_url, max_group=max_group or MAX_GROUP)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="info",
-        # Beyond this many open requests a process answers 503 instead of queueing without
-        # bound; senders retry.
-        limit_concurrency=2000,
-        timeout_graceful_shutdown=5,
-    )
+    config = server_config(app, host, port, limits)
     sockets = [listening] if listening is not None else None
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it handled
         uvicorn.Server(config).run(sockets=sockets)

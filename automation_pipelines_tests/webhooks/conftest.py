@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -181,10 +182,10 @@ def kill(engine: sa.Engine, ids: Iterable[int], reason: str = "payload has no re
         inbox.mark_dead(conn, "webhook_events", [(row, reason) for row in rows], time.time())
 
 
-def post_while_writer_holds(receiver: Receiver, first: str, later: list[str]) -> list[Reply]:
-    """POST `first`, hold the inbox writer inside that transaction until every delivery of
-    `later` is queued behind it, then release: the later ones commit as one group. Replies come
-    back in order, `first`'s first."""
+@contextmanager
+def writer_held(receiver: Receiver) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """(holding, release): the inbox writer stops inside its next transaction (`holding` is
+    set) until `release` is set, or the block ends."""
     writer = receiver.app.state.writer
     holding, release = threading.Event(), threading.Event()
 
@@ -195,17 +196,26 @@ def post_while_writer_holds(receiver: Receiver, first: str, later: list[str]) ->
 
     sa.event.listen(writer.engine, "begin", hold_first_transaction)
     try:
-        with ThreadPoolExecutor(len(later) + 1) as pool:
-            try:
-                head = pool.submit(receiver.post_push, first)
-                assert holding.wait(10), "the writer never began a transaction"
-                rest = [pool.submit(receiver.post_push, delivery) for delivery in later]
-                deadline = time.monotonic() + 10
-                while writer._queue.qsize() < len(later):
-                    assert time.monotonic() < deadline, "the requests never reached the writer"
-                    time.sleep(0.01)
-            finally:
-                release.set()
-            return [head.result(), *(future.result() for future in rest)]
+        yield holding, release
     finally:
+        release.set()
         sa.event.remove(writer.engine, "begin", hold_first_transaction)
+
+
+def post_while_writer_holds(receiver: Receiver, first: str, later: list[str]) -> list[Reply]:
+    """POST `first`, hold the inbox writer inside that transaction until every delivery of
+    `later` is queued behind it, then release: the later ones commit as one group. Replies come
+    back in order, `first`'s first."""
+    writer = receiver.app.state.writer
+    with writer_held(receiver) as (holding, release), ThreadPoolExecutor(len(later) + 1) as pool:
+        try:
+            head = pool.submit(receiver.post_push, first)
+            assert holding.wait(10), "the writer never began a transaction"
+            rest = [pool.submit(receiver.post_push, delivery) for delivery in later]
+            deadline = time.monotonic() + 10
+            while writer._queue.qsize() < len(later):
+                assert time.monotonic() < deadline, "the requests never reached the writer"
+                time.sleep(0.01)
+        finally:
+            release.set()
+        return [head.result(), *(future.result() for future in rest)]
