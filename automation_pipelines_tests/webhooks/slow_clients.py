@@ -27,9 +27,13 @@ class StalledConnections:
     receiver closes is opened again at once, so `count` stay held for as long as this runs (in a
     thread of its own, on its own event loop)."""
 
-    def __init__(self, port: int, count: int) -> None:
+    def __init__(self, port: int, count: int, *, spread: bool = False) -> None:
         self.port = port
         self.count = count
+        #: Each connection from an address of its own (127.1.x.y; Linux routes all of 127/8 to
+        #: the loopback interface), as a crowd of clients rather than one, which a proxy's
+        #: per-address limits would stop.
+        self.spread = spread
         self.held = 0
         self.opened = 0
         self.closed_by_receiver = 0
@@ -72,18 +76,26 @@ class StalledConnections:
         self._stopping = asyncio.Event()
         # At most a few hundred connects in flight, so the receivers' backlog never overflows.
         connecting = asyncio.Semaphore(256)
-        clients = [asyncio.create_task(self._client(connecting)) for _ in range(self.count)]
+        clients = [
+            asyncio.create_task(self._client(connecting, self._source(number)))
+            for number in range(self.count)
+        ]
         await self._stopping.wait()
         for client in clients:
             client.cancel()
         await asyncio.gather(*clients, return_exceptions=True)
 
-    async def _client(self, connecting: asyncio.Semaphore) -> None:
+    def _source(self, number: int) -> tuple[str, int] | None:
+        return (f"127.1.{number // 250}.{number % 250 + 1}", 0) if self.spread else None
+
+    async def _client(self, connecting: asyncio.Semaphore, source: tuple[str, int] | None) -> None:
         while True:
             writer = None
             try:
                 async with connecting:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", self.port, local_addr=source
+                    )
                     writer.write(STALLED_REQUEST)
                     await writer.drain()
                 self.opened += 1
