@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/automation-pipelines drift
 	@touch $(STAMP)
 
-install: $(STAMP) nginx
+install: $(STAMP) nginx restic
 
 # After changing pyproject.toml's dependencies: `make lock` writes the lock again, keeping every
 # version it can; `make upgrade` moves every package pyproject.toml does not pin to its newest
@@ -109,9 +109,30 @@ nginx:
 			$$SUDO update-rc.d nginx disable >/dev/null 2>&1; true; fi; \
 	fi
 
+# The backups store their snapshots with Debian's restic; the SFTP destination's tests start
+# Debian's OpenSSH server with their own config on a loopback port (the system service the
+# package may start is stopped and disabled at once). Without root or passwordless sudo this
+# only says so, and those tests skip (CI, with AP_REQUIRE_POSTGRES=1, fails).
+restic:
+	@if [ ! -x /usr/bin/restic ] || [ ! -x /usr/sbin/sshd ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+		else echo "/usr/bin/restic or /usr/sbin/sshd is missing and installing them needs root" \
+			"or sudo: run 'sudo apt-get install restic openssh-server'; until then the backup" \
+			"tests skip."; exit 0; fi; \
+		if ! command -v apt-get >/dev/null; then \
+			echo "/usr/bin/restic is missing and this is not a Debian-like system:" \
+				"install restic at /usr/bin/restic; until then the backup tests skip."; exit 0; fi; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends restic openssh-server || exit 1; \
+		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now ssh; \
+		else $$SUDO invoke-rc.d ssh stop >/dev/null 2>&1; \
+			$$SUDO update-rc.d ssh disable >/dev/null 2>&1; true; fi; \
+	fi
+
 # The tests that need no daemon or browser run on both cores; then the e2e and browser tests, one
 # at a time, since they measure real processes and must not share the machine with each other.
-test: browser nginx lint check
+test: browser nginx restic lint check
 	$(BIN)/pytest -m "not e2e and not browser" -n 2
 	$(BIN)/pytest -m "e2e or browser"
 

@@ -269,72 +269,25 @@ def _deadletters_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backup_destination(args: argparse.Namespace) -> Path:
-    if args.destination:
-        return Path(args.destination)
-    from automation_pipelines.automations.backups.resources import BackupSettings
-
-    return BackupSettings.from_config().destination_path
-
-
-def _backup_snapshot(destination: Path, name: str):
-    from automation_pipelines.automations.backups import snapshots
-
-    found = snapshots.list_snapshots(destination)
-    if name == "latest":
-        verified = [snap for snap in found if snap.verified]
-        if not verified:
-            raise snapshots.BackupError(f"no verified snapshot at {destination}")
-        return verified[0]
-    for snap in found:
-        if snap.id == name:
-            return snap
-    raise snapshots.BackupError(f"no snapshot {name!r} at {destination} (see `backups list`)")
-
-
 def _backups_list(args: argparse.Namespace) -> int:
-    """Snapshots at the destination, newest first; with --files, what one of them holds."""
-    from automation_pipelines.automations.backups import snapshots
+    """Backup runs and archives at the destination, newest first; --files: what one holds."""
+    from automation_pipelines.automations.backups import commands
 
-    destination = _backup_destination(args)
-    try:
-        if args.files:
-            manifest = snapshots.read_manifest(_backup_snapshot(destination, args.files).path)
-            for entry in manifest["files"]:
-                print(f"{entry['size']:>14,}  {entry['sha256'][:12]}  {entry['path']}")
-            return 0
-        if not destination.is_dir():
-            raise snapshots.BackupError(f"destination {destination} does not exist")
-    except snapshots.BackupError as exc:
-        print(f"✗ {exc}", file=sys.stderr)
-        return 1
-    found = snapshots.list_snapshots(destination)
-    for snap in found:
-        size = snap.archive.stat().st_size if snap.archive.exists() else 0
-        state = "verified" if snap.verified else "NOT verified"
-        print(f"{snap.id}  {size / 1e6:>10,.1f} MB  {state}")
-    print(f"{len(found)} snapshot(s) at {destination}.")
-    return 0
+    return commands.list_command(args)
 
 
 def _backups_restore(args: argparse.Namespace) -> int:
-    """Restore a snapshot, or single files of it, checking every file against its SHA-256."""
-    from automation_pipelines.automations.backups import snapshots
+    """Restore a backup run, one source of it or single files, verified byte for byte."""
+    from automation_pipelines.automations.backups import commands
 
-    destination = _backup_destination(args)
-    try:
-        snap = _backup_snapshot(destination, args.snapshot)
-        done = snapshots.restore(
-            snap.path, Path(args.to), files=args.file or None, overwrite=args.overwrite
-        )
-    except snapshots.BackupError as exc:
-        print(f"✗ {exc}", file=sys.stderr)
-        return 1
-    print(
-        f"Restored {len(done.files)} file(s), {done.bytes:,} bytes, from {snap.id} into "
-        f"{args.to}; every SHA-256 matched the manifest."
-    )
-    return 0
+    return commands.restore_command(args)
+
+
+def _backups_rotate_key(args: argparse.Namespace) -> int:
+    """Replace the backup repository's password (restic key add, then key remove)."""
+    from automation_pipelines.automations.backups import commands
+
+    return commands.rotate_key_command(args)
 
 
 def _alerts_test(args: argparse.Namespace) -> int:
@@ -436,6 +389,8 @@ def _credential_statuses(probe: bool):
     inventory = credentials.load()
     url = _project_database()
     if probe:
+        # The automations register the probes of their own credentials (backups: restic).
+        readiness.load_definitions(DEFAULT_DEFS)
         return inventory, credentials.check_all(inventory, now=time.time(), database_url=url)
     known = credentials.history([c.name for c in inventory.credentials], database_url=url)
     # Listing never probes (a login, a connection): the state shown is "set" or "not set".
@@ -641,23 +596,35 @@ def build_parser() -> argparse.ArgumentParser:
     letters_resolve.add_argument("--all", action="store_true", help="with --automation")
     letters_resolve.set_defaults(func=_deadletters_resolve)
 
-    backups = commands.add_parser("backups", help="list and restore backup snapshots")
+    backups = commands.add_parser(
+        "backups", help="list and restore backups, rotate the repository key"
+    )
     backup_commands = backups.add_subparsers(dest="backups_command", required=True)
     listing = backup_commands.add_parser("list", help="snapshots at the destination")
     listing.add_argument("--files", metavar="SNAPSHOT", help="list the files of one snapshot")
     restore = backup_commands.add_parser(
         "restore", help="restore a snapshot or single files, verifying every hash"
     )
-    restore.add_argument("snapshot", nargs="?", default="latest", help="an id, or latest")
+    restore.add_argument(
+        "snapshot", nargs="?", default="latest", help="a run id, a restic snapshot id, or latest"
+    )
     restore.add_argument("--to", required=True, help="folder to restore into")
     restore.add_argument(
         "--file", nargs="+", help="only these files, as `backups list --files` names them"
     )
+    restore.add_argument("--source", help="only this source of the run")
     restore.add_argument("--overwrite", action="store_true", help="replace files that exist")
-    for sub in (listing, restore):
+    rotate = backup_commands.add_parser(
+        "rotate-key", help="replace the repository password (restic key add + key remove)"
+    )
+    rotate.add_argument(
+        "--new-password-file", required=True, help="a file holding the new password"
+    )
+    for sub in (listing, restore, rotate):
         sub.add_argument("--destination", help="default: backups.yaml / $BACKUP_DESTINATION")
     listing.set_defaults(func=_backups_list)
     restore.set_defaults(func=_backups_restore)
+    rotate.set_defaults(func=_backups_rotate_key)
 
     pause = commands.add_parser("pause", help="stop an automation's triggers until resumed")
     pause.add_argument("name", help="automation name (its folder under automations/)")

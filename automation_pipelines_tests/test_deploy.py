@@ -101,7 +101,7 @@ def test_secret_example_holds_every_webhook_and_alert_secret() -> None:
     )
     sources = yaml.safe_load((PROJECT_ROOT / "webhook_sources.yaml").read_text())["sources"]
     routes = yaml.safe_load((PROJECT_ROOT / "alert_routes.yaml").read_text())
-    needed = {source["secret_env"] for source in sources.values()}
+    needed = {source["secret_env"] for source in sources.values()} | {"BACKUP_RESTIC_PASSWORD"}
     needed |= set(routes["default"]) | {
         name for names in routes["owners"].values() for name in names
     }
@@ -153,3 +153,11 @@ def test_every_setting_file_the_code_reads_is_copied_into_the_image() -> None:
     assert read, "no setting file found: the pattern is out of date"
     assert read <= copied, sorted(read - copied)
     assert "deploy" in copied  # deploy/postgres/dagster.yaml, the team instance
+
+
+def test_the_image_carries_every_program_the_automations_run() -> None:
+    apt = re.search(r"apt-get install -y --no-install-recommends ([^&]+)&&", DOCKERFILE, re.S)
+    assert apt, "the Dockerfile installs no Debian packages"
+    packages = set(apt.group(1).replace("\\", " ").split())
+    # pg_dump (PostgreSQL backup sources), restic (the backups' repository), ssh (sftp: ones).
+    assert {"postgresql-client", "restic", "openssh-client"} <= packages, packages

@@ -39,7 +39,15 @@ DEFAULT_WARN_DAYS = 14
 PROBE_TIMEOUT_SECONDS = 5.0
 #: A webhook secret shorter than this is guessable by brute force (bytes of key material).
 MIN_WEBHOOK_SECRET_BYTES = 16
-PROBES = ("postgres", "alert_urls", "webhook_secret", "tls_certificate", "secret_file", "present")
+PROBES = (
+    "postgres",
+    "alert_urls",
+    "webhook_secret",
+    "tls_certificate",
+    "secret_file",
+    "present",
+    "restic_repository",
+)
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: An account that is a person's mailbox is not a service account.
@@ -509,6 +517,14 @@ PROBE_FUNCTIONS: dict[str, Probe] = {
 }
 
 
+def register_probe(kind: str, probe: Probe) -> None:
+    """An automation's own probe kind (the backups' `restic_repository`), registered when its
+    package is imported, so this layer never imports an automation."""
+    if kind not in PROBES:
+        raise ValueError(f"probe kind {kind!r} is not one of {', '.join(PROBES)}")
+    PROBE_FUNCTIONS[kind] = probe
+
+
 # -- The check -------------------------------------------------------------------------------
 
 DAY = 86400.0
@@ -613,7 +629,14 @@ def evaluate(
             f"{label} is not set; {', '.join(credential.used_by)} cannot work",
             probe="not set",
         )
-    result = (probe or PROBE_FUNCTIONS[credential.probe])(credential, value)
+    probe = probe or PROBE_FUNCTIONS.get(credential.probe)
+    if probe is None:
+        return status(
+            "broken",
+            f"{label} cannot be probed: nothing registered the probe {credential.probe!r} "
+            "(its automation's package is not loaded)",
+        )
+    result = probe(credential, value)
     if not result.ok:
         return status("broken", f"{label} does not work: {result.sentence}", probe=result.sentence)
     if result.expires_at is not None:
@@ -691,6 +714,7 @@ def secret_variables_in_use(project_root: Path = PROJECT_ROOT) -> dict[str, str]
             if isinstance(settings, Mapping) and settings.get("secret_env"):
                 used.setdefault(str(settings["secret_env"]), f"webhook_sources.yaml ({source})")
     used.setdefault("DAGSTER_PG_PASSWORD", "dagster.yaml on PostgreSQL (instance storage)")
+    used.setdefault("BACKUP_RESTIC_PASSWORD", "backups (the restic repository's password)")
     # The public edge's TLS certificate, its key and the UI's users (automation_pipelines/proxy.py).
     used.setdefault("PROXY_TLS_CERT", "the proxy (TLS certificate)")
     used.setdefault("PROXY_TLS_KEY", "the proxy (TLS private key)")

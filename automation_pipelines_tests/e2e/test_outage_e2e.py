@@ -67,14 +67,22 @@ def healthy(ui: str, hooks: str) -> bool:
 
 
 def zombies(supervisor: psutil.Process) -> set[str]:
-    """Zombies under the supervisor, as "pid name (parent pid)". Runs keep starting and ending
-    (a run worker is a zombie for the moment between its exit and its parent's wait), so what
-    must not happen is a zombie that stays."""
+    """Zombies the project's own processes must reap, as "pid name (parent pid)": children of
+    the supervisor (its services, and the orphans it adopts as a subreaper) and of the
+    receiver's parent (its forked workers). Runs keep starting and ending (a run worker is a
+    zombie for the moment between its exit and its parent's wait), so what must not happen is
+    a zombie that stays. A run worker of Dagster's code server is not counted: Python's
+    subprocess module reaps it when that server next starts a process, which may be long after
+    the last run."""
     found = set()
     for child in supervisor.children(recursive=True):
         try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                found.add(f"{child.pid} {child.name()} (parent {child.ppid()})")
+            if child.status() != psutil.STATUS_ZOMBIE:
+                continue
+            parent = child.ppid()
+            ours = parent == supervisor.pid or "webhooks" in psutil.Process(parent).cmdline()
+            if ours:
+                found.add(f"{child.pid} {child.name()} (parent {parent})")
         except psutil.Error:
             continue
     return found

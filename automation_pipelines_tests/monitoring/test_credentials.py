@@ -457,3 +457,12 @@ def test_key_and_users_files_must_be_private_and_hashed(tmp_path: Path):
     assert not clear.ok and "the password of bob is not hashed" in clear.sentence
     users.write_text("\n")
     assert "neither a private key nor any" in probe(one(), str(users)).sentence
+
+
+def test_a_probe_nobody_registered_is_reported_not_skipped(monkeypatch):
+    monkeypatch.delitem(creds.PROBE_FUNCTIONS, "restic_repository", raising=False)
+    status = evaluate(one(probe="restic_repository"), value="some-password")
+    assert status.kind == "broken"
+    assert "nothing registered the probe 'restic_repository'" in status.sentence
+    with pytest.raises(ValueError, match="is not one of"):
+        creds.register_probe("carrier_pigeon", lambda _c, _v: creds.ProbeResult(True, "coo"))

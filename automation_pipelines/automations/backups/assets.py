@@ -15,9 +15,9 @@ from datetime import timedelta
 
 import dagster as dg
 
-from automation_pipelines.automations.backups import AUTOMATION, health
-from automation_pipelines.automations.backups import snapshots as s
+from automation_pipelines.automations.backups import AUTOMATION, engine, health
 from automation_pipelines.automations.backups.resources import BackupSettings
+from automation_pipelines.automations.backups.sources import check_destination
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.conditions import report_findings
 from automation_pipelines.reliability.errors import LOCAL_IO, classify_errors
@@ -34,47 +34,44 @@ FRESH_WITHIN = timedelta(hours=26)
     group_name="backups",
     owners=[AUTOMATION.owner],
     tags={AUTOMATION_TAG: AUTOMATION.name},
-    kinds={"zstd"},
+    kinds={"restic"},
     freshness_policy=dg.FreshnessPolicy.time_window(fail_window=FRESH_WITHIN),
     retry_policy=LOCAL_IO.policy,
     description=AUTOMATION.describe(
-        "A verified snapshot of every source in backups.yaml: one zstandard tar archive and a "
-        "manifest of each file's size and SHA-256, renamed into place only after it was read "
-        "back. Old snapshots are then thinned to the retention policy."
+        "A verified restic snapshot of every source in backups.yaml (folders as they are, "
+        "SQLite through its online backup API, PostgreSQL through pg_dump), tagged by source "
+        "and run; then restic forget --prune thins them to the retention policy."
     ),
 )
 @classify_errors(LOCAL_IO)
 def backup_snapshots(
     context: dg.AssetExecutionContext, backups: BackupSettings
 ) -> dg.MaterializeResult:
-    destination = backups.destination_path
-    result = s.create_snapshot(
-        destination,
-        backups.resolved_sources(context.instance),
-        level=backups.zstd_level,
-        threads=backups.threads,
+    sources = backups.resolved_sources(context.instance)
+    local = backups.local_destination
+    if local is not None:
+        check_destination(local)
+    repo = backups.open_repository()
+    result = engine.back_up(repo, sources, destination=local, now=engine._utcnow())
+    deleted = engine.apply_retention(
+        repo, [s.name for s in sources], backups.keep_daily, backups.keep_weekly
     )
-    plan = s.plan_retention(s.list_snapshots(destination), backups.keep_daily, backups.keep_weekly)
-    deleted = s.apply_retention(plan)
-    if result.removed_partials:
-        context.log.warning(f"removed what crashed backups left: {result.removed_partials}")
-    megabytes_in, megabytes_out = result.bytes_in / 1e6, result.archive_bytes / 1e6
+    if result.removed_locks:
+        context.log.warning(f"removed locks of killed backups: {result.removed_locks}")
+    megabytes_in, megabytes_added = result.bytes_in / 1e6, result.bytes_added / 1e6
     return dg.MaterializeResult(
         metadata={
-            "snapshot": dg.MetadataValue.text(result.snapshot.id),
-            "created_at_unix": dg.MetadataValue.float(result.snapshot.created.timestamp()),
-            "path": dg.MetadataValue.path(str(result.snapshot.path)),
+            "snapshot": dg.MetadataValue.text(result.run_id),
+            "created_at_unix": dg.MetadataValue.float(result.created.timestamp()),
+            "repository": dg.MetadataValue.text(repo.location),
+            "snapshots": dg.MetadataValue.json(result.snapshots),
             "files": dg.MetadataValue.int(result.files),
             "source_mb": dg.MetadataValue.float(round(megabytes_in, 3)),
-            "archive_mb": dg.MetadataValue.float(round(megabytes_out, 3)),
-            "compression_ratio": dg.MetadataValue.float(
-                round(result.bytes_in / result.archive_bytes, 3) if result.archive_bytes else 0.0
-            ),
+            "added_mb": dg.MetadataValue.float(round(megabytes_added, 3)),
             "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
             "mb_per_second": dg.MetadataValue.float(
                 round(megabytes_in / result.seconds, 1) if result.seconds else 0.0
             ),
-            "snapshots_kept": dg.MetadataValue.int(len(plan.keep)),
             "snapshots_deleted": dg.MetadataValue.text(", ".join(deleted) or "none"),
             "sources": dg.MetadataValue.json(result.sources),
         }
@@ -129,17 +126,23 @@ CHECK_SPECS = [
     dg.AssetCheckSpec(
         health.CHECK_RECENT,
         asset=BACKUP_KEY,
-        description="The newest verified snapshot is younger than max_age_hours.",
+        description="The newest snapshot of every source is younger than max_age_hours.",
     ),
     dg.AssetCheckSpec(
         health.CHECK_INTACT,
         asset=BACKUP_KEY,
-        description="Every snapshot matches its manifest (the newest file by file).",
+        description="restic check is clean, reading a different seventh of the packs each day.",
     ),
     dg.AssetCheckSpec(
         health.CHECK_RESTORE,
         asset=BACKUP_KEY,
-        description="A sample of the newest snapshot's files restores with matching hashes.",
+        description="A sample of the newest snapshots' files restores and verifies byte for byte.",
+    ),
+    dg.AssetCheckSpec(
+        health.CHECK_UNLOCKED,
+        asset=BACKUP_KEY,
+        description="No stale lock (a killed process, or not refreshed for hours) in the "
+        "repository.",
     ),
 ]
 
@@ -159,10 +162,18 @@ def check_backup_health(
     context: dg.AssetCheckExecutionContext, backups: BackupSettings, alerts: AlertRouter
 ) -> Iterator[dg.AssetCheckResult]:
     report = health.inspect(
-        backups.destination_path,
-        max_age_hours=backups.max_age_hours,
-        min_free_percent=backups.min_free_percent,
-        sample_files=backups.sample_files,
+        destination=backups.destination,
+        local=backups.local_destination,
+        open_repository=backups.open_repository,
+        expected=backups.expected_sources(),
+        folders=backups.folders(),
+        limits=health.Limits(
+            max_age_hours=backups.max_age_hours,
+            min_free_percent=backups.min_free_percent,
+            sample_files=backups.sample_files,
+            check_days=backups.check_days,
+            stale_lock_hours=backups.stale_lock_hours,
+        ),
         owner=AUTOMATION.owner,
         automation=AUTOMATION.name,
         last_good=last_good(context.instance),

@@ -18,5 +18,6 @@ check_backups_job = AUTOMATION.asset_job(
     "check_backups_job",
     selection=dg.AssetSelection.checks_for_assets(BACKUP_KEY),
     description="Checks the backups: destination ready, newest snapshot recent, every snapshot "
-    "intact, a sample restore matches; alerts the owner once per problem.",
+    "intact (restic check), a sample restore matches, no stale lock; alerts the owner once "
+    "per problem.",
 )

@@ -1,5 +1,8 @@
 """What to back up, where to, and the limits of healthy: read from `backups.yaml`.
 
+The repository password is no setting: the settings name the variables that hold it (or the
+file holding it), read at run time and handed to restic in its environment only.
+
 The file is validated strictly, because a typo there shows up weeks later as a backup that never
 contained what everyone thought it did. The destination can be overridden from the environment,
 so one reviewed file serves every machine. A password written into a PostgreSQL DSN is taken out
@@ -17,18 +20,25 @@ import dagster as dg
 import sqlalchemy as sa
 import yaml
 
-from automation_pipelines.automations.backups.snapshots import (
+from automation_pipelines.automations.backups.restic import Repository, ResticError, is_remote
+from automation_pipelines.automations.backups.sources import (
+    BackupError,
     FolderSource,
     PostgresSource,
     Source,
     SqliteSource,
 )
 from automation_pipelines.paths import PROJECT_ROOT
-from automation_pipelines.reliability import store
+from automation_pipelines.reliability import credentials, store
+from automation_pipelines.reliability.credentials import ProbeResult
 from automation_pipelines.reliability.secrets import password_kind, strip_passwords
 
 CONFIG_ENV = "BACKUPS_CONFIG_FILE"
 DESTINATION_ENV = "BACKUP_DESTINATION"
+PASSWORD_ENV = "BACKUP_RESTIC_PASSWORD"
+PASSWORD_FILE_ENV = "BACKUP_RESTIC_PASSWORD_FILE"
+#: The repository's folder inside a local destination; old archives stay beside it.
+REPOSITORY_FOLDER = "restic"
 _SOURCE_KINDS = ("folder", "sqlite", "postgres", "project_database")
 
 
@@ -44,6 +54,10 @@ def config_file() -> Path:
 def _project_path(value: str) -> str:
     path = Path(os.path.expandvars(value)).expanduser()
     return str(path if path.is_absolute() else PROJECT_ROOT / path)
+
+
+def _destination(value: str) -> str:
+    return value if is_remote(value) else _project_path(value)
 
 
 def read_config(path: Path | None = None) -> dict[str, Any]:
@@ -63,7 +77,9 @@ def read_config(path: Path | None = None) -> dict[str, Any]:
         "retention",
         "min_free_percent",
         "sample_files",
-        "zstd_level",
+        "compression",
+        "check_days",
+        "stale_lock_hours",
         "sources",
     }
     unknown = sorted(set(raw) - known)
@@ -122,8 +138,20 @@ class BackupSettings(dg.ConfigurableResource):
     keep_weekly: int = 4
     min_free_percent: float = 10.0
     sample_files: int = 20
-    zstd_level: int = 3
-    threads: int = 2
+    #: restic's --compression: auto, off or max.
+    compression: str = "auto"
+    #: `restic check --read-data-subset=n/check_days`, n by day: every pack read in that time.
+    check_days: int = 7
+    #: A lock older than this is reported; restic refreshes a live one every 5 minutes.
+    stale_lock_hours: float = 6.0
+    #: Names of the variables holding the repository password, or the path of a file with it.
+    password_env: str = PASSWORD_ENV
+    password_file_env: str = PASSWORD_FILE_ENV
+    restic_binary: str = "restic"
+    #: restic's cache folder; empty: restic's default (~/.cache/restic).
+    cache_dir: str = ""
+    #: Extended options (`-o key=value`), e.g. sftp.command for an SFTP destination.
+    restic_options: list[str] = []
     config_problems: list[str] = []
 
     @classmethod
@@ -133,7 +161,7 @@ class BackupSettings(dg.ConfigurableResource):
         retention = raw.get("retention") or {}
         sources, problems = _without_passwords(raw["sources"], path or config_file())
         return cls(
-            destination=_project_path(os.environ.get(DESTINATION_ENV) or raw["destination"]),
+            destination=_destination(os.environ.get(DESTINATION_ENV) or raw["destination"]),
             sources=sources,
             config_problems=problems,
             max_age_hours=float(raw.get("max_age_hours", 26)),
@@ -141,12 +169,63 @@ class BackupSettings(dg.ConfigurableResource):
             keep_weekly=int(retention.get("weekly", 4)),
             min_free_percent=float(raw.get("min_free_percent", 10)),
             sample_files=int(raw.get("sample_files", 20)),
-            zstd_level=int(raw.get("zstd_level", 3)),
+            compression=str(raw.get("compression", "auto")),
+            check_days=int(raw.get("check_days", 7)),
+            stale_lock_hours=float(raw.get("stale_lock_hours", 6)),
         )
 
     @property
     def destination_path(self) -> Path:
         return Path(self.destination)
+
+    @property
+    def local_destination(self) -> Path | None:
+        """The destination folder, or None for a remote repository (sftp:, s3:, …)."""
+        return None if is_remote(self.destination) else Path(self.destination)
+
+    @property
+    def repository_location(self) -> str:
+        local = self.local_destination
+        return str(local / REPOSITORY_FOLDER) if local is not None else self.destination
+
+    def open_repository(self, password_file: str | None = None) -> Repository:
+        """The repository, with the password from $BACKUP_RESTIC_PASSWORD or the file named by
+        $BACKUP_RESTIC_PASSWORD_FILE, read now; fails loudly when neither is set."""
+        password = os.environ.get(self.password_env) or None
+        file = password_file or os.environ.get(self.password_file_env) or None
+        if password is None and file is None:
+            raise BackupError(
+                f"no repository password: set {self.password_env} (or {self.password_file_env}, "
+                "a file readable only by the backup's service account); see the backups runbook"
+            )
+        if file is not None and password is None and not Path(file).is_file():
+            raise BackupError(f"{self.password_file_env} names {file}, which does not exist")
+        return Repository(
+            location=self.repository_location,
+            password=None if password_file else password,
+            password_file=file,
+            binary=self.restic_binary,
+            cache_dir=self.cache_dir or None,
+            compression=self.compression,
+            options=tuple(self.restic_options),
+        )
+
+    def folders(self) -> dict[str, Path]:
+        """Folder sources by name: the health check compares restored files with them."""
+        return {
+            name: Path(_project_path(spec["folder"]))
+            for name, spec in self.sources.items()
+            if "folder" in spec
+        }
+
+    def expected_sources(self) -> list[str]:
+        """Sources that must have a recent snapshot: all but skipped folders that are absent."""
+        return [
+            name
+            for name, spec in self.sources.items()
+            if not ("folder" in spec and spec.get("missing") == "skip")
+            or Path(_project_path(spec["folder"])).exists()
+        ]
 
     def resolved_sources(self, instance: dg.DagsterInstance | None = None) -> list[Source]:
         """The sources as the snapshot code takes them; the project database is whichever the
@@ -190,3 +269,19 @@ def project_database_source(name: str, url: str) -> Source:
     }
     dsn = " ".join(f"{key}={value}" for key, value in parts.items() if value)
     return PostgresSource(name, dsn, password=parsed.password)
+
+
+def probe_restic_password(_credential: credentials.Credential, value: str) -> ProbeResult:
+    """The daily credentials check's probe of the repository password: `restic cat config`
+    opens the repository with it (nothing is locked or written)."""
+    location = BackupSettings.from_config().repository_location
+    try:
+        found = Repository(location, password=value, timeout_seconds=60).exists()
+    except ResticError as error:
+        return ProbeResult(False, str(error))
+    if not found:
+        return ProbeResult(True, f"no repository at {location} yet; the first backup creates it")
+    return ProbeResult(True, f"opens the repository {location}")
+
+
+credentials.register_probe("restic_repository", probe_restic_password)

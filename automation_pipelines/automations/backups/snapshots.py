@@ -1,6 +1,6 @@
-"""Snapshots: one zstandard-compressed tar archive plus a manifest of every file's size and
-SHA-256, written under a temp name and renamed only once verified, so a crash never leaves a
-snapshot that looks finished.
+"""Archives in the format used before restic: one zstandard-compressed tar archive plus a
+manifest of every file's size and SHA-256. Backups no longer write it; it stays so that every
+archive made before the move to restic can still be listed, checked and restored byte for byte.
 
 A snapshot folder `<destination>/<id>/` holds `archive.tar.zst`, `manifest.json` and
 `verified.json`. It exists under that name only after the archive was read back and every file
@@ -11,7 +11,6 @@ found without decompressing, and named precisely when they are.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -26,12 +25,21 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
-from automation_pipelines.reliability.errors import PermanentError
+from automation_pipelines.automations.backups.sources import (
+    BackupError,
+    FolderSource,
+    PostgresSource,
+    Source,
+    SqliteSource,
+    check_destination,
+    restore_plan,
+    safe_relative,
+)
 
 ARCHIVE = "archive.tar.zst"
 MANIFEST = "manifest.json"
@@ -41,48 +49,6 @@ FORMAT = 1
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 #: Bytes read or written per call: large enough that Python's per-call cost disappears.
 CHUNK = 1 << 20
-
-
-class BackupError(PermanentError):
-    """A backup or restore that cannot succeed as configured (missing source, bad snapshot)."""
-
-
-class DestinationMissing(BackupError):
-    """The destination folder is gone: unmounted, moved, or never created."""
-
-
-@dataclass(frozen=True)
-class FolderSource:
-    """A folder, archived whole (regular files; links and sockets are counted, not followed)."""
-
-    name: str
-    path: Path
-    #: "fail": a missing folder fails the backup; "skip": it is noted and left out.
-    missing: str = "fail"
-
-
-@dataclass(frozen=True)
-class SqliteSource:
-    """A SQLite database, copied with its online backup API so writers need not stop."""
-
-    name: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class PostgresSource:
-    """A PostgreSQL database dumped with `pg_dump --format=custom`; the password comes from the
-    environment (PGPASSWORD) or ~/.pgpass, never from the connection string."""
-
-    name: str
-    dsn: str
-    pg_dump: str = "pg_dump"
-    timeout_seconds: float = 3600.0
-    #: Passed to pg_dump as PGPASSWORD; kept out of repr so it never reaches a log.
-    password: str | None = field(default=None, repr=False)
-
-
-Source = FolderSource | SqliteSource | PostgresSource
 
 
 @dataclass(frozen=True)
@@ -154,16 +120,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def check_destination(destination: Path) -> None:
-    """Fail with the exact reason when the destination cannot take a snapshot."""
-    if not destination.exists():
-        raise DestinationMissing(f"destination {destination} does not exist")
-    if not destination.is_dir():
-        raise BackupError(f"destination {destination} is not a folder")
-    if not os.access(destination, os.W_OK | os.X_OK):
-        raise BackupError(f"destination {destination} is not writable by this user")
 
 
 class _Archive:
@@ -597,13 +553,6 @@ def _check_members(name: str, archive: Path, listed: dict[str, dict]) -> list[st
     return problems
 
 
-def _safe_relative(name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or not path.parts:
-        raise BackupError(f"refusing to restore {name!r}: it would land outside the target")
-    return path
-
-
 @dataclass
 class RestoreResult:
     """What a restore wrote; every file was hash-checked against the manifest."""
@@ -633,25 +582,14 @@ def restore(
     if problems:
         raise BackupError("; ".join(problems))
     listed = {f["path"]: f for f in manifest["files"]}
-    wanted = set(listed) if files is None else set(files)
-    unknown = sorted(wanted - set(listed))
-    if unknown:
-        raise BackupError(
-            f"snapshot {snapshot.name} has no file {unknown[0]!r}"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + "; `automation-pipelines backups list --files` shows what it holds"
-        )
-    for name in wanted:
-        existing = target / _safe_relative(name)
-        if existing.exists() and not overwrite:
-            raise BackupError(f"{existing} exists; restore elsewhere or pass --overwrite")
+    wanted = restore_plan(f"snapshot {snapshot.name}", listed, files, target, overwrite)
     target.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
     total = 0
     for member, tar in _members(snapshot / ARCHIVE):
         if not member.isfile() or member.name not in wanted:
             continue
-        destination = target / _safe_relative(member.name)
+        destination = target / safe_relative(member.name)
         destination.parent.mkdir(parents=True, exist_ok=True)
         temp = destination.with_name(f".{destination.name}.restoring")
         digest = hashlib.sha256()
@@ -712,47 +650,3 @@ def sample_restore(
             elif _file_sha256(restored) != listed[name]["sha256"]:
                 problems.append(f"test restore: {name} does not match its manifest hash")
         return problems
-
-
-@dataclass(frozen=True)
-class RetentionPlan:
-    keep: list[Snapshot]
-    delete: list[Snapshot]
-
-
-def plan_retention(snapshots: Sequence[Snapshot], daily: int, weekly: int) -> RetentionPlan:
-    """Keep the newest snapshot of each of the last `daily` days and `weekly` ISO weeks (among
-    verified ones), and always the newest verified one. Only snapshots older than the newest
-    verified one are ever deleted, so nothing goes before a newer snapshot has been verified."""
-    ordered = sorted(snapshots, key=lambda s: s.created, reverse=True)
-    verified = [s for s in ordered if s.verified]
-    if not verified:
-        return RetentionPlan(keep=list(ordered), delete=[])
-    keep_ids = {verified[0].id}
-    for bucket, count in ((lambda s: s.created.date(), daily), (_iso_week, weekly)):
-        newest_per_bucket: dict = {}
-        for snapshot in verified:
-            newest_per_bucket.setdefault(bucket(snapshot), snapshot)
-        keep_ids.update(s.id for s in list(newest_per_bucket.values())[:count])
-    newest = verified[0].created
-    delete = [s for s in ordered if s.id not in keep_ids and s.created < newest]
-    keep = [s for s in ordered if s not in delete]
-    return RetentionPlan(keep=keep, delete=delete)
-
-
-def _iso_week(snapshot: Snapshot) -> tuple[int, int]:
-    year, week, _ = snapshot.created.isocalendar()
-    return year, week
-
-
-def apply_retention(plan: RetentionPlan) -> list[str]:
-    """Delete the planned snapshots; return their ids. A snapshot is first renamed to a partial
-    name, so a crash half-way through a delete never leaves something that looks whole."""
-    removed = []
-    for snapshot in plan.delete:
-        doomed = snapshot.path.with_name(f"{PARTIAL_PREFIX}deleting-{snapshot.id}")
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(snapshot.path, doomed)
-            shutil.rmtree(doomed)
-            removed.append(snapshot.id)
-    return removed

@@ -1,27 +1,32 @@
-"""The backup and health-check jobs executed for real on a SQLite instance, with alerts through
-the real run-failure sensor and outbox to a loopback HTTP server.
+"""The backup and health-check jobs executed for real on a SQLite instance and the real restic
+binary, with alerts through the real run-failure sensor and outbox to a loopback HTTP server.
 
 The two-week story: the destination disappears; the backup run fails and alerts; the next health
 check (the clock moved 49 h on) says the newest good snapshot is too old and why; the destination
-comes back, the next backup succeeds, and recovery notices follow. Then each kind of damage,
-and the checks the UI shows.
+comes back, the next backup succeeds, and recovery notices follow. Then each kind of damage to
+the repository, a SIGKILL in the middle of a backup, and the password that appears nowhere.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from automation_pipelines.automations.backups import assets
-from automation_pipelines.automations.backups import snapshots as s
+from automation_pipelines.automations.backups import assets, engine, health
 from automation_pipelines.automations.backups.jobs import backup_snapshots_job, check_backups_job
 from automation_pipelines.automations.backups.resources import BackupSettings
 from automation_pipelines.monitoring.alerting import run_failure_alert_sensor
+from automation_pipelines_tests.automations.backups.conftest import (
+    PASSWORD,
+    delete_index,
+    flip_byte_in_biggest_pack,
+    kill_backup_midway,
+)
 from automation_pipelines_tests.automations.backups.trees import make_tree, tree_hashes
 
 
@@ -40,7 +45,7 @@ class World:
 
     def configure(self, **changes) -> None:
         """(Re)build the definitions with these settings changed."""
-        settings = BackupSettings(
+        self.settings = settings = BackupSettings(
             destination=str(self.destination),
             sources={"documents": {"folder": str(self.source)}},
             **{"max_age_hours": 26, "min_free_percent": 0.5, "sample_files": 5, **changes},
@@ -76,9 +81,16 @@ class World:
     def titles(self) -> list[str]:
         return self.receiver.titles()
 
+    @property
+    def repository(self) -> Path:
+        return self.destination / "restic"
+
+    def runs(self) -> list[engine.Run]:
+        return engine.list_runs(self.settings.open_repository())
+
 
 @pytest.fixture
-def world(sqlite_instance, alert_router, json_receiver, monkeypatch, tmp_path) -> World:
+def world(sqlite_instance, alert_router, json_receiver, restic_env, monkeypatch, tmp_path) -> World:
     monkeypatch.setenv("TEST_DEFAULT_URLS", json_receiver.url)  # owner team:platform's route
     return World(sqlite_instance, alert_router, json_receiver, tmp_path)
 
@@ -86,7 +98,7 @@ def world(sqlite_instance, alert_router, json_receiver, monkeypatch, tmp_path) -
 def test_the_two_week_story(world: World, monkeypatch, tmp_path) -> None:
     first = world.backup()
     assert first.success
-    [snapshot] = s.list_snapshots(world.destination)
+    [snapshot] = world.runs()
     checks = world.check()
     assert all(e.passed for e in checks.values()), checks
     world.tick()
@@ -103,7 +115,7 @@ def test_the_two_week_story(world: World, monkeypatch, tmp_path) -> None:
     assert f"destination {world.destination} does not exist" in alert["message"]
 
     # Two days later the health check names the age, the limit and the cause.
-    later = snapshot.created.timestamp() + 49 * 3600
+    later = snapshot.time.timestamp() + 49 * 3600
     monkeypatch.setattr(assets, "_now", lambda: later)
     checks = world.check()
     recent = checks["snapshot_recent"]
@@ -132,7 +144,7 @@ def test_the_two_week_story(world: World, monkeypatch, tmp_path) -> None:
 
     # The destination comes back: the next backup succeeds and the failure incident recovers.
     moved.rename(world.destination)
-    monkeypatch.setattr(s, "_utcnow", lambda: datetime.fromtimestamp(later + 600, tz=UTC))
+    monkeypatch.setattr(engine, "_utcnow", lambda: datetime.fromtimestamp(later + 600, tz=UTC))
     assert world.backup().success
     world.tick()
     assert world.titles()[3].startswith("[RECOVERED] backups")
@@ -143,32 +155,136 @@ def test_the_two_week_story(world: World, monkeypatch, tmp_path) -> None:
     assert len(recoveries) == 2 and len(world.titles()) == 6
 
 
-DAMAGE = {
-    "one byte flipped": ("_flip_one_byte", "the archive is corrupt"),
-    "truncated": ("_truncate", "the archive is truncated"),
-    "manifest deleted": ("_delete_manifest", "manifest.json is missing"),
-}
+def _on_the_day_that_reads(monkeypatch, pack: str, after: datetime) -> None:
+    """Move the health check's clock to the first day from `after` on whose
+    `--read-data-subset` slice holds `pack`: restic reads, on slice n of 7, the packs whose id
+    starts with a byte that is n-1 modulo 7."""
+    wanted = int(pack[:2], 16) % 7
+    day = after
+    while health.data_subset(day.timestamp(), 7) != f"{wanted + 1}/7":
+        day += timedelta(days=1)
+    monkeypatch.setattr(assets, "_now", lambda: day.timestamp() + 60)
 
 
-@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
-def test_damage_fails_the_health_check_precisely(world: World, damage: str) -> None:
-    from automation_pipelines_tests.automations.backups import test_snapshots
-
+def test_a_flipped_byte_in_a_pack_fails_the_check_precisely(world: World, monkeypatch) -> None:
+    world.configure(sample_files=100, max_age_hours=8 * 24)
     assert world.backup().success
-    [snapshot] = s.list_snapshots(world.destination)
-    harm, words = DAMAGE[damage]
-    getattr(test_snapshots, harm)(snapshot.path)
+    [run] = world.runs()
+    flipped = flip_byte_in_biggest_pack(world.repository)
+    _on_the_day_that_reads(monkeypatch, flipped, run.time)
 
     checks = world.check()
 
     intact = checks["snapshots_intact"]
     assert not intact.passed
-    assert intact.description.startswith(f"snapshot {snapshot.id}: ")
-    assert words in intact.description
-    assert not checks["test_restore"].passed
+    assert intact.description.startswith(f"repository {world.repository}: restic check (data ")
+    assert f"pack {flipped[:12]}… does not match its ID: its content changed on the disk" in (
+        intact.description
+    )
+    restore = checks["test_restore"]
+    assert not restore.passed
+    assert restore.description.startswith("test restore of 31 file(s) of source 'documents'")
+    assert ": ciphertext verification failed" in restore.description
     assert checks["snapshot_recent"].passed and checks["destination_ready"].passed
-    [title, *_] = world.titles()
-    assert title.startswith(f"[BACKUP DAMAGED] backups: snapshot {snapshot.id}: ")
+    assert "[BACKUP DAMAGED] backups: repository /" in "".join(world.titles())
+    assert "[BACKUP RESTORE FAILED] backups: test restore of 31 file(s)" in "".join(world.titles())
+
+
+def test_on_another_day_the_check_reads_another_slice(world: World, monkeypatch) -> None:
+    world.configure(max_age_hours=8 * 24, sample_files=0)
+    assert world.backup().success
+    [run] = world.runs()
+    flipped = flip_byte_in_biggest_pack(world.repository)
+    _on_the_day_that_reads(monkeypatch, flipped, run.time)
+    reading_day = assets._now()
+    monkeypatch.setattr(assets, "_now", lambda: reading_day + 86400)
+
+    checks = world.check()
+
+    assert checks["snapshots_intact"].passed  # the damaged pack is not in this day's slice
+    monkeypatch.setattr(assets, "_now", lambda: reading_day + 7 * 86400)
+    assert not world.check()["snapshots_intact"].passed  # a week on, the slice comes round
+
+
+def test_a_deleted_index_fails_the_check_precisely(world: World) -> None:
+    assert world.backup().success
+    delete_index(world.repository)
+
+    checks = world.check()
+
+    intact = checks["snapshots_intact"]
+    assert not intact.passed
+    assert "not referenced in any index" in intact.description
+    assert "not found in repository" in intact.description
+    assert not checks["test_restore"].passed
+    assert checks["snapshot_recent"].passed
+
+
+def test_a_missing_repository_is_named(world: World) -> None:
+    assert world.backup().success
+    [run] = world.runs()
+    shutil.rmtree(world.repository)
+
+    checks = world.check()
+
+    assert checks["snapshots_intact"].description == (
+        f"repository {world.repository} does not exist, although backup run {run.id} was "
+        "recorded there"
+    )
+    assert checks["snapshot_recent"].description.startswith(
+        f"no snapshot can be found at {world.destination} although run {run.id} made one"
+    )
+    assert checks["destination_ready"].passed
+    assert any(t.startswith("[BACKUP REPOSITORY] backups: repository /") for t in world.titles())
+
+
+def test_a_backup_killed_midway_is_reported_then_the_next_run_succeeds(
+    world: World, tmp_path
+) -> None:
+    big = make_tree(tmp_path / "big", files=40, size=3_000_000)
+    world.source = big
+    world.configure()
+    kill_backup_midway(world.repository, big, PASSWORD)
+
+    checks = world.check()
+    unlocked = checks["repository_unlocked"]
+    assert not unlocked.passed
+    assert unlocked.description.startswith(f"repository {world.repository} holds a lock ")
+    assert "its process no longer runs; it is not removed automatically" in unlocked.description
+
+    done = world.backup()
+    assert done.success
+    repo = world.settings.open_repository()
+    assert repo.check() == []
+    assert repo.locks() == []
+    event = world.instance.get_latest_materialization_event(assets.BACKUP_KEY)
+    assert event.asset_materialization.metadata["files"].value == 41
+    checks = world.check()
+    assert [name for name, e in checks.items() if not e.passed] == []
+    assert any(t.startswith("[RECOVERED]") for t in world.titles())
+
+
+def test_the_password_appears_nowhere(world: World, sqlite_home: Path, tmp_path) -> None:
+    assert world.backup().success
+    assert world.check()["snapshots_intact"].passed
+    delete_index(world.repository)
+    world.check()
+    world.destination.rename(tmp_path / "elsewhere")
+    assert not world.backup().success
+    world.tick()
+    world.check()
+    assert len(world.titles()) >= 3
+
+    secret = PASSWORD.encode()
+    places = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert sqlite_home in {p.parent for p in places} or any(
+        sqlite_home in p.parents for p in places
+    )
+    assert any(p.name == "outbox.db" for p in places)
+    assert [p for p in places if secret in p.read_bytes()] == []
+    assert not [a for a in world.receiver.received if PASSWORD in repr(a)]
+    for record in world.instance.get_run_records():
+        assert PASSWORD not in repr(record.dagster_run.run_config)
 
 
 def test_unwritable_destination_is_reported(world: World) -> None:
@@ -207,15 +323,17 @@ def test_almost_full_destination_is_reported(world: World, monkeypatch) -> None:
 
 def test_backup_restores_byte_for_byte_through_the_job(world: World, tmp_path) -> None:
     assert world.backup().success
-    [snapshot] = s.list_snapshots(world.destination)
+    [snapshot] = world.runs()
 
-    s.restore(snapshot.path, tmp_path / "restored")
+    engine.restore(world.settings.open_repository(), snapshot, tmp_path / "restored")
 
     assert tree_hashes(tmp_path / "restored" / "documents") == tree_hashes(world.source)
     event = world.instance.get_latest_materialization_event(assets.BACKUP_KEY)
     metadata = event.asset_materialization.metadata
     assert metadata["snapshot"].value == snapshot.id
     assert metadata["files"].value == 31
+    assert metadata["repository"].value == str(world.repository)
+    assert set(metadata["snapshots"].value) == {"documents"}
 
 
 def test_retention_runs_after_each_verified_backup(world: World, monkeypatch) -> None:
@@ -224,8 +342,17 @@ def test_retention_runs_after_each_verified_backup(world: World, monkeypatch) ->
     made = []
     for day in (2, 1, 0):
         when = datetime.fromtimestamp(base - day * 86400, tz=UTC)
-        monkeypatch.setattr(s, "_utcnow", lambda when=when: when)
+        monkeypatch.setattr(engine, "_utcnow", lambda when=when: when)
         assert world.backup().success
-        made.append(s.list_snapshots(world.destination)[0].id)
+        made.append(world.runs()[0].id)
 
-    assert [x.id for x in s.list_snapshots(world.destination)] == [made[-1]]
+    assert [x.id for x in world.runs()] == [made[-1]]
+    assert world.settings.open_repository().check() == []
+
+
+def test_the_daily_slice_turns_so_every_pack_is_read_in_a_week() -> None:
+    day = datetime(2026, 11, 23, 7, tzinfo=UTC).timestamp()  # a Monday
+    slices = [health.data_subset(day + n * 86400, 7) for n in range(7)]
+
+    assert sorted(slices) == [f"{n}/7" for n in range(1, 8)]
+    assert health.data_subset(day + 7 * 86400, 7) == slices[0]

@@ -1,6 +1,8 @@
 """A PostgreSQL password written into backups.yaml never reaches Dagster's storage: the settings
 the job carries (its snapshot, shown in the UI) and its run config hold the DSN without it, and
-the backup fails with an error that says where the password belongs instead."""
+the backup fails with an error that says where the password belongs instead. The credentials
+check's restic_repository probe tells a repository password that opens it from one that does
+not."""
 
 from __future__ import annotations
 
@@ -78,3 +80,25 @@ def test_no_password_in_the_job_snapshot_run_config_or_events(
 def test_the_project_backups_yaml_has_no_problem() -> None:
     settings = BackupSettings.from_config()
     assert settings.config_problems == []
+
+
+def test_the_credentials_probe_opens_the_repository(tmp_path, monkeypatch, restic_env) -> None:
+    from automation_pipelines.reliability import credentials
+
+    config = tmp_path / "backups.yaml"
+    config.write_text(
+        f"destination: {tmp_path / 'dest'}\nschedule: {{cron: '30 2 * * *'}}\n"
+        f"health_check: {{cron: '0 7 * * *'}}\nsources:\n  docs: {{folder: {tmp_path}}}\n"
+    )
+    (tmp_path / "dest").mkdir()
+    monkeypatch.setenv("BACKUPS_CONFIG_FILE", str(config))
+    [entry] = [c for c in credentials.load().credentials if c.probe == "restic_repository"]
+    probe = credentials.PROBE_FUNCTIONS["restic_repository"]
+    before = probe(entry, restic_env)
+    settings = BackupSettings.from_config()
+    settings.open_repository().init()
+
+    assert before.ok and "the first backup creates it" in before.sentence
+    assert probe(entry, restic_env).sentence == f"opens the repository {tmp_path / 'dest/restic'}"
+    wrong = probe(entry, "not-the-password")
+    assert not wrong.ok and "does not open with the configured password" in wrong.sentence

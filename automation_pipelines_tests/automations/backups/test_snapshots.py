@@ -1,6 +1,6 @@
-"""Snapshots on real files: byte-for-byte restore (folders, SQLite, PostgreSQL via pg_dump), the
-precise message for each kind of damage, a crash that leaves nothing looking finished, and
-retention that never deletes the last verified snapshot."""
+"""Archives of the format used before restic, on real files: they stay restorable byte for byte
+(folders, SQLite, PostgreSQL via pg_dump), each kind of damage is named precisely, and a crash
+while one was written leaves nothing that looks finished."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from automation_pipelines.automations.backups import snapshots as s
+from automation_pipelines.automations.backups.sources import DestinationMissing
 from automation_pipelines_tests.automations.backups.trees import make_tree, tree_hashes
 
 
@@ -114,7 +114,7 @@ def test_failing_pg_dump_fails_the_backup_with_its_message(destination) -> None:
 def test_missing_destination_says_so(tree, tmp_path) -> None:
     gone = tmp_path / "mnt" / "backup"
 
-    with pytest.raises(s.DestinationMissing, match=f"destination {gone} does not exist"):
+    with pytest.raises(DestinationMissing, match=f"destination {gone} does not exist"):
         s.create_snapshot(gone, [s.FolderSource("photos", tree)])
 
 
@@ -279,67 +279,3 @@ def test_killed_backup_leaves_nothing_that_passes_as_complete(tmp_path, destinat
     result = s.create_snapshot(destination, [s.FolderSource("big", big)])
     assert result.removed_partials and s.partials(destination) == []
     assert [snap.id for snap in s.list_snapshots(destination)] == [result.snapshot.id]
-
-
-def _snap(when: datetime, verified: bool = True, root: Path = Path("/backups")) -> s.Snapshot:
-    ident = s.snapshot_id(when)
-    return s.Snapshot(ident, root / ident, when, verified)
-
-
-NOW = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
-
-
-def _daily(days: int, start: datetime = NOW) -> list[s.Snapshot]:
-    return [_snap(start - timedelta(days=d)) for d in range(days)]
-
-
-def test_retention_keeps_last_daily_and_weekly() -> None:
-    snapshots = _daily(40)
-
-    plan = s.plan_retention(snapshots, daily=7, weekly=4)
-
-    days = {NOW - timedelta(days=d) for d in range(7)}  # Friday 20 to Thursday 26 November
-    weeks = {NOW, NOW - timedelta(days=4), NOW - timedelta(days=11), NOW - timedelta(days=18)}
-    assert {x.created for x in plan.keep} == days | weeks  # + Sundays 15 and 8 November
-    assert len(plan.keep) == 9 and len(plan.delete) == 31
-
-
-def test_retention_never_deletes_the_last_verified_snapshot() -> None:
-    verified_once = _snap(NOW - timedelta(days=30))
-    failed_since = [_snap(NOW - timedelta(days=d), verified=False) for d in range(10)]
-
-    plan = s.plan_retention([verified_once, *failed_since], daily=1, weekly=0)
-
-    assert verified_once in plan.keep
-    assert plan.delete == []  # nothing older than the newest verified one
-
-
-def test_retention_deletes_only_what_is_older_than_the_newest_verified() -> None:
-    older = _daily(5, NOW - timedelta(days=5))
-    newest_verified = _snap(NOW - timedelta(days=1))
-    unverified_newer = _snap(NOW, verified=False)
-
-    plan = s.plan_retention([*older, newest_verified, unverified_newer], daily=1, weekly=0)
-
-    assert set(plan.delete) == set(older)
-    assert newest_verified in plan.keep and unverified_newer in plan.keep
-
-
-def test_retention_without_any_verified_snapshot_deletes_nothing() -> None:
-    snapshots = [_snap(NOW - timedelta(days=d), verified=False) for d in range(5)]
-
-    assert s.plan_retention(snapshots, daily=1, weekly=1).delete == []
-
-
-def test_apply_retention_removes_the_planned_folders(tree, destination) -> None:
-    ids = []
-    for day in (3, 2, 1):
-        when = NOW - timedelta(days=day)
-        ids.append(s.create_snapshot(destination, [s.FolderSource("p", tree)], now=when))
-    plan = s.plan_retention(s.list_snapshots(destination), daily=1, weekly=0)
-
-    removed = s.apply_retention(plan)
-
-    assert removed == [r.snapshot.id for r in ids[:2]][::-1]
-    assert [x.id for x in s.list_snapshots(destination)] == [ids[2].snapshot.id]
-    assert s.partials(destination) == []

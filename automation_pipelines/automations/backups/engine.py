@@ -1,0 +1,452 @@
+"""Backups on restic: one repository per destination, one snapshot per source per run.
+
+Every snapshot carries `source:<name>` and `run:<id>` (the run's UTC time, as archives were
+named before), so a run is restored whole, a source alone, or a single file. Folders go in as
+they are; a SQLite database is first copied with its online backup API; a PostgreSQL database
+is streamed from `pg_dump --format=custom` into `restic backup --stdin`. A snapshot counts only
+once restic lists it with as many files and bytes as it read; retention runs after that, never
+before.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+from automation_pipelines.automations.backups import snapshots as archives
+from automation_pipelines.automations.backups.restic import (
+    Lock,
+    Repository,
+    ResticError,
+    ResticSnapshot,
+    parse_time,
+)
+from automation_pipelines.automations.backups.sources import (
+    BackupError,
+    FolderSource,
+    PostgresSource,
+    Source,
+    SqliteSource,
+    check_destination,
+    restore_plan,
+    safe_relative,
+)
+
+SOURCE, RUN = "source", "run"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+@dataclass
+class BackupResult:
+    """What one backup run wrote, for the run's metadata."""
+
+    run_id: str
+    created: datetime
+    snapshots: dict[str, str]
+    files: int
+    bytes_in: int
+    bytes_added: int
+    seconds: float
+    sources: list[dict] = field(default_factory=list)
+    removed_locks: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    """The snapshots one backup run made, one per source."""
+
+    id: str
+    time: datetime
+    snapshots: tuple[ResticSnapshot, ...]
+
+    def source(self, name: str) -> ResticSnapshot | None:
+        return next((s for s in self.snapshots if s.tag(SOURCE) == name), None)
+
+
+def lock_holder_gone(lock: Lock, now: datetime | None = None) -> bool:
+    """True only when the holder is provably dead: a process of this host that no longer runs.
+    A lock of another host is never judged from here."""
+    if lock.hostname != socket.gethostname() or lock.pid <= 0:
+        return False
+    try:
+        os.kill(lock.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def clear_dead_locks(repo: Repository) -> list[Lock]:
+    """Remove the locks a killed backup of this host left, so retention can take its exclusive
+    lock; anything else (another host, a live process) is left and reported by the check."""
+    dead = [lock for lock in repo.locks() if lock_holder_gone(lock)]
+    if dead:
+        repo.unlock_stale()
+    return dead
+
+
+def _free_run_id(repo: Repository, moment: datetime) -> tuple[str, datetime]:
+    taken = {s.tag(RUN) for s in repo.snapshots()}
+    while archives.snapshot_id(moment) in taken:
+        moment += timedelta(seconds=1)
+    return archives.snapshot_id(moment), moment
+
+
+def _verify(repo: Repository, name: str, snapshot: str, files: int, size: int) -> None:
+    """The new snapshot's tree loads and holds what restic read: its file count and bytes."""
+    nodes = [n for n in repo.ls(snapshot) if n.get("type") == "file"]
+    found = sum(int(n.get("size", 0)) for n in nodes)
+    if len(nodes) != files or found != size:
+        raise BackupError(
+            f"source {name!r}: the new snapshot {snapshot[:8]} lists {len(nodes):,} file(s) and "
+            f"{found:,} bytes, but {files:,} file(s) and {size:,} bytes were read"
+        )
+
+
+class _Prefixed:
+    """A stream whose first bytes were already read (to see whether pg_dump produced any)."""
+
+    def __init__(self, first: bytes, rest: IO[bytes]) -> None:
+        self.first, self.rest = first, rest
+
+    def read(self, size: int) -> bytes:
+        if self.first:
+            chunk, self.first = self.first, b""
+            return chunk
+        return self.rest.read(size)
+
+
+def _back_up_folder(repo: Repository, source: FolderSource, tags, moment) -> dict:
+    root = source.path
+    report = {"name": source.name, "kind": "folder", "path": str(root)}
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a folder"
+        if source.missing == "skip" and not root.exists():
+            return {**report, "status": f"skipped: {root} {what}"}
+        raise BackupError(f"source {source.name!r}: folder {root} {what}")
+    summary, warnings = repo.backup_paths(root, ["."], tags, moment)
+    report = {**report, "status": "ok" if not warnings else f"incomplete: {warnings}"}
+    return _with_summary(repo, source.name, report, summary)
+
+
+def _with_summary(repo: Repository, name: str, report: dict, summary: dict) -> dict:
+    files, size = summary["total_files_processed"], summary["total_bytes_processed"]
+    _verify(repo, name, summary["snapshot_id"], files, size)
+    return {
+        **report,
+        "snapshot": summary["snapshot_id"],
+        "files": files,
+        "bytes": size,
+        "bytes_added": summary.get("data_added", 0),
+    }
+
+
+def _back_up_sqlite(repo: Repository, source: SqliteSource, tags, moment) -> dict:
+    if not source.path.is_file():
+        raise BackupError(f"source {source.name!r}: database {source.path} does not exist")
+    with tempfile.TemporaryDirectory(prefix="backup-sqlite-") as work:
+        copy = Path(work) / source.path.name
+        # mode=ro: a missing file must not be created empty by the backup itself.
+        origin = sqlite3.connect(f"file:{source.path}?mode=ro", uri=True, timeout=30)
+        target = sqlite3.connect(copy)
+        try:
+            origin.backup(target)
+        finally:
+            target.close()
+            origin.close()
+        summary, _ = repo.backup_paths(Path(work), [copy.name], tags, moment)
+    report = {"name": source.name, "kind": "sqlite", "path": str(source.path), "status": "ok"}
+    return _with_summary(repo, source.name, report, summary)
+
+
+def _back_up_postgres(repo: Repository, source: PostgresSource, tags, moment) -> dict:
+    command = [source.pg_dump, "--format=custom", "--no-password", f"--dbname={source.dsn}"]
+    env = {**os.environ, "PGPASSWORD": source.password} if source.password else None
+    with tempfile.TemporaryFile() as errors:
+        try:
+            dump = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, env=env)
+        except FileNotFoundError:
+            raise BackupError(
+                f"source {source.name!r}: {source.pg_dump} is not installed"
+            ) from None
+
+        def failure() -> BackupError:
+            errors.seek(0)
+            text = errors.read().decode(errors="replace")
+            message = " ".join(line.strip() for line in text.splitlines() if line.strip())
+            return BackupError(
+                f"source {source.name!r}: pg_dump failed: {message[:500] or 'no output'}"
+            )
+
+        try:
+            first = dump.stdout.read(1 << 20)
+            if not first:
+                dump.wait(timeout=source.timeout_seconds)
+                raise failure()
+            stream = _Prefixed(first, dump.stdout)
+            summary, count = repo.backup_stream(stream, f"{source.name}.dump", tags, moment)
+            returncode = dump.wait(timeout=source.timeout_seconds)
+        finally:
+            if dump.poll() is None:
+                dump.kill()
+                dump.wait()
+        if returncode != 0:
+            repo.forget_ids(summary["snapshot_id"])  # a truncated dump is no backup
+            raise failure()
+    if summary["total_bytes_processed"] != count:
+        raise BackupError(
+            f"source {source.name!r}: restic stored {summary['total_bytes_processed']:,} bytes "
+            f"of a {count:,}-byte dump"
+        )
+    report = {"name": source.name, "kind": "postgres", "status": "ok"}
+    return _with_summary(repo, source.name, report, summary)
+
+
+def back_up(
+    repo: Repository,
+    sources: Sequence[Source],
+    *,
+    destination: Path | None,
+    now: datetime | None = None,
+) -> BackupResult:
+    """Back up every source into the repository (initialised on first use) and verify each new
+    snapshot. `destination` is the local folder that holds the repository, if any: it must
+    exist (an unmounted disk is an error, not a place to start a new repository)."""
+    started = time.monotonic()
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names) or not names:
+        raise BackupError(f"source names must be unique and present, got {names}")
+    if destination is not None:
+        check_destination(destination)
+    if not repo.exists():
+        repo.init()
+    removed = clear_dead_locks(repo)
+    run_id, moment = _free_run_id(repo, now or _utcnow())
+    reports = []
+    for source in sources:
+        tags = [f"{SOURCE}:{source.name}", f"{RUN}:{run_id}"]
+        if isinstance(source, FolderSource):
+            reports.append(_back_up_folder(repo, source, tags, moment))
+        elif isinstance(source, SqliteSource):
+            reports.append(_back_up_sqlite(repo, source, tags, moment))
+        else:
+            reports.append(_back_up_postgres(repo, source, tags, moment))
+    made = {r["name"]: r["snapshot"] for r in reports if "snapshot" in r}
+    listed = {s.id[:8] for s in repo.snapshots(f"{RUN}:{run_id}")}
+    missing = sorted(name for name, ident in made.items() if ident[:8] not in listed)
+    if missing:
+        raise BackupError(f"restic does not list the new snapshot of {', '.join(missing)}")
+    return BackupResult(
+        run_id=run_id,
+        created=moment,
+        snapshots=made,
+        files=sum(r.get("files", 0) for r in reports),
+        bytes_in=sum(r.get("bytes", 0) for r in reports),
+        bytes_added=sum(r.get("bytes_added", 0) for r in reports),
+        seconds=time.monotonic() - started,
+        sources=reports,
+        removed_locks=[f"{lock.id[:8]} (pid {lock.pid})" for lock in removed],
+    )
+
+
+def apply_retention(
+    repo: Repository, source_names: Iterable[str], keep_daily: int, keep_weekly: int
+) -> list[str]:
+    """`restic forget --keep-daily --keep-weekly` per source, pruning with the last one. Call it
+    only after a backup verified: the newest snapshot of each source is always kept."""
+    names = list(source_names)
+    removed: list[str] = []
+    for index, name in enumerate(names):
+        removed += repo.forget(
+            f"{SOURCE}:{name}", keep_daily, keep_weekly, prune=index == len(names) - 1
+        )
+    return [ident[:8] for ident in removed]
+
+
+def list_runs(repo: Repository) -> list[Run]:
+    """Runs, newest first; a snapshot without a run tag (made by hand) is a run of its own."""
+    grouped: dict[str, list[ResticSnapshot]] = {}
+    for snap in repo.snapshots():
+        grouped.setdefault(snap.tag(RUN) or snap.short_id, []).append(snap)
+    runs = [Run(key, min(s.time for s in snaps), tuple(snaps)) for key, snaps in grouped.items()]
+    return sorted(runs, key=lambda r: r.time, reverse=True)
+
+
+def newest_per_source(snapshots: Iterable[ResticSnapshot]) -> dict[str, ResticSnapshot]:
+    newest: dict[str, ResticSnapshot] = {}
+    for snap in snapshots:
+        name = snap.tag(SOURCE)
+        if name and (name not in newest or snap.time > newest[name].time):
+            newest[name] = snap
+    return newest
+
+
+@dataclass
+class RestoreResult:
+    """What a restore wrote; restic read every file back against the snapshot's hashes."""
+
+    run: str
+    files: list[str]
+    bytes: int
+
+
+def restore(
+    repo: Repository,
+    run: Run,
+    target: Path,
+    *,
+    source: str | None = None,
+    files: Iterable[str] | None = None,
+    overwrite: bool = False,
+) -> RestoreResult:
+    """Restore a run, one source of it, or single files (named `<source>/<path>`) under
+    `target/<source>/…`. restic restores into a temp folder inside `target` and reads every
+    file back against the snapshot's content hashes; sizes are compared with the snapshot's
+    listing; only then is each file renamed into place. Nothing is replaced unless
+    `overwrite`, and nothing is written when a file is unknown or would be replaced."""
+    chosen = [s for s in run.snapshots if source is None or s.tag(SOURCE) == source]
+    if not chosen:
+        raise BackupError(f"run {run.id} has no snapshot of source {source!r}")
+    listings = {snap.id: _file_nodes(repo, snap) for snap in chosen}
+    plan: dict[str, tuple[ResticSnapshot, dict]] = {}
+    for snap in chosen:
+        for path, node in listings[snap.id].items():
+            plan[f"{snap.tag(SOURCE) or snap.short_id}/{path}"] = (snap, node)
+    wanted = restore_plan(f"run {run.id}", plan, files, target, overwrite)
+    target.mkdir(parents=True, exist_ok=True)
+    work = target / f".restoring-{uuid.uuid4().hex[:12]}"
+    written: list[str] = []
+    total = 0
+    try:
+        for snap in chosen:
+            prefix = f"{snap.tag(SOURCE) or snap.short_id}/"
+            mine = sorted(n.removeprefix(prefix) for n in wanted if n.startswith(prefix))
+            if not mine:
+                continue
+            every = files is None
+            repo.restore(snap.id, work / prefix, () if every else [f"/{p}" for p in mine])
+            for path in mine:
+                node = listings[snap.id][path]
+                restored = work / prefix / path
+                if not restored.is_file() or restored.stat().st_size != node["size"]:
+                    raise BackupError(
+                        f"{prefix}{path}: restic did not restore it whole "
+                        f"(expected {node['size']:,} bytes)"
+                    )
+                final = target / safe_relative(prefix + path)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(restored, final)
+                written.append(prefix + path)
+                total += node["size"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return RestoreResult(run.id, sorted(written), total)
+
+
+def _file_nodes(repo: Repository, snap: ResticSnapshot) -> dict[str, dict]:
+    return {n["path"].lstrip("/"): n for n in repo.ls(snap.id) if n.get("type") == "file"}
+
+
+def _unchanged(source: Path, node: dict) -> bool:
+    """The source file still has the size and mtime the snapshot recorded."""
+    try:
+        stat = source.stat()
+        mtime = parse_time(node["mtime"]).timestamp()
+    except (OSError, KeyError, ValueError):
+        return False
+    return stat.st_size == node.get("size") and abs(stat.st_mtime - mtime) < 1e-5
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    with a.open("rb") as left, b.open("rb") as right:
+        while True:
+            one, two = left.read(1 << 20), right.read(1 << 20)
+            if one != two:
+                return False
+            if not one:
+                return True
+
+
+def sample_restore(
+    repo: Repository,
+    snapshots: dict[str, ResticSnapshot],
+    count: int,
+    folders: dict[str, Path],
+    rng: random.Random | None = None,
+) -> tuple[int, list[str]]:
+    """Restore up to `count` files picked at random from the newest snapshot of each source
+    into a temp folder, with restic reading each back against the snapshot's content hashes;
+    a file whose source is unchanged since the snapshot is also compared with it byte for
+    byte. Returns (files restored, one sentence per problem)."""
+    rng = rng or random.Random()
+    pool = []
+    try:
+        for name, snap in sorted(snapshots.items()):
+            pool += [(name, snap, path, node) for path, node in _file_nodes(repo, snap).items()]
+    except ResticError as exc:
+        return 0, [f"test restore impossible: {exc}"]
+    chosen = rng.sample(pool, min(count, len(pool)))
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="backup-test-restore-") as temp:
+        for name, snap in sorted(snapshots.items()):
+            mine = [(path, node) for n, s, path, node in chosen if n == name]
+            if not mine:
+                continue
+            into = Path(temp) / name
+            try:
+                repo.restore(snap.id, into, [f"/{path}" for path, _ in mine])
+            except ResticError as exc:
+                problems.append(
+                    f"test restore of {len(mine)} file(s) of source {name!r} from snapshot "
+                    f"{snap.short_id} failed: {str(exc).split(': restic: ', 1)[-1]}"
+                )
+                continue
+            for path, node in mine:
+                restored = into / path
+                origin = folders.get(name)
+                if not restored.is_file() or restored.stat().st_size != node.get("size"):
+                    problems.append(f"test restore: {name}/{path} did not come back whole")
+                elif (
+                    origin is not None
+                    and _unchanged(origin / path, node)
+                    and not _same_bytes(restored, origin / path)
+                ):
+                    problems.append(
+                        f"test restore: {name}/{path} differs from the source, which has not "
+                        "changed since the snapshot"
+                    )
+    return len(chosen), problems
+
+
+def rotate_key(repo: Repository, new_password_file: Path) -> tuple[str, str]:
+    """Add a key for the new password, prove it opens the repository, then remove the key of
+    the old one. Returns (removed key id, added key id)."""
+    if not new_password_file.is_file() or not new_password_file.read_bytes().strip():
+        raise BackupError(f"{new_password_file} is missing or empty")
+    before = repo.list_keys()
+    current = [k["id"] for k in before if k.get("current")]
+    if len(current) != 1:
+        raise BackupError("cannot tell which key the current password opens")
+    repo.key_add(new_password_file)
+    added = [k["id"] for k in repo.list_keys() if k["id"] not in {b["id"] for b in before}]
+    if len(added) != 1:
+        raise BackupError("restic added no key, or more than one")
+    repo.run("cat", "config", "--no-lock", password_file=str(new_password_file), timeout=120)
+    repo.key_remove(current[0], password_file=str(new_password_file))
+    return current[0][:8], added[0][:8]
