@@ -104,6 +104,8 @@ class StalledConnections:
                     answer = await reader.read(200)
                     while answer and await reader.read(4096):
                         pass
+                except ConnectionResetError:  # nginx resets a connection that timed out
+                    answer = b"connection reset\r\n"
                 finally:
                     self.held -= 1
                 self.closed_by_receiver += 1
