@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -250,6 +251,42 @@ def test_worker_processes_keep_each_event_once(tmp_path: Path) -> None:
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=20) == 0, served.log_path.read_text()
     assert served.log_path.read_text().count("Application shutdown complete") == 3
+
+
+def test_the_runbook_rotation_keeps_both_secrets_for_the_window_then_only_the_new(
+    tmp_path: Path,
+) -> None:
+    """The runbook's steps on the running receiver (2 workers): the new secret in the variable,
+    the old one as _PREVIOUS with an end 4 s away, SIGHUP; both are accepted until the end, then
+    the old one gets 401, with nothing restarted."""
+    env_file = tmp_path / "rotated.env"
+    env_file.write_text("GITHUB_WEBHOOK_SECRET=the-old-secret\n")
+    with serving(tmp_path, 2, env_file) as served:
+        pids = {served.process.pid, *(c.pid for c in psutil.Process(served.process.pid).children())}
+        assert served.post("before", "the-old-secret")[0] == 202
+        ends = datetime.now(UTC) + timedelta(seconds=4)
+        env_file.write_text(
+            "GITHUB_WEBHOOK_SECRET=the-new-secret\n"
+            "GITHUB_WEBHOOK_SECRET_PREVIOUS=the-old-secret\n"
+            f"GITHUB_WEBHOOK_SECRET_PREVIOUS_UNTIL={ends.isoformat()}\n"
+        )
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while served.log_path.read_text().count("webhook sources reloaded") < 2:
+            assert time.monotonic() < deadline, served.log_path.read_text()
+            time.sleep(0.1)
+        during = [served.post(f"during-{n}-{s}", s)[0] for n in range(6) for s in OLD_NEW]
+        assert datetime.now(UTC) < ends, "the window ended before it was tried"
+        assert set(during) == {202}
+        time.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.3)
+        after_old = [served.post(f"old-after-{n}", "the-old-secret")[0] for n in range(6)]
+        after_new = [served.post(f"new-after-{n}", "the-new-secret")[0] for n in range(6)]
+        assert (set(after_old), set(after_new)) == ({401}, {202})
+        now = {served.process.pid, *(c.pid for c in psutil.Process(served.process.pid).children())}
+        assert now == pids
+
+
+OLD_NEW = ("the-old-secret", "the-new-secret")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
