@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,21 @@ def kill_backup_midway(repository: Path, tree: Path, password: str) -> int:
     finally:
         process.wait(timeout=30)
     return process.pid
+
+
+@pytest.fixture
+def busy_sqlite(tmp_path: Path) -> Iterator[Path]:
+    """A SQLite database (WAL) with 500 committed rows and a writer holding an open
+    transaction with one more, for as long as the test runs."""
+    database = tmp_path / "app.db"
+    writer = sqlite3.connect(database)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT)")
+    writer.executemany("INSERT INTO events (body) VALUES (?)", [(f"e{i}",) for i in range(500)])
+    writer.commit()
+    writer.execute("INSERT INTO events (body) VALUES ('uncommitted')")  # open transaction
+    try:
+        yield database
+    finally:
+        writer.rollback()
+        writer.close()

@@ -48,18 +48,11 @@ def test_snapshots_are_tagged_by_source_and_run(repo, destination, tmp_path) -> 
     assert [r.id for r in engine.list_runs(repo)] == [again.run_id, made.run_id]
 
 
-def test_sqlite_is_copied_online_while_a_writer_holds_it(repo, destination, tmp_path) -> None:
-    database = tmp_path / "app.db"
-    writer = sqlite3.connect(database)
-    writer.execute("PRAGMA journal_mode=WAL")
-    writer.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT)")
-    writer.executemany("INSERT INTO events (body) VALUES (?)", [(f"e{i}",) for i in range(500)])
-    writer.commit()
-    writer.execute("INSERT INTO events (body) VALUES ('uncommitted')")  # open transaction
-
+def test_sqlite_is_copied_online_while_a_writer_holds_it(
+    repo, destination, tmp_path, busy_sqlite
+) -> None:
+    database = busy_sqlite
     engine.back_up(repo, [SqliteSource("app", database)], destination=destination)
-    writer.rollback()
-    writer.close()
 
     [run] = engine.list_runs(repo)
     engine.restore(repo, run, tmp_path / "restored")

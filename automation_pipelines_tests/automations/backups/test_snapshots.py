@@ -64,18 +64,11 @@ def test_manifest_lists_every_file_with_size_and_sha256(tree, destination) -> No
     assert [p.name for p in destination.iterdir()] == [result.snapshot.id]
 
 
-def test_sqlite_is_copied_online_while_a_writer_holds_it(tmp_path, destination) -> None:
-    database = tmp_path / "app.db"
-    writer = sqlite3.connect(database)
-    writer.execute("PRAGMA journal_mode=WAL")
-    writer.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT)")
-    writer.executemany("INSERT INTO events (body) VALUES (?)", [(f"e{i}",) for i in range(500)])
-    writer.commit()
-    writer.execute("INSERT INTO events (body) VALUES ('uncommitted')")  # open transaction
-
+def test_sqlite_is_copied_online_while_a_writer_holds_it(
+    tmp_path, destination, busy_sqlite
+) -> None:
+    database = busy_sqlite
     result = s.create_snapshot(destination, [s.SqliteSource("app", database)])
-    writer.rollback()
-    writer.close()
 
     s.restore(result.snapshot.path, tmp_path / "restored")
     copy = sqlite3.connect(tmp_path / "restored" / "app" / "app.db")
