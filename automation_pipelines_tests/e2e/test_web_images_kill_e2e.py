@@ -1,7 +1,8 @@
 """SIGKILL of web_images run workers mid-batch, 20 times in one session of the real daemon.
 
 600 small photos are in the inbox when the daemon starts; the sensor turns them into 24 runs of
-25 (4 spare, for kills that land after their batch was done, which do not count). As soon as a
+25 (4 spare, for kills that land after their batch was done, which do not count; each such kill
+puts another 25 in the inbox). As soon as a
 run (a first attempt, never Dagster's retry of it) has written the first output of its batch,
 the test waits a random moment (seeded) and kills its worker with SIGKILL. Dagster marks the run
 failed and retries it once (run_retries), while the other batches go on. Afterwards: no process
@@ -66,7 +67,16 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
     root = tmp_path / "photos"
     # Spare batches for kills that land after a batch was already done (they do not count).
     names = [f"p{n:03d}.jpg" for n in range((KILLS + SPARE_BATCHES) * FILES_PER_RUN)]
-    support.stage_photos(root, support.make_sources(tmp_path / "sources", WIDTH), names)
+    sources = support.make_sources(tmp_path / "sources", WIDTH)
+    support.stage_photos(root, sources, names)
+
+    def spare_batch() -> None:
+        """A kill that did not count used up a batch: put another one in the inbox, so the
+        session never runs out of first attempts to kill however many signals come late."""
+        more = [f"p{n:03d}.jpg" for n in range(len(names), len(names) + FILES_PER_RUN)]
+        support.stage_photos(root, sources, more)
+        names.extend(more)
+
     processes = dagster_processes(
         "automation_pipelines.definitions",
         # Runs of 25 even with the whole backlog waiting, so there are enough runs to kill.
@@ -109,6 +119,7 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
             worker.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             late += 1  # the batch was done before the kill: not a kill
+            spare_batch()
             continue
         done = delivered(root, run)
         psutil.wait_procs([worker], timeout=5)
@@ -123,6 +134,7 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
             # The worker had finished its step an instant before the signal: not a mid-batch
             # kill (Dagster fails such a run without a retry, as there is nothing to re-run).
             late += 1
+            spare_batch()
             continue
         killed_at[run.run_id] = at
         done_at_kill.append(done)

@@ -132,8 +132,13 @@ def restore_command(args: argparse.Namespace) -> int:
         print(f"✗ {exc}", file=sys.stderr)
         return 1
     ident = getattr(done, "run", None) or getattr(done, "snapshot", "")
+    others = "".join(
+        f", {len(getattr(done, kind, ()))} {label}"
+        for kind, label in (("links", "symbolic link(s)"), ("folders", "folder(s)"))
+        if getattr(done, kind, ())
+    )
     print(
-        f"Restored {len(done.files)} file(s), {done.bytes:,} bytes, from {ident} into "
+        f"Restored {len(done.files)} file(s), {done.bytes:,} bytes{others}, from {ident} into "
         f"{args.to}; {checked}."
     )
     return 0

@@ -40,6 +40,7 @@ from automation_pipelines.automations.backups.sources import (
     Source,
     SqliteSource,
     check_destination,
+    no_link_on_the_way,
     restore_plan,
     safe_relative,
 )
@@ -304,6 +305,8 @@ class RestoreResult:
     run: str
     files: list[str]
     bytes: int
+    links: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
 
 
 def restore(
@@ -315,23 +318,34 @@ def restore(
     files: Iterable[str] | None = None,
     overwrite: bool = False,
 ) -> RestoreResult:
-    """Restore a run, one source of it, or single files (named `<source>/<path>`) under
-    `target/<source>/…`. restic restores into a temp folder inside `target` and reads every
-    file back against the snapshot's content hashes; sizes are compared with the snapshot's
-    listing; only then is each file renamed into place. Nothing is replaced unless
-    `overwrite`, and nothing is written when a file is unknown or would be replaced."""
+    """Restore a run, one source of it, or single files or links (named `<source>/<path>`)
+    under `target/<source>/…`. restic restores into a temp folder inside `target` and reads
+    every file back against the snapshot's content hashes; sizes are compared with the
+    snapshot's listing; only then is each file renamed into place. A whole restore also
+    brings back folders (empty ones too) and symbolic links as links, never followed; links
+    go in last, so no file is written through one. Nothing is replaced unless `overwrite`,
+    nothing is written through a link already in the target, and nothing at all when a name
+    is unknown or would be replaced."""
     chosen = [s for s in run.snapshots if source is None or s.tag(SOURCE) == source]
     if not chosen:
         raise BackupError(f"run {run.id} has no snapshot of source {source!r}")
-    listings = {snap.id: _file_nodes(repo, snap) for snap in chosen}
+    listings = {snap.id: _nodes(repo, snap) for snap in chosen}
     plan: dict[str, tuple[ResticSnapshot, dict]] = {}
+    folders: dict[str, dict] = {}
     for snap in chosen:
+        prefix = f"{snap.tag(SOURCE) or snap.short_id}/"
         for path, node in listings[snap.id].items():
-            plan[f"{snap.tag(SOURCE) or snap.short_id}/{path}"] = (snap, node)
+            if node.get("type") in ("file", "symlink"):
+                plan[prefix + path] = (snap, node)
+            elif node.get("type") == "dir" and files is None:
+                folders[prefix + path] = node
     wanted = restore_plan(f"run {run.id}", plan, files, target, overwrite)
+    for name in folders:
+        no_link_on_the_way(target, safe_relative(name), including_last=True)
     target.mkdir(parents=True, exist_ok=True)
     work = target / f".restoring-{uuid.uuid4().hex[:12]}"
     written: list[str] = []
+    links: list[tuple[Path, Path, str]] = []
     total = 0
     try:
         for snap in chosen:
@@ -344,19 +358,55 @@ def restore(
             for path in mine:
                 node = listings[snap.id][path]
                 restored = work / prefix / path
+                final = target / safe_relative(prefix + path)
+                if node["type"] == "symlink":
+                    if not restored.is_symlink():
+                        raise BackupError(f"{prefix}{path}: restic did not restore the link")
+                    links.append((restored, final, prefix + path))
+                    continue
                 if not restored.is_file() or restored.stat().st_size != node["size"]:
                     raise BackupError(
                         f"{prefix}{path}: restic did not restore it whole "
                         f"(expected {node['size']:,} bytes)"
                     )
-                final = target / safe_relative(prefix + path)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(restored, final)
                 written.append(prefix + path)
                 total += node["size"]
+        made = _make_folders(target, folders)
+        for restored, final, _name in links:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(restored, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return RestoreResult(run.id, sorted(written), total)
+    return RestoreResult(
+        run.id, sorted(written), total, sorted(name for *_, name in links), sorted(made)
+    )
+
+
+def _make_folders(target: Path, folders: dict[str, dict]) -> list[str]:
+    """Create the snapshot's folders that the files did not (empty ones), with the mode and,
+    deepest first once everything is in, the mtime the snapshot recorded."""
+    created = []
+    for name in sorted(folders):
+        final = target / safe_relative(name)
+        if not final.is_dir():
+            final.mkdir(parents=True, exist_ok=True)
+        created.append(name)
+    for name in sorted(created, key=lambda n: n.count("/"), reverse=True):
+        node = folders[name]
+        final = target / safe_relative(name)
+        try:
+            final.chmod(node.get("mode", 0o755) & 0o777)
+            moment = parse_time(node["mtime"]).timestamp()
+            os.utime(final, (moment, moment))
+        except (OSError, KeyError, ValueError):
+            pass  # the folder is there; its attributes are a courtesy
+    return created
+
+
+def _nodes(repo: Repository, snap: ResticSnapshot) -> dict[str, dict]:
+    return {n["path"].lstrip("/"): n for n in repo.ls(snap.id) if n["path"].strip("/")}
 
 
 def _file_nodes(repo: Repository, snap: ResticSnapshot) -> dict[str, dict]:

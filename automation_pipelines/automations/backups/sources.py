@@ -47,10 +47,27 @@ def restore_plan(
             + "; `automation-pipelines backups list --files` shows what it holds"
         )
     for name in wanted:
-        existing = target / safe_relative(name)
+        relative = safe_relative(name)
+        no_link_on_the_way(target, relative)
+        existing = target / relative
         if (existing.exists() or existing.is_symlink()) and not overwrite:
             raise BackupError(f"{existing} exists; restore elsewhere or pass --overwrite")
     return wanted
+
+
+def no_link_on_the_way(
+    target: Path, relative: PurePosixPath, *, including_last: bool = False
+) -> None:
+    """Refuse a restore whose path passes through a symbolic link already in the target: the
+    write would land wherever that link points, outside the target."""
+    folder = target
+    for part in relative.parts if including_last else relative.parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink():
+            raise BackupError(
+                f"{folder} is a symbolic link; restoring {relative} through it could write "
+                f"outside {target}: remove it or restore elsewhere"
+            )
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,11 @@ def test_list_and_restore_a_whole_run_byte_for_byte(backed_up, tmp_path: Path) -
     assert listed.returncode == 0, listed.stderr
     assert f"{made.run_id}  restic  2 source(s): app, docs" in listed.stdout
     assert restored.returncode == 0, restored.stderr
-    assert f"Restored 27 file(s), {made.bytes_in:,} bytes, from {made.run_id}" in restored.stdout
+    folders = sum(p.is_dir() for p in tree.rglob("*"))
+    assert (
+        f"Restored 27 file(s), {made.bytes_in:,} bytes, {folders} folder(s), from {made.run_id}"
+        in restored.stdout
+    )
     assert tree_hashes(tmp_path / "r" / "docs") == tree_hashes(tree)
     copy = sqlite3.connect(tmp_path / "r" / "app" / "app.db")
     assert copy.execute("SELECT count(*) FROM t").fetchone() == (100,)

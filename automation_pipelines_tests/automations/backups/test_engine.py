@@ -5,6 +5,7 @@ and run."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -128,3 +129,77 @@ def test_restore_refuses_unknown_files(repo, destination, tmp_path) -> None:
         engine.restore(repo, run, tmp_path / "into", files=["p/nope.txt"])
 
     assert not (tmp_path / "into").exists()
+
+
+def odd_tree(root: Path) -> dict[str, str]:
+    """Files beside empty folders and symbolic links: relative, absolute, dangling, to a
+    folder. Returns each link's text."""
+    make_tree(root, files=3)
+    (root / "empty").mkdir()
+    (root / "deep" / "er" / "est").mkdir(parents=True)
+    (root / "private.txt").write_text("mine")
+    (root / "private.txt").chmod(0o600)
+    links = {
+        "rel": "private.txt",
+        "abs": "/etc/hostname",
+        "dangling": "no/such/file",
+        "to_folder": "deep/er",
+        "deep/up": "../../private.txt",
+    }
+    for name, text in links.items():
+        (root / name).symlink_to(text)
+    return links
+
+
+def test_restore_brings_back_empty_folders_and_links_as_links(repo, destination, tmp_path):
+    root = tmp_path / "p"
+    links = odd_tree(root)
+    engine.back_up(repo, [FolderSource("p", root)], destination=destination)
+    [run] = engine.list_runs(repo)
+
+    for into, source in ((tmp_path / "whole", None), (tmp_path / "one", "p")):
+        result = engine.restore(repo, run, into, source=source)
+        back = into / "p"
+        assert (back / "empty").is_dir() and not any((back / "empty").iterdir())
+        assert (back / "deep" / "er" / "est").is_dir()
+        for name, text in links.items():
+            assert (back / name).is_symlink(), name
+            assert os.readlink(back / name) == text, name
+        assert (back / "rel").read_text() == "mine"  # resolves inside the restore
+        assert (back / "private.txt").stat().st_mode & 0o777 == 0o600
+        assert sorted(result.links) == sorted(f"p/{name}" for name in links)
+        assert {"p/empty", "p/deep/er/est"} <= set(result.folders)
+        assert not list(into.glob(".restoring-*"))
+
+
+def test_a_named_link_is_restored_alone_and_an_existing_one_is_not_replaced(
+    repo, destination, tmp_path
+):
+    root = tmp_path / "p"
+    odd_tree(root)
+    engine.back_up(repo, [FolderSource("p", root)], destination=destination)
+    [run] = engine.list_runs(repo)
+    into = tmp_path / "into"
+
+    result = engine.restore(repo, run, into, files=["p/abs"])
+    assert result.links == ["p/abs"] and result.files == []
+    assert os.readlink(into / "p" / "abs") == "/etc/hostname"
+    with pytest.raises(BackupError, match="exists"):
+        engine.restore(repo, run, into, files=["p/abs"])
+
+
+def test_restore_never_writes_through_a_link_already_in_the_target(repo, destination, tmp_path):
+    root = tmp_path / "p"
+    make_tree(root / "sub", files=2)
+    engine.back_up(repo, [FolderSource("p", root)], destination=destination)
+    [run] = engine.list_runs(repo)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    into = tmp_path / "into"
+    (into / "p").mkdir(parents=True)
+    (into / "p" / "sub").symlink_to(outside)
+
+    with pytest.raises(BackupError, match="symbolic link"):
+        engine.restore(repo, run, into, overwrite=True)
+
+    assert list(outside.iterdir()) == []

@@ -229,6 +229,22 @@ def test_restore_refuses_to_overwrite_and_unknown_files(tree, destination, tmp_p
     assert (target / "photos/a/b/file-8.txt").read_bytes() == (tree / "a/b/file-8.txt").read_bytes()
 
 
+def test_archive_restore_never_writes_through_a_link_in_the_target(
+    tree, destination, tmp_path
+) -> None:
+    result = s.create_snapshot(destination, [s.FolderSource("photos", tree)])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "into"
+    (target / "photos").mkdir(parents=True)
+    (target / "photos" / "a").symlink_to(outside)
+
+    with pytest.raises(s.BackupError, match="is a symbolic link"):
+        s.restore(result.snapshot.path, target, overwrite=True)
+
+    assert list(outside.iterdir()) == []
+
+
 def test_restore_of_a_corrupt_snapshot_writes_nothing(tree, destination, tmp_path) -> None:
     result = s.create_snapshot(destination, [s.FolderSource("photos", tree)])
     _flip_one_byte(result.snapshot.path)
