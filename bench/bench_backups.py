@@ -68,8 +68,7 @@ TARGET = 0.8  # x the throughput of tar | zstd -3
 SEED = 20260301
 RECIPE = 1  # bump when the tree's recipe changes, so a kept tree is made again
 DATA = Path(__file__).parent / ".data" / "backups"
-TREE = DATA / "tree"
-MARKER = DATA / "tree.json"
+TREE = DATA / "tree"  # its recipe is recorded next to it, in tree.json
 WORK = DATA / "run"
 CHUNK = 1 << 20
 
@@ -137,26 +136,28 @@ class Run:
 # ---------------------------------------------------------------- the tree
 
 
-def ensure_tree() -> Tree:
-    """The benchmark tree, made once and reused while its recipe and size are the same."""
-    wanted = {"recipe": RECIPE, "seed": SEED, "megabytes": MEGABYTES}
-    if MARKER.exists() and TREE.is_dir():
-        recorded = json.loads(MARKER.read_text())
+def ensure_tree(root: Path = TREE, megabytes: int = MEGABYTES) -> Tree:
+    """The benchmark tree, made once and reused while its recipe and size are the same; the
+    other backup benches call it with a root and size of their own."""
+    marker = root.with_suffix(".json")
+    wanted = {"recipe": RECIPE, "seed": SEED, "megabytes": megabytes}
+    if marker.exists() and root.is_dir():
+        recorded = json.loads(marker.read_text())
         if {key: recorded.get(key) for key in wanted} == wanted:
-            found = count_tree(TREE)
+            found = count_tree(root)
             if (found.files, found.bytes) == (recorded["files"], recorded["bytes"]):
                 return found
-    MARKER.unlink(missing_ok=True)
-    shutil.rmtree(TREE, ignore_errors=True)
-    print(f"making the benchmark tree in {TREE} (once): {MEGABYTES:,} MB ...", flush=True)
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"making the benchmark tree in {root} (once): {megabytes:,} MB ...", flush=True)
     began = time.perf_counter()
-    tree = make_tree(TREE, MEGABYTES * 1_000_000, random.Random(SEED))
+    tree = make_tree(root, megabytes * 1_000_000, random.Random(SEED))
     os.sync()
     print(
         f"  {tree.files:,} files, {tree.megabytes:,.1f} MB in {time.perf_counter() - began:.0f} s",
         flush=True,
     )
-    MARKER.write_text(json.dumps({**wanted, "files": tree.files, "bytes": tree.bytes}) + "\n")
+    marker.write_text(json.dumps({**wanted, "files": tree.files, "bytes": tree.bytes}) + "\n")
     return tree
 
 
@@ -548,8 +549,8 @@ def memory_available() -> int:
     return 0
 
 
-def describe_machine(tree: Tree) -> str:
-    cpu = next(
+def cpu_model() -> str:
+    return next(
         (
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -557,6 +558,10 @@ def describe_machine(tree: Tree) -> str:
         ),
         platform.processor(),
     )
+
+
+def describe_machine(tree: Tree) -> str:
+    cpu = cpu_model()
     zstd = subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout
     tar = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout
     available = memory_available()

@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,8 +30,10 @@ from automation_pipelines.automations.backups import snapshots as archives
 from automation_pipelines.automations.backups.restic import (
     Lock,
     Repository,
+    RepositoryMissing,
     ResticError,
     ResticSnapshot,
+    is_remote,
     parse_time,
 )
 from automation_pipelines.automations.backups.sources import (
@@ -96,14 +99,37 @@ def lock_holder_gone(lock: Lock, now: datetime | None = None) -> bool:
 def clear_dead_locks(repo: Repository) -> list[Lock]:
     """Remove the locks a killed backup of this host left, so retention can take its exclusive
     lock; anything else (another host, a live process) is left and reported by the check."""
+    if not _may_hold_locks(repo):
+        return []
     dead = [lock for lock in repo.locks() if lock_holder_gone(lock)]
     if dead:
         repo.unlock_stale()
     return dead
 
 
-def _free_run_id(repo: Repository, moment: datetime) -> tuple[str, datetime]:
-    taken = {s.tag(RUN) for s in repo.snapshots()}
+def _may_hold_locks(repo: Repository) -> bool:
+    """False only for a local repository whose locks folder is empty. Every restic command
+    that opens a repository pays for deriving its key (about half a second here), so the
+    common case asks the folder instead; a remote one is always asked through restic."""
+    if is_remote(repo.location):
+        return True
+    try:
+        return any(os.scandir(Path(repo.location) / "locks"))
+    except OSError:
+        return True
+
+
+def _open_or_init(repo: Repository) -> list[ResticSnapshot]:
+    """The repository's snapshots, creating the repository first if there is none; one restic
+    command in the usual case. A wrong password raises and never leads to a new repository."""
+    try:
+        return repo.snapshots()
+    except RepositoryMissing:
+        repo.init()
+        return []
+
+
+def _free_run_id(taken: set[str | None], moment: datetime) -> tuple[str, datetime]:
     while archives.snapshot_id(moment) in taken:
         moment += timedelta(seconds=1)
     return archives.snapshot_id(moment), moment
@@ -235,24 +261,27 @@ def back_up(
         raise BackupError(f"source names must be unique and present, got {names}")
     if destination is not None:
         check_destination(destination)
-    if not repo.exists():
-        repo.init()
+    start = now or _utcnow()
+    # Every restic command pays for deriving the key (about half a second here). A local
+    # repository that exists is listed (for a free run id) while the backup already runs;
+    # should that id turn out taken, the new snapshots are forgotten and made again.
+    known = not is_remote(repo.location) and (Path(repo.location) / "config").is_file()
+    existing = None if known else _open_or_init(repo)
     removed = clear_dead_locks(repo)
-    run_id, moment = _free_run_id(repo, now or _utcnow())
-    reports = []
-    for source in sources:
-        tags = [f"{SOURCE}:{source.name}", f"{RUN}:{run_id}"]
-        if isinstance(source, FolderSource):
-            reports.append(_back_up_folder(repo, source, tags, moment))
-        elif isinstance(source, SqliteSource):
-            reports.append(_back_up_sqlite(repo, source, tags, moment))
-        else:
-            reports.append(_back_up_postgres(repo, source, tags, moment))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        listing = pool.submit(repo.snapshots) if existing is None else None
+        taken = {s.tag(RUN) for s in existing or ()}
+        run_id, moment = _free_run_id(taken, start)
+        reports = _back_up_sources(repo, sources, run_id, moment)
+        if listing is not None:
+            new = {r["snapshot"][:8] for r in reports if "snapshot" in r}
+            taken = {s.tag(RUN) for s in listing.result() if s.short_id not in new}
+            if run_id in taken:
+                repo.forget_ids(*new)
+                run_id, moment = _free_run_id(taken, start)
+                reports = _back_up_sources(repo, sources, run_id, moment)
+    # Each new snapshot was read back by id (`_verify`), which fails for one restic lost.
     made = {r["name"]: r["snapshot"] for r in reports if "snapshot" in r}
-    listed = {s.id[:8] for s in repo.snapshots(f"{RUN}:{run_id}")}
-    missing = sorted(name for name, ident in made.items() if ident[:8] not in listed)
-    if missing:
-        raise BackupError(f"restic does not list the new snapshot of {', '.join(missing)}")
     return BackupResult(
         run_id=run_id,
         created=moment,
@@ -264,6 +293,21 @@ def back_up(
         sources=reports,
         removed_locks=[f"{lock.id[:8]} (pid {lock.pid})" for lock in removed],
     )
+
+
+def _back_up_sources(
+    repo: Repository, sources: Sequence[Source], run_id: str, moment: datetime
+) -> list[dict]:
+    reports = []
+    for source in sources:
+        tags = [f"{SOURCE}:{source.name}", f"{RUN}:{run_id}"]
+        if isinstance(source, FolderSource):
+            reports.append(_back_up_folder(repo, source, tags, moment))
+        elif isinstance(source, SqliteSource):
+            reports.append(_back_up_sqlite(repo, source, tags, moment))
+        else:
+            reports.append(_back_up_postgres(repo, source, tags, moment))
+    return reports
 
 
 def apply_retention(
@@ -329,56 +373,69 @@ def restore(
     chosen = [s for s in run.snapshots if source is None or s.tag(SOURCE) == source]
     if not chosen:
         raise BackupError(f"run {run.id} has no snapshot of source {source!r}")
-    listings = {snap.id: _nodes(repo, snap) for snap in chosen}
-    plan: dict[str, tuple[ResticSnapshot, dict]] = {}
-    folders: dict[str, dict] = {}
-    for snap in chosen:
-        prefix = f"{snap.tag(SOURCE) or snap.short_id}/"
-        for path, node in listings[snap.id].items():
-            if node.get("type") in ("file", "symlink"):
-                plan[prefix + path] = (snap, node)
-            elif node.get("type") == "dir" and files is None:
-                folders[prefix + path] = node
-    wanted = restore_plan(f"run {run.id}", plan, files, target, overwrite)
-    for name in folders:
-        no_link_on_the_way(target, safe_relative(name), including_last=True)
-    target.mkdir(parents=True, exist_ok=True)
+    prefixes = {snap.id: f"{snap.tag(SOURCE) or snap.short_id}/" for snap in chosen}
+    named = None if files is None else sorted({str(safe_relative(name)) for name in files})
+    created = not target.exists()
     work = target / f".restoring-{uuid.uuid4().hex[:12]}"
     written: list[str] = []
     links: list[tuple[Path, Path, str]] = []
-    total = 0
+    total, done = 0, False
     try:
-        for snap in chosen:
-            prefix = f"{snap.tag(SOURCE) or snap.short_id}/"
-            mine = sorted(n.removeprefix(prefix) for n in wanted if n.startswith(prefix))
-            if not mine:
-                continue
-            every = files is None
-            repo.restore(snap.id, work / prefix, () if every else [f"/{p}" for p in mine])
-            for path in mine:
-                node = listings[snap.id][path]
-                restored = work / prefix / path
-                final = target / safe_relative(prefix + path)
-                if node["type"] == "symlink":
-                    if not restored.is_symlink():
-                        raise BackupError(f"{prefix}{path}: restic did not restore the link")
-                    links.append((restored, final, prefix + path))
+        # Every restic command pays for deriving the key: the listings are read while restic
+        # restores into the hidden work folder. Nothing reaches its place before the plan,
+        # made from the listings, is checked.
+        with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
+            jobs = {snap.id: pool.submit(_nodes, repo, snap) for snap in chosen}
+            target.mkdir(parents=True, exist_ok=True)
+            for snap in chosen:
+                prefix = prefixes[snap.id]
+                if named is None:
+                    repo.restore(snap.id, work / prefix)
                     continue
-                if not restored.is_file() or restored.stat().st_size != node["size"]:
-                    raise BackupError(
-                        f"{prefix}{path}: restic did not restore it whole "
-                        f"(expected {node['size']:,} bytes)"
-                    )
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(restored, final)
-                written.append(prefix + path)
-                total += node["size"]
+                mine = [n.removeprefix(prefix) for n in named if n.startswith(prefix)]
+                if mine:
+                    repo.restore(snap.id, work / prefix, [f"/{p}" for p in mine])
+            listings = {ident: job.result() for ident, job in jobs.items()}
+        plan: dict[str, tuple[ResticSnapshot, dict]] = {}
+        folders: dict[str, dict] = {}
+        for snap in chosen:
+            for path, node in listings[snap.id].items():
+                if node.get("type") in ("file", "symlink"):
+                    plan[prefixes[snap.id] + path] = (snap, node)
+                elif node.get("type") == "dir" and named is None:
+                    folders[prefixes[snap.id] + path] = node
+        wanted = restore_plan(f"run {run.id}", plan, named, target, overwrite)
+        for name in folders:
+            no_link_on_the_way(target, safe_relative(name), including_last=True)
+        for name in sorted(wanted):
+            snap, node = plan[name]
+            restored = work / name
+            final = target / safe_relative(name)
+            if node["type"] == "symlink":
+                if not restored.is_symlink():
+                    raise BackupError(f"{name}: restic did not restore the link")
+                links.append((restored, final, name))
+            elif not restored.is_file() or restored.stat().st_size != node["size"]:
+                raise BackupError(
+                    f"{name}: restic did not restore it whole (expected {node['size']:,} bytes)"
+                )
+        for name in sorted(wanted):
+            if plan[name][1]["type"] == "symlink":
+                continue
+            final = target / safe_relative(name)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work / name, final)
+            written.append(name)
+            total += plan[name][1]["size"]
         made = _make_folders(target, folders)
         for restored, final, _name in links:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(restored, final)
+        done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not done and not written:
+            shutil.rmtree(target, ignore_errors=True)  # refused before anything was placed
     return RestoreResult(
         run.id, sorted(written), total, sorted(name for *_, name in links), sorted(made)
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,28 @@ def test_restore_never_writes_through_a_link_already_in_the_target(repo, destina
         engine.restore(repo, run, into, overwrite=True)
 
     assert list(outside.iterdir()) == []
+
+
+class LateListing(Repository):
+    """Lists the snapshots only after the backup running beside the listing has saved its
+    own, so the listing always holds the new snapshot."""
+
+    def snapshots(self, *tags: str):
+        time.sleep(4)
+        return super().snapshots(*tags)
+
+
+def test_two_backups_in_the_same_second_take_consecutive_run_ids(repo, destination, tmp_path):
+    tree = make_tree(tmp_path / "p", files=3)
+    moment = datetime(2026, 12, 1, 2, 0, 0, tzinfo=UTC)
+    engine.back_up(repo, [FolderSource("q", tree)], destination=destination)  # it exists
+    late = LateListing(repo.location, password=repo.password)
+
+    first = engine.back_up(late, [FolderSource("p", tree)], destination=destination, now=moment)
+    second = engine.back_up(repo, [FolderSource("p", tree)], destination=destination, now=moment)
+
+    assert (first.run_id, second.run_id) == ("20261201T020000Z", "20261201T020001Z")
+    runs = {run.id: run for run in engine.list_runs(repo) if run.snapshots[0].tag("source") == "p"}
+    assert sorted(runs) == [first.run_id, second.run_id]
+    assert [s.short_id for s in runs[second.run_id].snapshots] == [second.snapshots["p"][:8]]
+    assert [s.short_id for s in runs[first.run_id].snapshots] == [first.snapshots["p"][:8]]
