@@ -26,6 +26,7 @@ from automation_pipelines.automations.backups.restic import (
     Repository,
     RepositoryMissing,
     ResticError,
+    SpaceUnknown,
 )
 from automation_pipelines.automations.backups.sources import BackupError
 from automation_pipelines.reliability.conditions import Finding
@@ -119,6 +120,40 @@ def _destination_problem(destination: Path, min_free_percent: float) -> tuple[st
     return "", usage
 
 
+def _remote_destination(repo: Repository, exists: bool, min_free_percent: float) -> CheckOutcome:
+    """A remote repository that answers: its free space as the server reports it (an `sftp:`
+    one, through statvfs@openssh.com), held to the same rule as a folder. Where it cannot be
+    measured the outcome passes and its sentence says so: not knowing is no failure."""
+    where = repo.location
+    if not exists:
+        return CheckOutcome(
+            True,
+            f"destination {where} answers; it holds no repository yet, so its free space is "
+            "measured after the first backup",
+            {"free_space": "not measured"},
+        )
+    try:
+        space = repo.free_space(timeout=120)
+    except SpaceUnknown as exc:
+        return CheckOutcome(
+            True,
+            f"repository {where} answers; its free space is not measured: {exc}",
+            {"free_space": "not measured"},
+        )
+    free_gb, percent = space.free / 1e9, space.free_percent
+    metadata = {"free_gb": round(free_gb, 2), "free_percent": round(percent, 1)}
+    if percent < min_free_percent:
+        return CheckOutcome(
+            False,
+            f"destination {where} is almost full: {free_gb:.2f} GB free ({percent:.1f}%), "
+            f"below {min_free_percent:g}%",
+            metadata,
+        )
+    return CheckOutcome(
+        True, f"repository {where} answers with {free_gb:.2f} GB free ({percent:.1f}%)", metadata
+    )
+
+
 def _lock_sentence(repo: Repository, lock: Lock, now: float, limit_hours: float) -> str | None:
     age = now - lock.time.timestamp()
     if engine.lock_holder_gone(lock):
@@ -161,7 +196,8 @@ def inspect(
         findings.append(Finding(subject, kind, owner, automation, sentence))
         checks[check] = CheckOutcome(False, sentence, metadata)
 
-    # Ready: a local folder that exists, takes a write and has room; a remote one that answers.
+    # Ready: a local folder that exists, takes a write and has room; a remote one that answers
+    # and, where its server says how much, has room.
     readable = True
     if local is not None:
         trouble, usage = _destination_problem(local, limits.min_free_percent)
@@ -197,10 +233,14 @@ def inspect(
             checks[CHECK_DESTINATION] = CheckOutcome(True, f"destination {destination} is set")
         elif cannot_open:
             problem(DESTINATION, CHECK_DESTINATION, cannot_open)
+        elif repo is None:
+            checks[CHECK_DESTINATION] = CheckOutcome(True, f"destination {destination} is set")
         else:
-            checks[CHECK_DESTINATION] = CheckOutcome(
-                True, f"repository {destination} answers (free space is not measured remotely)"
-            )
+            outcome = _remote_destination(repo, exists, limits.min_free_percent)
+            if outcome.passed:
+                checks[CHECK_DESTINATION] = outcome
+            else:
+                problem(DESTINATION, CHECK_DESTINATION, outcome.sentence, **outcome.metadata)
 
     # Recent: the newest snapshot of each source, else what Dagster last recorded.
     newest = engine.newest_per_source(snapshots)

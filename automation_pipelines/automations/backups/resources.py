@@ -80,6 +80,7 @@ def read_config(path: Path | None = None) -> dict[str, Any]:
         "compression",
         "check_days",
         "stale_lock_hours",
+        "restic_options",
         "sources",
     }
     unknown = sorted(set(raw) - known)
@@ -97,6 +98,14 @@ def read_config(path: Path | None = None) -> dict[str, Any]:
         extra = set(spec) - {kinds[0], "missing"}
         if extra or spec.get("missing", "fail") not in ("fail", "skip"):
             raise BackupConfigError(f"{file}: source {name!r}: unexpected {sorted(extra)}")
+    options = raw.get("restic_options", [])
+    if not isinstance(options, list) or not all(
+        isinstance(o, str) and "=" in o and not o.startswith("=") for o in options
+    ):
+        raise BackupConfigError(
+            f"{file}: `restic_options:` must be a list of key=value strings (restic's -o), "
+            "e.g. sftp.command=ssh -i /path/key backup@host -s sftp"
+        )
     for trigger in ("schedule", "health_check"):
         entry = raw.get(trigger)
         if not isinstance(entry, dict) or not isinstance(entry.get("cron"), str):
@@ -150,7 +159,8 @@ class BackupSettings(dg.ConfigurableResource):
     restic_binary: str = "restic"
     #: restic's cache folder; empty: restic's default (~/.cache/restic).
     cache_dir: str = ""
-    #: Extended options (`-o key=value`), e.g. sftp.command for an SFTP destination.
+    #: Extended options (`-o key=value`), e.g. sftp.command for an SFTP destination; the
+    #: health check measures that destination's free space through the same command.
     restic_options: list[str] = []
     config_problems: list[str] = []
 
@@ -172,6 +182,7 @@ class BackupSettings(dg.ConfigurableResource):
             compression=str(raw.get("compression", "auto")),
             check_days=int(raw.get("check_days", 7)),
             stale_lock_hours=float(raw.get("stale_lock_hours", 6)),
+            restic_options=list(raw.get("restic_options", [])),
         )
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from automation_pipelines.automations.backups.sources import BackupError
 
@@ -42,8 +44,92 @@ class WrongPassword(ResticError):
     """The repository exists but no key opens with the password given."""
 
 
+class SpaceUnknown(BackupError):
+    """The destination's free space cannot be measured; the message says why."""
+
+
+@dataclass(frozen=True)
+class FreeSpace:
+    """The file system holding a repository, in bytes: its size and what its user may still
+    write (statvfs's f_blocks and f_bavail, as `shutil.disk_usage` reads them locally)."""
+
+    total: int
+    free: int
+
+    @property
+    def free_percent(self) -> float:
+        return 100.0 * self.free / self.total if self.total else 0.0
+
+
+def _without_restic_settings() -> dict[str, str]:
+    """This process's environment without the repository and its password: what a command
+    other than restic (ssh, sftp) gets."""
+    return {k: v for k, v in os.environ.items() if k not in _INHERITED}
+
+
 def is_remote(location: str) -> bool:
     return location.startswith(REMOTE_SCHEMES)
+
+
+def sftp_parts(location: str) -> tuple[str, str, str, str]:
+    """(user, host, port, path) of an `sftp:user@host:path` or `sftp://user@host:port/path`
+    location, read as restic reads it (empty when not given; a path without a leading `/` is
+    relative to the login's home)."""
+    if location.startswith("sftp://"):
+        url = urlsplit(location)
+        if not url.path:
+            raise ValueError(f"{location}: no folder given")
+        port = str(url.port) if url.port else ""
+        return url.username or "", url.hostname or "", port, posixpath.normpath(url.path[1:])
+    if not location.startswith("sftp:"):
+        raise ValueError(f"{location}: not an sftp: location")
+    target, colon, path = location.removeprefix("sftp:").partition(":")
+    if not colon:
+        raise ValueError(f"{location}: expected sftp:user@host:path")
+    user, at, host = target.partition("@")
+    if not at:
+        user, host = "", target
+    return user, host, "", posixpath.normpath(path)
+
+
+def split_command(command: str) -> list[str]:
+    """`sftp.command` split into arguments as restic splits it (its SplitShellArgs), which is
+    not the shell's way: whitespace separates, and a quote starts or ends an argument of its
+    own (`-i '/a b'` gives `-i`, `/a b`; `-o X='a b'` gives `-o`, `X=`, `a b`)."""
+    args: list[str] = []
+    quote = last = ""
+    start = -1
+    for index, char in enumerate(command):
+        if last != "\\" and ((quote and char == quote) or (not quote and char in "\"'")):
+            quote = "" if quote else char
+            split = True
+        else:
+            last = char
+            split = not quote and (char == "\\" or char.isspace())
+        if split:
+            if start >= 0:
+                args.append(command[start:index])
+                start = -1
+        elif start == -1:
+            start = index
+    if start >= 0:
+        args.append(command[start:])
+    if quote:
+        raise ValueError(f"sftp.command: a {quote} quote is not closed")
+    if not args:
+        raise ValueError("sftp.command is empty")
+    return args
+
+
+def _direct_quote(arg: str) -> str:
+    """One argument of OpenSSH's `sftp -D` command line (its argv_split: double quotes, with
+    backslash before a backslash or a quote)."""
+    return '"' + re.sub(r'([\\"\'])', r"\\\1", arg) + '"'
+
+
+def _sftp_quote(path: str) -> str:
+    """A path as one argument of an sftp batch command."""
+    return '"' + re.sub(r'([\\"])', r"\\\1", path) + '"'
 
 
 def parse_time(value: str) -> datetime:
@@ -119,8 +205,14 @@ class Repository:
 
     def env(self, password_file: str | None = None) -> dict[str, str]:
         """restic's environment: this process's, without inherited repository settings, plus
-        the password (or the file holding it). Times are UTC so `--time` means what it says."""
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
+        the password (or the file holding it). Times are UTC so `--time` means what it says.
+        A variable this process read the password from (BACKUP_RESTIC_PASSWORD) stays out:
+        restic hands its environment on to the ssh it starts for an SFTP destination."""
+        env = {
+            k: v
+            for k, v in _without_restic_settings().items()
+            if self.password is None or v != self.password
+        }
         if password_file is not None:
             env["RESTIC_PASSWORD_FILE"] = password_file
         elif self.password is not None:
@@ -174,7 +266,41 @@ class Repository:
             return WrongPassword(
                 f"repository {self.location} does not open with the configured password"
             )
+        ssh = self._ssh_failure(stderr)
+        if ssh:
+            return ResticError(f"repository {self.location}: {ssh}")
         return ResticError(f"repository {self.location}: restic: {_one_sentence(stderr)}")
+
+    def _ssh_failure(self, stderr: str) -> str:
+        """Why the SFTP session could not start or was lost, in ssh's words; "" when restic
+        failed for another reason. restic may exit before it printed all its ssh said, so a
+        session that did not start (or was lost without a word) is asked about once more,
+        with the same ssh command."""
+        if not self.location.startswith("sftp:") or not any(m in stderr for m in _SESSION_LOST):
+            return ""
+        said = [
+            m.group(1).strip() for line in stderr.splitlines() if (m := _SUBPROCESS.match(line))
+        ]
+        if _NO_SESSION in stderr or not said:
+            said = self._ask_ssh() or said
+        return _ssh_sentence(said)
+
+    def _ask_ssh(self) -> list[str]:
+        """What the ssh command says on stderr when it fails ([] when it connects)."""
+        try:
+            again = subprocess.run(
+                self.ssh_command(),
+                env=_without_restic_settings(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return []
+        if again.returncode == 0:
+            return []
+        return [line.strip() for line in again.stderr.splitlines() if line.strip()]
 
     def json_lines(self, *args: str, **kwargs: Any) -> list[Any]:
         found = []
@@ -184,6 +310,67 @@ class Repository:
             except ValueError:
                 continue
         return found
+
+    # -- The destination --------------------------------------------------------------------
+
+    def option(self, name: str) -> str | None:
+        """The value of the extended option `name` (`-o name=value`; the last one counts)."""
+        found = None
+        for option in self.options:
+            key, equals, value = option.partition("=")
+            if equals and key.strip() == name:
+                found = value
+        return found
+
+    def ssh_command(self) -> list[str]:
+        """The command restic starts to reach an `sftp:` repository: its `sftp.command` option,
+        else the `ssh host [-p port] [-l user] [sftp.args] -s sftp` restic builds from the
+        location (sftp.args: restic 0.17 and later)."""
+        command = self.option("sftp.command")
+        if command:
+            return split_command(command)
+        user, host, port, _path = sftp_parts(self.location)
+        args = ["ssh", host, *(["-p", port] if port else []), *(["-l", user] if user else [])]
+        extra = self.option("sftp.args")
+        return [*args, *(split_command(extra) if extra else []), "-s", "sftp"]
+
+    def free_space(self, sftp: str = "sftp", timeout: float = 120.0) -> FreeSpace:
+        """Size and free space of the file system holding an `sftp:` repository, asked of the
+        server with OpenSSH's sftp client (`df`, the statvfs@openssh.com extension) over the
+        same command restic uses, so the same key, host key and login apply. Raises
+        `SpaceUnknown` with the reason when it cannot be measured: another kind of storage, a
+        server without that extension, a folder that does not exist."""
+        if not self.location.startswith("sftp:"):
+            kind = self.location.split(":", 1)[0]
+            raise SpaceUnknown(f"{kind} storage reports no free space")
+        try:
+            path = sftp_parts(self.location)[3]
+            direct = " ".join(_direct_quote(arg) for arg in self.ssh_command())
+        except ValueError as exc:
+            raise SpaceUnknown(str(exc)) from None
+        try:
+            done = subprocess.run(
+                [sftp, "-q", "-b", "-", "-D", direct],
+                input=f"df {_sftp_quote(path)}\n",
+                env=_without_restic_settings(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except FileNotFoundError:
+            raise SpaceUnknown(
+                f"{sftp} is not installed (Debian's package openssh-client)"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise SpaceUnknown(
+                f"the server did not answer sftp's df within {timeout:g} s"
+            ) from None
+        figures = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\d+%\s*$", done.stdout, re.M)
+        if done.returncode != 0 or figures is None:
+            why = _one_sentence(done.stderr) if done.stderr.strip() else "no figures"
+            raise SpaceUnknown(f"sftp's df of {path} failed: {why}")
+        # df prints KiB: f_frsize * f_blocks / 1024 (size) and f_frsize * f_bavail / 1024 (avail).
+        return FreeSpace(total=int(figures.group(1)) * 1024, free=int(figures.group(3)) * 1024)
 
     # -- The repository ---------------------------------------------------------------------
 
@@ -369,6 +556,33 @@ class Repository:
 
     def key_remove(self, key_id: str, *, password_file: str) -> None:
         self.run("key", "remove", key_id, password_file=password_file, timeout=300)
+
+
+#: What restic prints for its ssh subprocess: "subprocess <program>: <ssh's stderr line>".
+_SUBPROCESS = re.compile(r"^subprocess [^:]+: (.+)$")
+_NO_SESSION = "unable to start the sftp session"
+_SESSION_LOST = (_NO_SESSION, "ssh command exited", "connection lost")
+_SSH_MEANING = (
+    ("Permission denied", "the SSH server refused the login"),
+    ("Host key verification failed", "the SSH server's host key is not the one in known_hosts"),
+    ("Connection refused", "nothing accepts SSH connections there"),
+    ("closed by remote host", "the SSH server closed the connection"),
+    ("Broken pipe", "the SSH connection broke off"),
+    ("Connection reset", "the SSH connection broke off"),
+    ("timed out", "the SSH server did not answer"),
+)
+
+
+def _ssh_sentence(said: list[str]) -> str:
+    """ssh's stderr lines as one sentence: what its last line means, then the line itself (and
+    a missing key file, which ssh only warns about before the refusal it causes)."""
+    said = [line for line in said if line and not line.startswith("Warning: Permanently added")]
+    if not said:
+        return ""
+    last = said[-1].removeprefix("ssh: ").rstrip(".")
+    missing_key = [line.rstrip(".") for line in said[:-1] if "Identity file" in line][:1]
+    meaning = next((text for marker, text in _SSH_MEANING if marker in last), "ssh failed")
+    return "; ".join([f"{meaning}: {last}", *missing_key])
 
 
 def glob_escape(path: str) -> str:

@@ -12,8 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from automation_pipelines.automations.backups.jobs import backup_snapshots_job, check_backups_job
 from automation_pipelines_tests.conftest import require_program
 
 PASSWORD = "Correct-Horse-Restic-7781"
@@ -99,3 +101,20 @@ def busy_sqlite(tmp_path: Path) -> Iterator[Path]:
     finally:
         writer.rollback()
         writer.close()
+
+
+class RunsJobs:
+    """The backup and health-check jobs of `self.defs`, run in process on `self.instance`."""
+
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+
+    def backup(self) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_job_def(backup_snapshots_job.name)
+        return job.execute_in_process(instance=self.instance, raise_on_error=False)
+
+    def check(self) -> dict[str, dg.AssetCheckEvaluation]:
+        job = self.defs.resolve_job_def(check_backups_job.name)
+        result = job.execute_in_process(instance=self.instance)
+        assert result.success  # problems are findings, never a failed run
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}

@@ -23,6 +23,7 @@ from automation_pipelines.automations.backups.resources import BackupSettings
 from automation_pipelines.monitoring.alerting import run_failure_alert_sensor
 from automation_pipelines_tests.automations.backups.conftest import (
     PASSWORD,
+    RunsJobs,
     delete_index,
     flip_byte_in_biggest_pack,
     kill_backup_midway,
@@ -30,7 +31,7 @@ from automation_pipelines_tests.automations.backups.conftest import (
 from automation_pipelines_tests.automations.backups.trees import make_tree, tree_hashes
 
 
-class World:
+class World(RunsJobs):
     """An instance, the backup definitions on `destination`, and a run-failure sensor."""
 
     def __init__(self, instance, router, receiver, tmp_path: Path) -> None:
@@ -57,16 +58,6 @@ class World:
             sensors=[run_failure_alert_sensor],
             resources={"backups": settings, "alerts": self.router},
         )
-
-    def backup(self) -> dg.ExecuteInProcessResult:
-        job = self.defs.resolve_job_def(backup_snapshots_job.name)
-        return job.execute_in_process(instance=self.instance, raise_on_error=False)
-
-    def check(self) -> dict[str, dg.AssetCheckEvaluation]:
-        job = self.defs.resolve_job_def(check_backups_job.name)
-        result = job.execute_in_process(instance=self.instance)
-        assert result.success  # problems are findings, never a failed run
-        return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
     def tick(self) -> None:
         context = dg.build_sensor_context(
