@@ -173,8 +173,8 @@ def _back_up_folder(repo: Repository, source: FolderSource, tags, moment) -> dic
 
 
 def _with_summary(repo: Repository, name: str, report: dict, summary: dict) -> dict:
+    """The source's report with restic's figures; `back_up` verifies the snapshot after."""
     files, size = summary["total_files_processed"], summary["total_bytes_processed"]
-    _verify(repo, name, summary["snapshot_id"], files, size)
     return {
         **report,
         "snapshot": summary["snapshot_id"],
@@ -263,24 +263,33 @@ def back_up(
         check_destination(destination)
     start = now or _utcnow()
     # Every restic command pays for deriving the key (about half a second here). A local
-    # repository that exists is listed (for a free run id) while the backup already runs;
-    # should that id turn out taken, the new snapshots are forgotten and made again.
+    # repository that exists is listed (for a free run id) after the backup, beside the
+    # verification of the new snapshots; should the id turn out taken, the new snapshots are
+    # forgotten and made again under a free one.
     known = not is_remote(repo.location) and (Path(repo.location) / "config").is_file()
     existing = None if known else _open_or_init(repo)
     removed = clear_dead_locks(repo)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        listing = pool.submit(repo.snapshots) if existing is None else None
-        taken = {s.tag(RUN) for s in existing or ()}
-        run_id, moment = _free_run_id(taken, start)
+    taken = {s.tag(RUN) for s in existing or ()}
+    run_id, moment = _free_run_id(taken, start)
+    while True:
         reports = _back_up_sources(repo, sources, run_id, moment)
-        if listing is not None:
-            new = {r["snapshot"][:8] for r in reports if "snapshot" in r}
-            taken = {s.tag(RUN) for s in listing.result() if s.short_id not in new}
-            if run_id in taken:
-                repo.forget_ids(*new)
-                run_id, moment = _free_run_id(taken, start)
-                reports = _back_up_sources(repo, sources, run_id, moment)
-    # Each new snapshot was read back by id (`_verify`), which fails for one restic lost.
+        new = [r for r in reports if "snapshot" in r]
+        with ThreadPoolExecutor(max_workers=len(new) + 1) as pool:
+            listing = pool.submit(repo.snapshots) if existing is None else None
+            checks = [
+                pool.submit(_verify, repo, r["name"], r["snapshot"], r["files"], r["bytes"])
+                for r in new
+            ]
+            for check in checks:
+                check.result()
+            if listing is not None:
+                ours = {r["snapshot"][:8] for r in new}
+                existing = [s for s in listing.result() if s.short_id not in ours]
+                taken = {s.tag(RUN) for s in existing}
+        if run_id not in taken:
+            break
+        repo.forget_ids(*(r["snapshot"] for r in new))
+        run_id, moment = _free_run_id(taken, start)
     made = {r["name"]: r["snapshot"] for r in reports if "snapshot" in r}
     return BackupResult(
         run_id=run_id,
@@ -364,106 +373,95 @@ def restore(
 ) -> RestoreResult:
     """Restore a run, one source of it, or single files or links (named `<source>/<path>`)
     under `target/<source>/…`. restic restores into a temp folder inside `target` and reads
-    every file back against the snapshot's content hashes; sizes are compared with the
-    snapshot's listing; only then is each file renamed into place. A whole restore also
-    brings back folders (empty ones too) and symbolic links as links, never followed; links
+    every file back against the snapshot's content hashes (`--verify`, failing on any
+    mismatch or error); only then does anything reach its place. A whole restore also brings
+    back folders (empty ones too) and symbolic links as links, never followed; into a target
+    that did not exist, each source's folder is renamed into place whole, and otherwise links
     go in last, so no file is written through one. Nothing is replaced unless `overwrite`,
     nothing is written through a link already in the target, and nothing at all when a name
     is unknown or would be replaced."""
     chosen = [s for s in run.snapshots if source is None or s.tag(SOURCE) == source]
     if not chosen:
         raise BackupError(f"run {run.id} has no snapshot of source {source!r}")
-    prefixes = {snap.id: f"{snap.tag(SOURCE) or snap.short_id}/" for snap in chosen}
+    prefixes = [f"{snap.tag(SOURCE) or snap.short_id}/" for snap in chosen]
     named = None if files is None else sorted({str(safe_relative(name)) for name in files})
     created = not target.exists()
     work = target / f".restoring-{uuid.uuid4().hex[:12]}"
-    written: list[str] = []
-    links: list[tuple[Path, Path, str]] = []
-    total, done = 0, False
+    done = False
     try:
-        # Every restic command pays for deriving the key: the listings are read while restic
-        # restores into the hidden work folder. Nothing reaches its place before the plan,
-        # made from the listings, is checked.
-        with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
-            jobs = {snap.id: pool.submit(_nodes, repo, snap) for snap in chosen}
-            target.mkdir(parents=True, exist_ok=True)
-            for snap in chosen:
-                prefix = prefixes[snap.id]
-                if named is None:
-                    repo.restore(snap.id, work / prefix)
-                    continue
-                mine = [n.removeprefix(prefix) for n in named if n.startswith(prefix)]
-                if mine:
-                    repo.restore(snap.id, work / prefix, [f"/{p}" for p in mine])
-            listings = {ident: job.result() for ident, job in jobs.items()}
-        plan: dict[str, tuple[ResticSnapshot, dict]] = {}
-        folders: dict[str, dict] = {}
-        for snap in chosen:
-            for path, node in listings[snap.id].items():
-                if node.get("type") in ("file", "symlink"):
-                    plan[prefixes[snap.id] + path] = (snap, node)
-                elif node.get("type") == "dir" and named is None:
-                    folders[prefixes[snap.id] + path] = node
-        wanted = restore_plan(f"run {run.id}", plan, named, target, overwrite)
-        for name in folders:
-            no_link_on_the_way(target, safe_relative(name), including_last=True)
-        for name in sorted(wanted):
-            snap, node = plan[name]
-            restored = work / name
-            final = target / safe_relative(name)
-            if node["type"] == "symlink":
-                if not restored.is_symlink():
-                    raise BackupError(f"{name}: restic did not restore the link")
-                links.append((restored, final, name))
-            elif not restored.is_file() or restored.stat().st_size != node["size"]:
-                raise BackupError(
-                    f"{name}: restic did not restore it whole (expected {node['size']:,} bytes)"
-                )
-        for name in sorted(wanted):
-            if plan[name][1]["type"] == "symlink":
+        target.mkdir(parents=True, exist_ok=True)
+        for snap, prefix in zip(chosen, prefixes, strict=True):
+            if named is None:
+                repo.restore(snap.id, work / prefix)
                 continue
-            final = target / safe_relative(name)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(work / name, final)
-            written.append(name)
-            total += plan[name][1]["size"]
-        made = _make_folders(target, folders)
-        for restored, final, _name in links:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(restored, final)
+            mine = [n.removeprefix(prefix) for n in named if n.startswith(prefix)]
+            if mine:
+                repo.restore(snap.id, work / prefix, [f"/{p}" for p in mine])
+        found = _restored(work)
+        known = {name for name, kind in found.items() if kind != "dir"}
+        wanted = restore_plan(f"run {run.id}", known, named, target, overwrite)
+        folders = sorted(n for n, kind in found.items() if kind == "dir" and named is None)
+        files_ = sorted(n for n in wanted if found[n] == "file")
+        links = sorted(n for n in wanted if found[n] == "link")
+        total = sum((work / name).stat().st_size for name in files_)
+        if created and named is None:
+            for prefix in prefixes:  # a new target: each source's tree goes in whole
+                if (work / prefix).is_dir():
+                    os.replace(work / prefix, target / prefix)
+        else:
+            for name in folders:
+                no_link_on_the_way(target, safe_relative(name), including_last=True)
+            # Taken before any file moves out of them, which would change their times.
+            attributes = {name: (work / name).stat() for name in folders}
+            for name in files_:
+                final = target / name
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(work / name, final)
+            _make_folders(target, attributes)
+            for name in links:
+                final = target / name
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(work / name, final)
         done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if created and not done and not written:
+        if created and not done:
             shutil.rmtree(target, ignore_errors=True)  # refused before anything was placed
-    return RestoreResult(
-        run.id, sorted(written), total, sorted(name for *_, name in links), sorted(made)
-    )
+    return RestoreResult(run.id, files_, total, links, folders)
 
 
-def _make_folders(target: Path, folders: dict[str, dict]) -> list[str]:
-    """Create the snapshot's folders that the files did not (empty ones), with the mode and,
-    deepest first once everything is in, the mtime the snapshot recorded."""
-    created = []
-    for name in sorted(folders):
-        final = target / safe_relative(name)
-        if not final.is_dir():
-            final.mkdir(parents=True, exist_ok=True)
-        created.append(name)
-    for name in sorted(created, key=lambda n: n.count("/"), reverse=True):
-        node = folders[name]
-        final = target / safe_relative(name)
+def _restored(work: Path) -> dict[str, str]:
+    """What restic put into the work folder, by `<source>/<path>`: file, link or dir (the
+    sources' own folders left out); a link is never followed."""
+    found: dict[str, str] = {}
+    pending = [(work, "")] if work.is_dir() else []
+    while pending:
+        folder, prefix = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = prefix + entry.name
+                if entry.is_symlink():
+                    found[name] = "link"
+                elif entry.is_dir():
+                    if prefix:
+                        found[name] = "dir"
+                    pending.append((Path(entry.path), name + "/"))
+                else:
+                    found[name] = "file"
+    return found
+
+
+def _make_folders(target: Path, attributes: dict[str, os.stat_result]) -> None:
+    """Create the restored folders that the files did not (empty ones), with the mode and,
+    deepest first once everything is in, the time restic gave them."""
+    for name in sorted(attributes):
+        (target / name).mkdir(parents=True, exist_ok=True)
+    for name in sorted(attributes, key=lambda n: n.count("/"), reverse=True):
         try:
-            final.chmod(node.get("mode", 0o755) & 0o777)
-            moment = parse_time(node["mtime"]).timestamp()
-            os.utime(final, (moment, moment))
-        except (OSError, KeyError, ValueError):
+            (target / name).chmod(attributes[name].st_mode & 0o777)
+            os.utime(target / name, (attributes[name].st_atime, attributes[name].st_mtime))
+        except OSError:
             pass  # the folder is there; its attributes are a courtesy
-    return created
-
-
-def _nodes(repo: Repository, snap: ResticSnapshot) -> dict[str, dict]:
-    return {n["path"].lstrip("/"): n for n in repo.ls(snap.id) if n["path"].strip("/")}
 
 
 def _file_nodes(repo: Repository, snap: ResticSnapshot) -> dict[str, dict]:

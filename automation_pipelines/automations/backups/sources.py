@@ -46,9 +46,12 @@ def restore_plan(
             + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
             + "; `automation-pipelines backups list --files` shows what it holds"
         )
+    checked: set[PurePosixPath] = set()
     for name in wanted:
         relative = safe_relative(name)
-        no_link_on_the_way(target, relative)
+        if relative.parent not in checked:  # each folder once, not once per file in it
+            no_link_on_the_way(target, relative)
+            checked.add(relative.parent)
         existing = target / relative
         if (existing.exists() or existing.is_symlink()) and not overwrite:
             raise BackupError(f"{existing} exists; restore elsewhere or pass --overwrite")

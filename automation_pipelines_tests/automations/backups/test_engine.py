@@ -23,6 +23,7 @@ from automation_pipelines.automations.backups.sources import (
     PostgresSource,
     SqliteSource,
 )
+from automation_pipelines_tests.automations.backups.conftest import flip_byte_in_biggest_pack
 from automation_pipelines_tests.automations.backups.trees import make_tree
 
 
@@ -159,7 +160,12 @@ def test_restore_brings_back_empty_folders_and_links_as_links(repo, destination,
     engine.back_up(repo, [FolderSource("p", root)], destination=destination)
     [run] = engine.list_runs(repo)
 
-    for into, source in ((tmp_path / "whole", None), (tmp_path / "one", "p")):
+    (tmp_path / "existing").mkdir()  # a target that exists takes the restore item by item
+    for into, source in (
+        (tmp_path / "whole", None),
+        (tmp_path / "one", "p"),
+        (tmp_path / "existing", None),
+    ):
         result = engine.restore(repo, run, into, source=source)
         back = into / "p"
         assert (back / "empty").is_dir() and not any((back / "empty").iterdir())
@@ -230,3 +236,36 @@ def test_two_backups_in_the_same_second_take_consecutive_run_ids(repo, destinati
     assert sorted(runs) == [first.run_id, second.run_id]
     assert [s.short_id for s in runs[second.run_id].snapshots] == [second.snapshots["p"][:8]]
     assert [s.short_id for s in runs[first.run_id].snapshots] == [first.snapshots["p"][:8]]
+
+
+class LosesAFile(Repository):
+    """A repository whose new snapshot lists one file fewer than restic read."""
+
+    def ls(self, snapshot: str) -> list[dict]:
+        nodes = super().ls(snapshot)
+        first = next(n for n in nodes if n.get("type") == "file")
+        return [n for n in nodes if n is not first]
+
+
+def test_a_snapshot_that_does_not_hold_what_was_read_fails_the_backup(repo, destination, tmp_path):
+    tree = make_tree(tmp_path / "p", files=4)
+    engine.back_up(repo, [FolderSource("p", tree)], destination=destination)  # it exists
+    broken = LosesAFile(repo.location, password=repo.password)
+
+    with pytest.raises(BackupError, match=r"source 'p': the new snapshot \w{8} lists 4 file"):
+        engine.back_up(broken, [FolderSource("p", tree)], destination=destination)
+
+
+def test_a_restore_that_fails_verification_places_nothing(repo, destination, tmp_path):
+    tree = make_tree(tmp_path / "p", files=6)
+    engine.back_up(repo, [FolderSource("p", tree)], destination=destination)
+    [run] = engine.list_runs(repo)
+    flip_byte_in_biggest_pack(destination / "restic")
+    (tmp_path / "existing").mkdir()
+
+    for into in (tmp_path / "new", tmp_path / "existing"):
+        with pytest.raises(BackupError, match="restic"):
+            engine.restore(repo, run, into)
+
+    assert not (tmp_path / "new").exists()
+    assert list((tmp_path / "existing").iterdir()) == []
