@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +206,23 @@ def require_program(path: Path, package: str) -> Path:
     if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
         pytest.fail(f"{reason} ({REQUIRE_POSTGRES_ENV}=1 forbids skipping)")
     pytest.skip(reason)
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path):
+    """An 8 MB tmpfs, unmounted (lazily, even if busy) whatever happens."""
+    if os.geteuid() != 0 and os.environ.get("CI") != "true":
+        pytest.skip("mounting a tmpfs needs root (this test runs as root in CI)")
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(volume)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {volume} (needs root): {mounted.stderr.strip()}")
+    try:
+        yield volume
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], check=False)

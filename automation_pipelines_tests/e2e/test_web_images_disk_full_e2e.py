@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,26 +26,6 @@ pytestmark = pytest.mark.e2e
 
 PHOTOS = 3
 WIDTH = 1000
-
-
-@pytest.fixture
-def small_volume(tmp_path: Path):
-    """An 8 MB tmpfs, unmounted (lazily, even if busy) whatever happens."""
-    if os.geteuid() != 0 and os.environ.get("CI") != "true":
-        pytest.skip("mounting a tmpfs needs root (this test runs as root in CI)")
-    volume = tmp_path / "vol"
-    volume.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(volume)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs at {volume} (needs root): {mounted.stderr.strip()}")
-    try:
-        yield volume
-    finally:
-        subprocess.run(["umount", "-l", str(volume)], check=False)
 
 
 def fill(volume: Path) -> Path:

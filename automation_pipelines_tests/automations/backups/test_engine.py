@@ -269,3 +269,23 @@ def test_a_restore_that_fails_verification_places_nothing(repo, destination, tmp
 
     assert not (tmp_path / "new").exists()
     assert list((tmp_path / "existing").iterdir()) == []
+
+
+def test_a_full_destination_fails_the_backup_and_the_next_one_recovers(
+    small_volume, restic_env, tmp_path
+):
+    source = tmp_path / "s"
+    source.mkdir()
+    (source / "notes.txt").write_text("kept")
+    (source / "big.bin").write_bytes(os.urandom(20_000_000))  # does not compress; 8 MB volume
+    repo = Repository(str(small_volume / "restic"), password=restic_env)
+
+    with pytest.raises(BackupError, match="no space left on device"):
+        engine.back_up(repo, [FolderSource("s", source)], destination=small_volume)
+    assert engine.list_runs(repo) == []
+
+    (source / "big.bin").unlink()
+    done = engine.back_up(repo, [FolderSource("s", source)], destination=small_volume)
+    assert done.files == 1
+    assert [run.id for run in engine.list_runs(repo)] == [done.run_id]
+    assert repo.check() == [] and repo.locks() == []
