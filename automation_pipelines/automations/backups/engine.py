@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import socket
 import sqlite3
@@ -85,15 +86,31 @@ class Run:
 def lock_holder_gone(lock: Lock, now: datetime | None = None) -> bool:
     """True only when the holder is provably dead: a process of this host that no longer runs.
     A lock of another host is never judged from here."""
-    if lock.hostname != socket.gethostname() or lock.pid <= 0:
+    return _process_gone(lock.hostname, lock.pid)
+
+
+def _process_gone(hostname: str, pid: int) -> bool:
+    if hostname != socket.gethostname() or pid <= 0:
         return False
     try:
-        os.kill(lock.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         return False
     return False
+
+
+_WORK = re.compile(r"\.restoring-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{12}")
+
+
+def _clear_dead_work(target: Path) -> None:
+    """Remove the work folders that restores killed midway left in `target`: those of a
+    process of this host that no longer runs. Another host's, or a live one's, stay."""
+    for folder in target.glob(".restoring-*"):
+        found = _WORK.fullmatch(folder.name)
+        if found and _process_gone(found["host"], int(found["pid"])):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def clear_dead_locks(repo: Repository) -> list[Lock]:
@@ -386,10 +403,11 @@ def restore(
     prefixes = [f"{snap.tag(SOURCE) or snap.short_id}/" for snap in chosen]
     named = None if files is None else sorted({str(safe_relative(name)) for name in files})
     created = not target.exists()
-    work = target / f".restoring-{uuid.uuid4().hex[:12]}"
+    work = target / f".restoring-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     done = False
     try:
         target.mkdir(parents=True, exist_ok=True)
+        _clear_dead_work(target)
         for snap, prefix in zip(chosen, prefixes, strict=True):
             if named is None:
                 repo.restore(snap.id, work / prefix)

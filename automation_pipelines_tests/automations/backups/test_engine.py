@@ -6,8 +6,11 @@ and run."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -289,3 +292,49 @@ def test_a_full_destination_fails_the_backup_and_the_next_one_recovers(
     assert done.files == 1
     assert [run.id for run in engine.list_runs(repo)] == [done.run_id]
     assert repo.check() == [] and repo.locks() == []
+
+
+RESTORE_SCRIPT = """
+import sys
+from pathlib import Path
+from automation_pipelines.automations.backups import engine
+from automation_pipelines.automations.backups.restic import Repository
+repo = Repository(sys.argv[1], password=sys.argv[3])
+engine.restore(repo, engine.list_runs(repo)[0], Path(sys.argv[2]))
+"""
+
+
+def test_a_restore_killed_midway_leaves_its_work_folder_to_the_next_one(
+    repo, destination, tmp_path
+):
+    tree = tmp_path / "p"
+    tree.mkdir()
+    for n in range(40):
+        (tree / f"f{n}.bin").write_bytes(os.urandom(1_000_000))
+    engine.back_up(repo, [FolderSource("p", tree)], destination=destination)
+    target = tmp_path / "into"
+    target.mkdir()  # an existing target: the restore goes item by item
+    child = subprocess.Popen(
+        [sys.executable, "-c", RESTORE_SCRIPT, repo.location, str(target), repo.password],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(target.glob(".restoring-*/p/*")):
+            assert child.poll() is None and time.monotonic() < deadline, "nothing to kill"
+            time.sleep(0.005)
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    [left] = list(target.glob(".restoring-*"))
+    # Work folders of a live process of this host, or of another host, are never touched.
+    alive = target / f".restoring-{socket.gethostname()}-{os.getpid()}-{'a' * 12}"
+    elsewhere = target / f".restoring-other-host-{child.pid}-{'b' * 12}"
+    alive.mkdir()
+    elsewhere.mkdir()
+
+    done = engine.restore(repo, engine.list_runs(repo)[0], target, overwrite=True)
+
+    assert len(done.files) == 40 and not left.exists()
+    assert sorted(target.glob(".restoring-*")) == sorted([alive, elsewhere])
+    assert all((target / "p" / p.name).read_bytes() == p.read_bytes() for p in tree.iterdir())
