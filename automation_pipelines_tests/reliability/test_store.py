@@ -23,7 +23,10 @@ def test_explicit_url_wins(monkeypatch) -> None:
     assert store.database_url("/anywhere") == "sqlite:////srv/x.db"
 
 
-def test_postgres_url_from_instance_settings(monkeypatch) -> None:
+def test_postgres_url_from_instance_settings(monkeypatch, tmp_path) -> None:
+    # A home without a linked dagster.yaml: the config in force decides, whatever a
+    # developer's own .dagster_home links to.
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.delenv("AUTOMATION_DB_URL", raising=False)
     monkeypatch.setenv("DAGSTER_PG_HOST", "db.example.org")
     monkeypatch.setenv("DAGSTER_PG_USERNAME", "dagster")
