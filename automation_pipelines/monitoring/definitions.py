@@ -7,6 +7,7 @@ from automation_pipelines.monitoring import credentials, drift
 from automation_pipelines.monitoring.alerting import alert_outbox_sensor, run_failure_alert_sensor
 from automation_pipelines.monitoring.freshness import freshness_alert_sensor
 from automation_pipelines.monitoring.jobs import monitoring_jobs
+from automation_pipelines.monitoring.orphans import orphaned_run_sensor
 from automation_pipelines.monitoring.watchdog import watchdog_sensor
 from automation_pipelines.reliability.alerts import AlertRouter
 
@@ -26,6 +27,7 @@ defs = dg.Definitions(
         alert_outbox_sensor,
         watchdog_sensor,
         freshness_alert_sensor,
+        orphaned_run_sensor,
     ],
     resources={"alerts": AlertRouter.from_env(), **credentials.RESOURCES},
 )

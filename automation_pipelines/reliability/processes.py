@@ -47,6 +47,20 @@ def die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def pid_gone(pid: int) -> bool:
+    """True only when no process on this machine has this pid (another user's counts as
+    alive): what may be cleaned up after a process is judged by this alone."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def exit_reason(returncode: int | None) -> str:
     """'killed by SIGKILL', 'exit code 3' — what the operator reads first."""
     if returncode is None:

@@ -25,6 +25,7 @@ import dagster as dg
 import psutil
 import pytest
 
+from automation_pipelines.monitoring.orphans import worker_pid
 from automation_pipelines.reliability import breaker
 from automation_pipelines_tests.e2e import web_images_support as support
 from automation_pipelines_tests.e2e.harness import wait_for
@@ -104,7 +105,7 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
             if run.run_id not in killed_at and run.parent_run_id is None
         ]
         run = next((r for r in candidates if first_output_written(web, r)), None)
-        pid = support.worker_pid(instance, run.run_id) if run else None
+        pid = worker_pid(instance, run.run_id) if run else None
         if run is None or pid is None:
             time.sleep(0.05)
             continue
@@ -192,3 +193,60 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
         f"{time.monotonic() - began:.0f}s; {late} signal(s) came after the batch was done"
     )
     assert mid_batch > 0, done_at_kill
+
+
+@pytest.mark.timeout(420)
+def test_a_run_whose_worker_and_code_server_die_together_is_ended_and_retried(
+    dagster_processes, tmp_path: Path
+) -> None:
+    """The code server dies first (SIGKILL), then the run's worker: nobody records the run's end,
+    so it would stay STARTED for max_runtime_seconds and hold the automation's slot. The
+    orphaned-run sensor ends it; Dagster retries it; every photo is delivered once."""
+    root = tmp_path / "photos"
+    names = [f"q{n:03d}.jpg" for n in range(3 * FILES_PER_RUN)]
+    support.stage_photos(root, support.make_sources(tmp_path / "sources", WIDTH), names)
+    processes = dagster_processes(
+        "automation_pipelines.definitions",
+        env={"WEB_IMAGES_ROOT": str(root), "WEB_IMAGES_MAX_FILES_PER_RUN": str(FILES_PER_RUN)},
+        instance_overrides={"run_queue": {"dequeue_interval_seconds": 1}},
+    )
+    processes.start_daemon()
+    instance, web = processes.instance, root / "web"
+
+    def a_worker_mid_batch():
+        for run in instance.get_runs(
+            dg.RunsFilter(job_name=support.JOB, statuses=[dg.DagsterRunStatus.STARTED])
+        ):
+            pid = worker_pid(instance, run.run_id)
+            if pid and run.parent_run_id is None and first_output_written(web, run):
+                return run, pid
+        return None
+
+    run, pid = wait_for("a run mid-batch", a_worker_mid_batch, 120, processes.logs, interval=0.05)
+    worker = psutil.Process(pid)
+    server = worker.parent()
+    assert "grpc" in " ".join(server.cmdline()), server.cmdline()
+    server.send_signal(signal.SIGKILL)
+    worker.send_signal(signal.SIGKILL)
+    psutil.wait_procs([server, worker], timeout=10)
+
+    ended = wait_for(
+        "the orphaned run to be ended",
+        functools.partial(finished_run, instance, run.run_id),
+        120,
+        processes.logs,
+    )
+    assert ended.status == dg.DagsterRunStatus.FAILURE
+    [failure] = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+    ).records
+    assert f"worker (pid {pid}) is gone" in failure.event_log_entry.message
+    wait_for(
+        "every photo in processed/",
+        lambda: len(list((root / "processed").glob("*.jpg"))) == len(names),
+        180,
+        processes.logs,
+    )
+    retries = instance.get_runs(dg.RunsFilter(job_name=support.JOB))
+    assert any(r.parent_run_id == run.run_id for r in retries)
+    support.check_every_photo_delivered_once(root, processes.home, names)

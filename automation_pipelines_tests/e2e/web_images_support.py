@@ -1,4 +1,4 @@
-"""Helpers for the web_images e2e tests: photos staged on the inbox's volume, the run worker of a
+"""Helpers for the web_images e2e tests: photos staged on the inbox's volume, the processes of a
 run, the moments runs executed their step, and the check that every photo was delivered once.
 
 What Dagster 1.13 starts for a run, with the project's default run launcher: the daemon runs a
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ from automation_pipelines_tests.automations.web_images.photos import photo
 
 JOB = "render_web_images_job"
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "camera")
-_WORKER_STARTED = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
 def make_sources(folder: Path, width: int) -> list[Path]:
@@ -52,18 +50,6 @@ def stage_photos(root: Path, sources: list[Path], names: list[str]) -> None:
 
 def batch_files(run: dg.DagsterRun) -> list[str]:
     return run.run_config["ops"]["render_web_images"]["config"]["files"]
-
-
-def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
-    """The pid the run's worker reported when it started, if it did yet."""
-    records_ = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20
-    ).records
-    for record in records_:
-        found = _WORKER_STARTED.search(record.event_log_entry.message or "")
-        if found:
-            return int(found.group(1))
-    return None
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:

@@ -247,6 +247,7 @@ def test_the_monitoring_sensors_are_exempt_with_a_reason(capsys) -> None:
         "alert_outbox_sensor",
         "watchdog_sensor",
         "freshness_alert_sensor",
+        "orphaned_run_sensor",
     }
     for sensor in jobless:
         reason = sensor.metadata[UNGUARDED_KEY].value

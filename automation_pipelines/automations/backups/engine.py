@@ -48,6 +48,7 @@ from automation_pipelines.automations.backups.sources import (
     restore_plan,
     safe_relative,
 )
+from automation_pipelines.reliability.processes import pid_gone
 
 SOURCE, RUN = "source", "run"
 
@@ -90,15 +91,7 @@ def lock_holder_gone(lock: Lock, now: datetime | None = None) -> bool:
 
 
 def _process_gone(hostname: str, pid: int) -> bool:
-    if hostname != socket.gethostname() or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return hostname == socket.gethostname() and pid_gone(pid)
 
 
 _WORK = re.compile(r"\.restoring-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{12}")
