@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -44,6 +43,7 @@ from automation_pipelines.automations.backups.sources import (
     Source,
     SqliteSource,
     check_destination,
+    copy_sqlite_online,
     no_link_on_the_way,
     restore_plan,
     safe_relative,
@@ -179,10 +179,10 @@ def _back_up_folder(repo: Repository, source: FolderSource, tags, moment) -> dic
         raise BackupError(f"source {source.name!r}: folder {root} {what}")
     summary, warnings = repo.backup_paths(root, ["."], tags, moment)
     report = {**report, "status": "ok" if not warnings else f"incomplete: {warnings}"}
-    return _with_summary(repo, source.name, report, summary)
+    return _with_summary(report, summary)
 
 
-def _with_summary(repo: Repository, name: str, report: dict, summary: dict) -> dict:
+def _with_summary(report: dict, summary: dict) -> dict:
     """The source's report with restic's figures; `back_up` verifies the snapshot after."""
     files, size = summary["total_files_processed"], summary["total_bytes_processed"]
     return {
@@ -195,21 +195,12 @@ def _with_summary(repo: Repository, name: str, report: dict, summary: dict) -> d
 
 
 def _back_up_sqlite(repo: Repository, source: SqliteSource, tags, moment) -> dict:
-    if not source.path.is_file():
-        raise BackupError(f"source {source.name!r}: database {source.path} does not exist")
     with tempfile.TemporaryDirectory(prefix="backup-sqlite-") as work:
         copy = Path(work) / source.path.name
-        # mode=ro: a missing file must not be created empty by the backup itself.
-        origin = sqlite3.connect(f"file:{source.path}?mode=ro", uri=True, timeout=30)
-        target = sqlite3.connect(copy)
-        try:
-            origin.backup(target)
-        finally:
-            target.close()
-            origin.close()
+        copy_sqlite_online(source, copy)
         summary, _ = repo.backup_paths(Path(work), [copy.name], tags, moment)
     report = {"name": source.name, "kind": "sqlite", "path": str(source.path), "status": "ok"}
-    return _with_summary(repo, source.name, report, summary)
+    return _with_summary(report, summary)
 
 
 def _back_up_postgres(repo: Repository, source: PostgresSource, tags, moment) -> dict:
@@ -252,7 +243,7 @@ def _back_up_postgres(repo: Repository, source: PostgresSource, tags, moment) ->
             f"of a {count:,}-byte dump"
         )
     report = {"name": source.name, "kind": "postgres", "status": "ok"}
-    return _with_summary(repo, source.name, report, summary)
+    return _with_summary(report, summary)
 
 
 def back_up(

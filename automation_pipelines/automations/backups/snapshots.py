@@ -17,7 +17,6 @@ import json
 import os
 import random
 import shutil
-import sqlite3
 import subprocess
 import tarfile
 import tempfile
@@ -37,6 +36,7 @@ from automation_pipelines.automations.backups.sources import (
     Source,
     SqliteSource,
     check_destination,
+    copy_sqlite_online,
     restore_plan,
     safe_relative,
 )
@@ -228,17 +228,8 @@ class _Archive:
         }
 
     def add_sqlite(self, source: SqliteSource) -> dict:
-        if not source.path.is_file():
-            raise BackupError(f"source {source.name!r}: database {source.path} does not exist")
         copy = self.work / f".{source.name}.sqlite"
-        # mode=ro: a missing file must not be created empty by the backup itself.
-        origin = sqlite3.connect(f"file:{source.path}?mode=ro", uri=True, timeout=30)
-        target = sqlite3.connect(copy)
-        try:
-            origin.backup(target)
-        finally:
-            target.close()
-            origin.close()
+        copy_sqlite_online(source, copy)
         entry = self._add_temporary(copy, f"{source.name}/{source.path.name}")
         return {
             "name": source.name,

@@ -4,6 +4,7 @@ backup or restore raises when it cannot succeed as configured."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -116,3 +117,18 @@ def check_destination(destination: Path) -> None:
         raise BackupError(f"destination {destination} is not a folder")
     if not os.access(destination, os.W_OK | os.X_OK):
         raise BackupError(f"destination {destination} is not writable by this user")
+
+
+def copy_sqlite_online(source: SqliteSource, copy: Path) -> None:
+    """A consistent copy of a live database through SQLite's online backup API, which waits
+    out writers instead of copying a file half-written."""
+    if not source.path.is_file():
+        raise BackupError(f"source {source.name!r}: database {source.path} does not exist")
+    # mode=ro: a missing file must not be created empty by the backup itself.
+    origin = sqlite3.connect(f"file:{source.path}?mode=ro", uri=True, timeout=30)
+    target = sqlite3.connect(copy)
+    try:
+        origin.backup(target)
+    finally:
+        target.close()
+        origin.close()
