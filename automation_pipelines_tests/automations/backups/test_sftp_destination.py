@@ -117,9 +117,11 @@ def offsite(sqlite_instance, alert_router, json_receiver, restic_env, sshd, monk
 class CommandLines:
     """Every process's command line on the machine, sampled every few milliseconds while the
     block runs (what `ps` would have shown anyone), and the environment of each ssh that
-    carried an SFTP session."""
+    carried an SFTP session to `port` (this test's server: a test running beside it has its
+    own, and its processes the password in their environment by design)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
+        self.port = f" -p {port} ".encode()
         self.seen: set[str] = set()
         self.ssh_environments: list[bytes] = []
         self._stop = threading.Event()
@@ -131,7 +133,11 @@ class CommandLines:
                 if entry.name.isdigit():
                     try:
                         line = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                        if line.startswith(b"/usr/bin/ssh ") and line.endswith(b" -s sftp "):
+                        if (
+                            line.startswith(b"/usr/bin/ssh ")
+                            and line.endswith(b" -s sftp ")
+                            and self.port in line
+                        ):
                             self.ssh_environments.append((entry / "environ").read_bytes())
                     except OSError:
                         continue
@@ -162,7 +168,7 @@ def one_sentence(text: str) -> bool:
 
 
 def test_backup_check_and_restore_over_sftp(offsite: Offsite, sshd: Sshd, tmp_path: Path) -> None:
-    with CommandLines() as ps:
+    with CommandLines(sshd.port) as ps:
         made = offsite.backup()
     assert made.success
     [run] = engine.list_runs(offsite.repository())
