@@ -1,11 +1,13 @@
 """The production topology's reverse proxy (`proxy.py`) with Debian's real nginx: the config it
 renders passes `nginx -t` with and without TLS; each webhook source is cut off at the receiver's
-own body limit; settings that are missing or unsafe are refused by name; and in front of two
-recording HTTP servers nginx hands on each request only once its body is whole, with the client's
-address (a spoofed X-Forwarded-For is replaced, unless it came through a trusted proxy)."""
+own body limit; a head over its buffers gets 431 before any body; settings that are missing or
+unsafe are refused by name; and in front of two recording HTTP servers nginx hands on each
+request only once its body is whole, with the client's address (a spoofed X-Forwarded-For is
+replaced, unless it came through a trusted proxy)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -333,3 +335,58 @@ def test_nginx_hands_on_whole_bodies_with_the_clients_address(
         assert headers["X-Forwarded-For"] == headers["X-Real-IP"] == seen_as
         assert headers["Host"] == "hooks.example"
         assert webserver.seen == []
+
+
+@pytest.mark.parametrize(
+    ("path", "lines"),
+    [
+        ("/hooks/github", [b"X-Big: " + b"a" * 9_000]),  # one line over a buffer
+        ("/hooks/github", [b"X-H%d: %s" % (n, b"b" * 1_000) for n in range(40)]),  # 40 KB
+        ("/hooks/github", [b"X-Huge: " + b"c" * 4_000_000]),
+        ("/", [b"Cookie: " + b"d" * 9_000]),  # the UI's side, before its password
+    ],
+    ids=["one-line", "many-lines", "megabytes", "ui"],
+)
+def test_a_head_over_nginx_buffers_gets_431_before_the_body(
+    tmp_path: Path, recorders: tuple[Recorder, Recorder], path: str, lines: list[bytes]
+) -> None:
+    """The receiver's 431 for an oversized head holds through the proxy: nginx answers it as
+    soon as the head overflows its buffers, the body never sent, neither upstream reached."""
+    require_nginx()
+    receiver, webserver = recorders
+    settings = proxy.ProxySettings(
+        port=free_port(), htpasswd=htpasswd(tmp_path / "htpasswd", "alice", "s3cret")
+    )
+    edge = proxy.prepare(
+        settings,
+        tmp_path / "home",
+        upstream_host="127.0.0.1",
+        webserver_port=webserver.port,
+        receiver_port=receiver.port,
+    )
+    log = tmp_path / "nginx.log"
+    with ProcessGroup() as group, log.open("wb") as out:
+        group.start(edge.argv(), stdout=out, stderr=subprocess.STDOUT)
+        _wait_accepting(settings.port, log)
+
+        def head(extra: list[bytes]) -> bytes:
+            return (
+                f"POST {path} HTTP/1.1\r\nHost: edge\r\nContent-Length: 5\r\n".encode()
+                + b"".join(line + b"\r\n" for line in extra)
+                + b"\r\n"
+            )
+
+        with socket.create_connection(("127.0.0.1", settings.port), 10) as sock:
+            # and never the body; nginx may answer and close before it took the whole head
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(head(lines))
+            assert _status(sock) == 431
+
+        # A head under the buffers reaches the upstream with its body.
+        with socket.create_connection(("127.0.0.1", settings.port), 10) as sock:
+            auth = [b"Authorization: Basic YWxpY2U6czNjcmV0"]  # alice:s3cret
+            sock.sendall(head([b"X-Fine: " + b"e" * 6_000, *auth]) + b"hello")
+            assert _status(sock) == 202
+        upstream = receiver if path.startswith("/hooks/") else webserver
+        assert [(p, body) for p, _, body in upstream.seen] == [(path, b"hello")]
+        assert receiver.arrived + webserver.arrived == [path]
