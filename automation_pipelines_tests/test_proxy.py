@@ -289,21 +289,15 @@ def _status(sock: socket.socket) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
-@pytest.mark.parametrize(
-    ("trusted", "seen_as"),
-    [((), "127.0.0.2"), (("127.0.0.0/8",), "203.0.113.9")],
-    ids=["direct", "behind-a-trusted-proxy"],
-)
-def test_nginx_hands_on_whole_bodies_with_the_clients_address(
-    tmp_path: Path, recorders: tuple[Recorder, Recorder], trusted: tuple[str, ...], seen_as: str
-) -> None:
+@contextlib.contextmanager
+def running_nginx(
+    tmp_path: Path, recorders: tuple[Recorder, Recorder], **options: object
+) -> Iterator[int]:
+    """Debian's nginx with the rendered config in front of the two recorders; yields its port."""
     require_nginx()
     receiver, webserver = recorders
     settings = proxy.ProxySettings(
-        port=free_port(),
-        htpasswd=htpasswd(tmp_path / "htpasswd", "alice", "s3cret"),
-        host="127.0.0.1",
-        trusted_proxies=trusted,
+        port=free_port(), htpasswd=htpasswd(tmp_path / "htpasswd", "alice", "s3cret"), **options
     )
     edge = proxy.prepare(
         settings,
@@ -316,9 +310,21 @@ def test_nginx_hands_on_whole_bodies_with_the_clients_address(
     with ProcessGroup() as group, log.open("wb") as out:
         group.start(edge.argv(), stdout=out, stderr=subprocess.STDOUT)
         _wait_accepting(settings.port, log)
+        yield settings.port
 
+
+@pytest.mark.parametrize(
+    ("trusted", "seen_as"),
+    [((), "127.0.0.2"), (("127.0.0.0/8",), "203.0.113.9")],
+    ids=["direct", "behind-a-trusted-proxy"],
+)
+def test_nginx_hands_on_whole_bodies_with_the_clients_address(
+    tmp_path: Path, recorders: tuple[Recorder, Recorder], trusted: tuple[str, ...], seen_as: str
+) -> None:
+    receiver, webserver = recorders
+    with running_nginx(tmp_path, recorders, host="127.0.0.1", trusted_proxies=trusted) as port:
         body = b'{"zen": "Keep it logically awesome."}'
-        with socket.create_connection(("127.0.0.1", settings.port), 10, ("127.0.0.2", 0)) as sock:
+        with socket.create_connection(("127.0.0.1", port), 10, ("127.0.0.2", 0)) as sock:
             sock.sendall(
                 b"POST /hooks/github HTTP/1.1\r\nHost: hooks.example\r\n"
                 b"X-Forwarded-For: 203.0.113.9\r\n"
@@ -352,22 +358,8 @@ def test_a_head_over_nginx_buffers_gets_431_before_the_body(
 ) -> None:
     """The receiver's 431 for an oversized head holds through the proxy: nginx answers it as
     soon as the head overflows its buffers, the body never sent, neither upstream reached."""
-    require_nginx()
     receiver, webserver = recorders
-    settings = proxy.ProxySettings(
-        port=free_port(), htpasswd=htpasswd(tmp_path / "htpasswd", "alice", "s3cret")
-    )
-    edge = proxy.prepare(
-        settings,
-        tmp_path / "home",
-        upstream_host="127.0.0.1",
-        webserver_port=webserver.port,
-        receiver_port=receiver.port,
-    )
-    log = tmp_path / "nginx.log"
-    with ProcessGroup() as group, log.open("wb") as out:
-        group.start(edge.argv(), stdout=out, stderr=subprocess.STDOUT)
-        _wait_accepting(settings.port, log)
+    with running_nginx(tmp_path, recorders) as port:
 
         def head(extra: list[bytes]) -> bytes:
             return (
@@ -376,14 +368,14 @@ def test_a_head_over_nginx_buffers_gets_431_before_the_body(
                 + b"\r\n"
             )
 
-        with socket.create_connection(("127.0.0.1", settings.port), 10) as sock:
+        with socket.create_connection(("127.0.0.1", port), 10) as sock:
             # and never the body; nginx may answer and close before it took the whole head
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(head(lines))
             assert _status(sock) == 431
 
         # A head under the buffers reaches the upstream with its body.
-        with socket.create_connection(("127.0.0.1", settings.port), 10) as sock:
+        with socket.create_connection(("127.0.0.1", port), 10) as sock:
             auth = [b"Authorization: Basic YWxpY2U6czNjcmV0"]  # alice:s3cret
             sock.sendall(head([b"X-Fine: " + b"e" * 6_000, *auth]) + b"hello")
             assert _status(sock) == 202
