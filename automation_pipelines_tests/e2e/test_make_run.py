@@ -1,17 +1,22 @@
 """`make run`'s supervisor (`automation-pipelines dev`): it serves the UI and the webhook receiver,
-its daemon is healthy as the UI reports it, and Ctrl-C or SIGTERM stops every process it started
-within 10 s."""
+its daemon is healthy as the UI reports it, a webhook secret rotated in `.env` as the runbook
+says reaches the receiver with nothing restarted (old and new accepted until the window's end,
+then only the new), and Ctrl-C or SIGTERM stops every process it started within 10 s."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import pytest
 
+from automation_pipelines import settings
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import (
@@ -20,6 +25,7 @@ from automation_pipelines_tests.e2e.harness import (
     start_dev,
     wait_for,
 )
+from automation_pipelines_tests.webhooks.conftest import github_headers, push_body
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +48,11 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
     log = tmp_path / "dev.log"
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
     env.pop("AUTOMATION_INSTANCE_CONFIG", None)
+    env_file = tmp_path / ".env"  # the secret comes from the file alone, as in a deployment
+    env_file.write_text("GITHUB_WEBHOOK_SECRET=the-old-secret\n")
+    env.pop("GITHUB_WEBHOOK_SECRET", None)
+    env.pop(settings.FROM_FILE_ENV, None)
+    env[settings.ENV_FILE_ENV] = str(env_file)
     group = ProcessGroup()
     dev = start_dev(group, port, webhooks_port, env, log)
 
@@ -63,6 +74,7 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
         for part in ("dagster-webserver", "dagster-daemon run", "code-server start"):
             assert part in names, names
         assert "webhooks serve" in names, names
+        rotate_as_the_runbook_says(f"http://127.0.0.1:{webhooks_port}", env_file, group, logs)
 
         if how == "ctrl-c":
             os.killpg(dev.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
@@ -77,3 +89,52 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
         assert "every process of the topology has exited" in logs()
     finally:
         group.stop()
+
+
+def rotate_as_the_runbook_says(base_url: str, env_file: Path, group: ProcessGroup, logs) -> None:
+    """The runbook's rotation steps against the receiver `make run` started: the new secret in
+    .env with the old one as _PREVIOUS until 4 s from now, SIGHUP to the receiver's processes
+    (its `pkill -HUP -f 'automation-pipelines webhooks serve'`, held to this topology)."""
+    posted = iter(range(1_000))
+
+    def post(secret: str) -> int:
+        delivery = f"rotation-{next(posted)}"
+        body = push_body(delivery)
+        request = urllib.request.Request(
+            f"{base_url}/hooks/github", body, github_headers(body, delivery, secret=secret)
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+
+    assert (post("the-old-secret"), post("the-new-secret")) == (202, 401), logs()
+    ends = datetime.now(UTC) + timedelta(seconds=4)
+    env_file.write_text(
+        "GITHUB_WEBHOOK_SECRET=the-new-secret\n"
+        "GITHUB_WEBHOOK_SECRET_PREVIOUS=the-old-secret\n"
+        f"GITHUB_WEBHOOK_SECRET_PREVIOUS_UNTIL={ends.isoformat()}\n"
+    )
+    receivers = _receivers(group)
+    for process in receivers:
+        process.send_signal(signal.SIGHUP)
+    wait_for(
+        "every receiver process to read .env again",
+        lambda: logs().count("webhook sources reloaded") >= len(receivers),
+        15,
+        logs,
+        interval=0.1,
+    )
+    during = [post(secret) for _ in range(3) for secret in ("the-old-secret", "the-new-secret")]
+    assert datetime.now(UTC) < ends, "the window ended before it was tried"
+    assert set(during) == {202}, during
+    time.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.3)
+    after = [post(secret) for _ in range(3) for secret in ("the-old-secret", "the-new-secret")]
+    assert after == [401, 202] * 3, after
+    assert _receivers(group) == receivers, "the receiver was restarted"
+
+
+def _receivers(group: ProcessGroup) -> list[psutil.Process]:
+    """The receiver's processes (its parent and workers), the ones the runbook's pkill signals."""
+    return [p for p in group.members() if "webhooks serve" in " ".join(p.cmdline())]
