@@ -382,3 +382,40 @@ def test_a_head_over_nginx_buffers_gets_431_before_the_body(
         upstream = receiver if path.startswith("/hooks/") else webserver
         assert [(p, body) for p, _, body in upstream.seen] == [(path, b"hello")]
         assert receiver.arrived + webserver.arrived == [path]
+
+
+#: Spellings of a UI path that try to pass as /hooks/ or /healthz, which need no password.
+AROUND_THE_PASSWORD = [
+    "/hooks/../graphql",
+    "/hooks/%2e%2e/graphql",
+    "/hooks/%2E%2E/graphql",
+    "/hooks/..%2fgraphql",
+    "/hooks/github/../../graphql",
+    "/hooks/./../graphql",
+    "/%68ooks/../graphql",
+    "/hooks\\..\\graphql",
+    "/HOOKS/github",
+    "//graphql",
+    "/healthz/../graphql",
+    "/healthz/",
+    "/healthz%3f",
+    "http://edge/graphql",
+]
+
+
+def test_no_spelling_of_a_ui_path_reaches_the_ui_without_the_password(
+    tmp_path: Path, recorders: tuple[Recorder, Recorder]
+) -> None:
+    receiver, webserver = recorders
+    with running_nginx(tmp_path, recorders) as port:
+        for path in AROUND_THE_PASSWORD:
+            with socket.create_connection(("127.0.0.1", port), 10) as sock:
+                sock.sendall(
+                    f"GET {path} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n".encode()
+                )
+                assert (path, _status(sock)) == (path, 401)
+        with socket.create_connection(("127.0.0.1", port), 10) as sock:
+            auth = "Authorization: Basic YWxpY2U6czNjcmV0\r\n"  # alice:s3cret
+            sock.sendall(f"GET /graphql HTTP/1.1\r\nHost: edge\r\n{auth}\r\n".encode())
+            assert _status(sock) == 202  # the recorder's answer: the password lets one through
+    assert (receiver.arrived, webserver.arrived) == ([], ["/graphql"])
