@@ -301,7 +301,9 @@ def _alerts_test(args: argparse.Namespace) -> int:
         f"Channels: the apprise URLs in {' or '.join(outbox.routes.env_names(args.owner))}.",
         key,
     )
-    report = outbox.deliver_due(budget_seconds=60)
+    from automation_pipelines.monitoring.outside import deliver_now
+
+    report = deliver_now(outbox, budget_seconds=60)
     for error in report.errors:
         print(f"✗ {error}")
     print(f"delivered to {report.sent} channel(s), {report.failed} refused")
@@ -344,7 +346,9 @@ def _one_line(error: str | None) -> str:
 
 def _alerts_deliver(args: argparse.Namespace) -> int:
     """Deliver what is due now, e.g. right after a broken channel was fixed."""
-    report = _outbox().deliver_due(budget_seconds=120)
+    from automation_pipelines.monitoring.outside import deliver_now
+
+    report = deliver_now(_outbox(), budget_seconds=120)
     for error in report.errors:
         print(f"✗ {error}")
     print(f"delivered {report.sent}, refused {report.failed}, unrouted {report.unrouted}")

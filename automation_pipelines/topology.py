@@ -195,7 +195,8 @@ class OutboxNotifier:
                 self.say(f"✗ alert about the {notice.service} not delivered: {error}")
 
     def _deliver(self, notice: Notice) -> None:
-        from automation_pipelines.reliability.alerts import AlertRouter, send_apprise
+        from automation_pipelines.monitoring.outside import deliver_now, send_directly
+        from automation_pipelines.reliability.alerts import AlertRouter
 
         router = AlertRouter.from_env()
         try:
@@ -204,10 +205,10 @@ class OutboxNotifier:
         except Exception as error:
             urls = router.routes().urls(self.owner)
             body = f"{notice.body}\n(Sent directly: the alert outbox is unreachable: {error})"
-            accepted = sum(send_apprise(url, notice.title, body)[0] for url in urls)
+            accepted, _ = send_directly(urls, notice.title, body)
             self.say(f"  alert sent directly to {accepted} of {len(urls)} channel(s)")
             return
-        report = outbox.deliver_due(budget_seconds=30)
+        report = deliver_now(outbox, budget_seconds=30)
         for problem in report.errors:
             self.say(f"✗ alert not delivered yet: {problem}")
 

@@ -1,9 +1,12 @@
 """Real peers for alert delivery: an HTTP server for apprise `json://` and an SMTP server
-(aiosmtpd) for `mailto://`, both on loopback, recording what they receive."""
+(aiosmtpd) for `mailto://`, both on loopback, recording what they receive; a channel that hangs;
+and one tick of the outbox sensor, which is what delivers what runs queue."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -105,3 +108,41 @@ class SmtpReceiver:
 
     def bodies(self) -> list[str]:
         return [m.get_body(preferencelist=("plain",)).get_content() for m in self.messages]
+
+
+class HangingChannel:
+    """A channel that takes connections and never answers, as a stuck webhook or mail relay
+    does; counts the connections it was given."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.port}/alerts"
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._listener.accept()
+                self.connections.append(connection)  # held open, never read, never answered
+
+    def close(self) -> None:
+        for connection in [*self.connections, self._listener]:
+            connection.close()
+
+
+def deliver_queued(instance, router) -> str:
+    """One tick of alert_outbox_sensor, the daemon's deliverer, on `instance` with `router`;
+    returns what the tick said."""
+    import dagster as dg
+
+    from automation_pipelines.monitoring.alerting import alert_outbox_sensor
+
+    with dg.build_sensor_context(instance=instance, resources={"alerts": router}) as context:
+        result = alert_outbox_sensor(context)
+    return getattr(result, "skip_message", None) or str(result)

@@ -38,6 +38,9 @@ CURSOR_OVERLAP_SECONDS = 5
 #: A failed run without a will-retry decision yet is waited for this long.
 RETRY_DECISION_WAIT_SECONDS = 60
 RUNS_PER_TICK = 200
+#: How often queued alerts are delivered. Nothing else in the daemon delivers, so this bounds
+#: how long a queued alert waits; a tick with nothing due is one query.
+OUTBOX_INTERVAL_SECONDS = 10
 
 
 #: Run-level causes Dagster reports in engine and run-failure events, most telling first.
@@ -230,30 +233,27 @@ def process_finished_runs(context: dg.SensorEvaluationContext, alerts: AlertRout
     ),
 )
 def run_failure_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
-    done = process_finished_runs(context, alerts)
-    report = alerts.outbox(context.instance).deliver_due(
-        budget_seconds=alerts.delivery_budget_seconds
-    )
+    done = process_finished_runs(context, alerts)  # queued; alert_outbox_sensor delivers
     context.update_cursor(str(done.cursor))
     aside = f", {done.set_aside} successful run(s) set items aside" if done.set_aside else ""
     return dg.SkipReason(
-        f"{done.failures} new alert(s), {done.successes} recovery notice(s){aside}; delivered "
-        f"{report.sent}, failed {report.failed}, unrouted {report.unrouted}"
+        f"{done.failures} new alert(s), {done.successes} recovery notice(s){aside} queued"
     )
 
 
 @dg.sensor(
     name="alert_outbox_sensor",
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=OUTBOX_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     metadata=unguarded(
         "it only delivers alerts already queued; holding it would hold every owner's alerts, "
         "including those about the automation that was paused"
     ),
     description=(
-        "Delivers queued alerts and retries the ones a channel refused, with backoff, until "
-        "every channel has accepted them. A tick fails (red in the UI) while alerts cannot be "
-        "delivered, so a broken channel is itself visible."
+        "The one deliverer of alerts inside Dagster: runs and the other sensors only queue them, "
+        "so a channel that hangs holds no run. Delivers queued alerts and retries the ones a "
+        "channel refused, with backoff, until every channel has accepted them. A tick fails "
+        "(red in the UI) while alerts cannot be delivered, so a broken channel is itself visible."
     ),
 )
 def alert_outbox_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):

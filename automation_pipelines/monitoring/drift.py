@@ -396,7 +396,6 @@ def check_python_environment(
             f"Runbook: {MONITORING.runbook_ref}",
         ],
     )
-    outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)
     context.log.info(f"{len(drift)} drifted, {opened} new alert(s)")
     return dg.AssetCheckResult(
         passed=not drift,

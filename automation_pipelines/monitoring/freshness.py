@@ -231,7 +231,6 @@ def freshness_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertRou
     outbox = alerts.outbox(context.instance)
     paused = [asset.subject for asset in assets if asset.paused]
     opened = report_stale(outbox, findings, alerts.ui_base_url, held_subjects=paused)
-    outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)
     context.update_cursor(json.dumps({"first_seen": first_seen}))
     summary = "; ".join(f.sentence for f in findings[:3])
     return dg.SkipReason(

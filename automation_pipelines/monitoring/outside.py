@@ -28,7 +28,12 @@ from automation_pipelines.monitoring.watchdog import (
     report,
 )
 from automation_pipelines.reliability import store
-from automation_pipelines.reliability.alerts import AlertRouter, send_apprise
+from automation_pipelines.reliability.alerts import (
+    AlertRouter,
+    DeliveryReport,
+    Outbox,
+    send_apprise,
+)
 from automation_pipelines.reliability.conditions import Finding
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.settings import ConfigurationError
@@ -84,13 +89,33 @@ def check(
     outbox = router.outbox_at(url)
     report(outbox, outcome.findings, OUTSIDE_KINDS)
     _clear_marker(outbox, now)
-    delivery = outbox.deliver_due(budget_seconds=60)
+    delivery = deliver_now(outbox, budget_seconds=60)
     outcome.lines += [f"✗ {finding.sentence}" for finding in outcome.findings]
     outcome.lines += [f"✗ alert not delivered: {error}" for error in delivery.errors]
     outcome.lines += ping(ping_url, outcome.findings)
     if outcome.healthy:
         outcome.lines.append("✓ daemon heartbeats and the watchdog sensor are current")
     return outcome
+
+
+def deliver_now(outbox: Outbox, budget_seconds: float) -> DeliveryReport:
+    """Deliver what is due without the daemon. Inside Dagster only alert_outbox_sensor delivers
+    (runs and the other sensors queue), so no channel holds a run; this is for the few that must
+    not wait for it: this watchdog (the daemon may be down), the supervisor telling that one of
+    its processes died, and the operator's `alerts test` and `alerts deliver`."""
+    return outbox.deliver_due(budget_seconds=budget_seconds)
+
+
+def send_directly(urls: Sequence[str], title: str, body: str) -> tuple[int, list[str]]:
+    """Send to these channels without the outbox, for when the store that holds it cannot be
+    reached; return how many accepted and what the others said."""
+    accepted, errors = 0, []
+    for url in urls:
+        ok, error = send_apprise(url, title, redact(body))
+        accepted += ok
+        if not ok:
+            errors.append(error or "the channel refused it")
+    return accepted, errors
 
 
 def ping(url: str | None, findings: Sequence[Finding]) -> list[str]:
@@ -158,12 +183,8 @@ def _alert_directly(router: AlertRouter, finding: Finding, now: float) -> list[s
     if not urls:
         names = " or ".join(router.routes().env_names(finding.owner))
         return [f"✗ alert not delivered: no alert URLs for owner {finding.owner}: set {names}"]
-    lines, accepted = [], 0
-    for url in urls:
-        ok, error = send_apprise(url, title, redact(body))
-        accepted += ok
-        if not ok:
-            lines.append(f"✗ alert not delivered: {error or 'the channel refused it'}")
+    accepted, errors = send_directly(urls, title, body)
+    lines = [f"✗ alert not delivered: {error}" for error in errors]
     if accepted:
         first = state.get("first_at", now)
         try:

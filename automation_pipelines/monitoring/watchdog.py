@@ -312,8 +312,7 @@ def watchdog_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
     findings = evaluate(jobs, triggers, now)
     outbox = alerts.outbox(context.instance)
     paused = [view.subject for view in (*jobs, *triggers) if view.paused]
-    opened = report(outbox, findings, held_subjects=paused)
-    outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)
+    opened = report(outbox, findings, held_subjects=paused)  # alert_outbox_sensor delivers
     context.update_cursor(json.dumps({"first_seen": first_seen}))
     summary = "; ".join(f.sentence for f in findings[:3])
     return dg.SkipReason(

@@ -12,6 +12,7 @@ from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import Automation
 from automation_pipelines.reliability.errors import PermanentError, RetryPreset, reliable_op
 from automation_pipelines.reliability.secrets import secret_env
+from automation_pipelines_tests.alert_peers import deliver_queued
 
 HERE = Path(__file__).parent
 AUTOMATION = Automation(
@@ -81,7 +82,8 @@ os.environ.setdefault("FIXTURE_ACCESS_CODE", SECRET)
 
 
 def tick_sensor(sensor, instance, defs: dg.Definitions, router: AlertRouter, cursor: str | None):
-    """Evaluate one tick of a monitoring sensor for real; return (new cursor, skip message)."""
+    """Evaluate one tick of a monitoring sensor for real, then one of alert_outbox_sensor, which
+    delivers what it queued, as the daemon does; return (new cursor, the sensor's skip message)."""
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -89,4 +91,5 @@ def tick_sensor(sensor, instance, defs: dg.Definitions, router: AlertRouter, cur
         resources={"alerts": router},
     )
     result = sensor(context)
+    deliver_queued(instance, router)
     return context.cursor, result.skip_message

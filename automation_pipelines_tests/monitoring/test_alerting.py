@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from automation_pipelines.monitoring.alerting import alert_outbox_sensor, run_failure_alert_sensor
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines_tests.alert_peers import deliver_queued
 from automation_pipelines_tests.monitoring import alert_fixtures as fx
 
 
@@ -49,6 +50,10 @@ def world(sqlite_instance, alert_router, monkeypatch, json_receiver):
             self.cursor = context.cursor
             return result
 
+        def deliver(self) -> str:
+            """What the daemon's alert_outbox_sensor does next: send what the ticks queued."""
+            return deliver_queued(sqlite_instance, alert_router)
+
     return World()
 
 
@@ -66,6 +71,8 @@ def test_op_failing_after_retries_gives_one_alert(world) -> None:
 
     world.tick()
     world.tick()
+    assert world.receiver.received == []  # the sensor queues; the outbox sensor sends
+    world.deliver()
     [payload] = world.receiver.received
     assert payload["title"].startswith(
         "[FAILED] alert_fixture/upstream_job · call_upstream: ConnectionError: upstream"
@@ -82,6 +89,7 @@ def test_op_failing_after_retries_gives_one_alert(world) -> None:
 
     world.run("down")
     world.tick()
+    world.deliver()
     assert len(world.receiver.received) == 1
     assert world.outbox.open_incidents()[0].failure_count == 2
 
@@ -103,6 +111,7 @@ def test_permanent_error_runs_once_alerts_once_and_hides_the_secret(world) -> No
     assert world.instance.get_run_by_id(result.run_id).tags["dagster/will_retry"] == "false"
     world.tick()
     world.tick()
+    world.deliver()
     [payload] = world.receiver.received
     assert "Item at fault: batch-42" in payload["message"]
     assert "PermanentError: login with access code *** was refused" in payload["message"]
@@ -122,6 +131,7 @@ def test_a_retried_run_is_alerted_on_its_last_attempt(world) -> None:
         "down", tags={"dagster/root_run_id": first.run_id, "dagster/parent_run_id": first.run_id}
     )
     world.tick()
+    world.deliver()
     [payload] = world.receiver.received
     assert f"Run: {second.run_id}" in payload["message"]
     assert "run attempt 2" in payload["message"]
@@ -134,6 +144,7 @@ def test_success_after_failure_sends_a_recovery_notice(world) -> None:
     world.tick()
     world.run("ok")
     world.tick()
+    world.deliver()
     assert [t.split(" ")[0] for t in world.receiver.titles()] == ["[FAILED]", "[RECOVERED]"]
 
 
@@ -144,6 +155,7 @@ def test_run_level_failure_without_any_op_failing(world) -> None:
     )
     world.instance.report_run_failed(run, "Exceeded maximum runtime of 3 seconds.")
     world.tick()
+    world.deliver()
     [payload] = world.receiver.received
     assert "MaxRuntimeExceeded" in payload["title"]
     assert "Failed op: - (the run failed outside any op)" in payload["message"]
@@ -157,6 +169,7 @@ def test_cursor_stays_when_the_outbox_cannot_record(world, tmp_path) -> None:
         world.tick(router=broken)
     assert world.cursor is None
     world.tick()
+    world.deliver()
     assert len(world.receiver.received) == 1
 
 

@@ -15,6 +15,7 @@ from automation_pipelines.monitoring.alerting import run_failure_alert_sensor
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.automation import Automation, Expectation
 from automation_pipelines.reliability.errors import PermanentError, RetryPreset, reliable_op
+from automation_pipelines_tests.alert_peers import deliver_queued
 
 RUNBOOK = Path(__file__).parent.parent / "reliability" / "fixture_runbooks" / "complete"
 FLAKY = Automation(
@@ -89,6 +90,7 @@ def world(sqlite_home, alert_router, monkeypatch, json_receiver):
                 resources={"alerts": alert_router},
             )
             run_failure_alert_sensor(context)
+            deliver_queued(self.instance(), alert_router)  # the outbox sensor's next tick
 
         def sensor_result(self):
             return feed_sensor(dg.build_sensor_context(instance=self.instance()))
@@ -214,6 +216,7 @@ def crash_loop(sqlite_instance, alert_router, monkeypatch, json_receiver):
             )
             run_failure_alert_sensor(context)
             cursor[0] = context.cursor
+            deliver_queued(sqlite_instance, alert_router)  # the outbox sensor's next tick
 
         def tripped(self) -> breaker.SwitchState | None:
             state = breaker.get_state(breaker.engine_for(sqlite_instance), "crashy_feed")

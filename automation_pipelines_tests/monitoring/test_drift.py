@@ -18,6 +18,7 @@ import pytest
 from automation_pipelines import cli
 from automation_pipelines.monitoring import drift
 from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines_tests.alert_peers import deliver_queued
 
 LOCK_TEXT = drift.LOCK_FILE.read_text(encoding="utf-8")
 PROJECT = drift.read_project()
@@ -274,6 +275,7 @@ class Environment:
 
     def __init__(self, tmp_path: Path, instance, router) -> None:
         self.instance = instance
+        self.router = router
         self.lock = tmp_path / "requirements.lock"
         self.lock.write_text(f"pandas==3.1.1 {HASH}\nPyYAML==6.0.3 {HASH}\nnumpy==2.4.6 {HASH}\n")
         self.site_packages = tmp_path / "site-packages"
@@ -296,6 +298,7 @@ class Environment:
             run_config={"ops": {drift.check_python_environment.op.name: {"config": config}}},
             raise_on_error=False,
         )
+        deliver_queued(self.instance, self.router)  # the outbox sensor's next tick
         evaluations = result.get_asset_check_evaluations()
         return result, evaluations[0] if evaluations else None
 

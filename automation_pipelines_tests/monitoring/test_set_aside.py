@@ -21,6 +21,7 @@ from automation_pipelines.reliability.deadletters import (
     flag_run,
     record_dead_letter,
 )
+from automation_pipelines_tests.alert_peers import deliver_queued
 
 RUNBOOK = Path(__file__).parent.parent / "reliability" / "fixture_runbooks" / "complete"
 SORTER = Automation(
@@ -81,6 +82,7 @@ def world(sqlite_instance, alert_router, monkeypatch, json_receiver):
             )
             result = run_failure_alert_sensor(context)
             cursor[0] = context.cursor
+            deliver_queued(sqlite_instance, alert_router)  # the outbox sensor's next tick
             return result.skip_message
 
         def watchdog_findings(self) -> list:

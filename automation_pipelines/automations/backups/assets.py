@@ -190,7 +190,6 @@ def check_backup_health(
             "Check again after a fix: launch check_backups_job in the UI",
         ],
     )
-    outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)
     context.log.info(
         f"{len(report.findings)} problem(s), {opened} new alert(s): "
         + json.dumps({name: c.sentence for name, c in report.checks.items()})

@@ -165,4 +165,3 @@ def _alert_quarantine(
         ),
         dedup_key=f"quarantine:{context.run_id}",
     )
-    outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)

@@ -216,4 +216,3 @@ def _alert_dead_letters(context: dg.OpExecutionContext, alerts: AlertRouter, row
         ),
         dedup_key=f"events-invalid:{context.run_id}",
     )
-    outbox.deliver_due(budget_seconds=alerts.delivery_budget_seconds)

@@ -21,6 +21,7 @@ from automation_pipelines.automations.backups import assets, engine, health
 from automation_pipelines.automations.backups.jobs import backup_snapshots_job, check_backups_job
 from automation_pipelines.automations.backups.resources import BackupSettings
 from automation_pipelines.monitoring.alerting import run_failure_alert_sensor
+from automation_pipelines_tests.alert_peers import deliver_queued
 from automation_pipelines_tests.automations.backups.conftest import (
     PASSWORD,
     RunsJobs,
@@ -68,6 +69,13 @@ class World(RunsJobs):
         )
         run_failure_alert_sensor(context)
         self.cursor = context.cursor
+        deliver_queued(self.instance, self.router)  # the outbox sensor's next tick
+
+    def check(self) -> dict[str, dg.AssetCheckEvaluation]:
+        """The health check's run, then the outbox sensor's tick that sends what it queued."""
+        checks = super().check()
+        deliver_queued(self.instance, self.router)
+        return checks
 
     def titles(self) -> list[str]:
         return self.receiver.titles()

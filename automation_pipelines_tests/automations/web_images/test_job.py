@@ -1,7 +1,8 @@
 """The web images job on real photographs: renditions at the configured widths with orientation
 applied and GPS stripped, WebP and JPEG written, one row per photo, originals moved, manifest
 correct, re-runs idempotent; a batch mixing a corpus of bad files with good ones delivers the good
-ones, quarantines each bad one with its reason and sends one alert; a run waits while another
+ones, quarantines each bad one with its reason and queues one alert (a channel that hangs holds
+no run); a run waits while another
 holds the automation's lock; and the next run repairs what a killed run left (a photo recorded but
 not moved is only moved, a half-rendered one rendered again, stale temp files and a stale
 manifest replaced)."""
@@ -25,6 +26,7 @@ from automation_pipelines.automations.web_images.jobs import render_web_images_j
 from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability.deadletters import open_dead_letters
 from automation_pipelines.reliability.locks import exclusive_lock
+from automation_pipelines_tests.alert_peers import HangingChannel, deliver_queued
 from automation_pipelines_tests.automations.web_images.photos import GPS_IFD, photo, rendition
 
 
@@ -62,6 +64,28 @@ def digest(root: Path) -> dict[str, str]:
 def materialization(result) -> dict:
     [event] = result.asset_materializations_for_node("render_web_images")
     return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_a_run_whose_alert_channel_hangs_finishes_without_waiting_for_it(
+    run, folders, alert_router, sqlite_instance, monkeypatch
+) -> None:
+    """The run queues its quarantine alert and ends; the channel, which would hold a sender
+    until the delivery budget ran out, is not even connected to until the outbox sensor runs."""
+    hanging = HangingChannel()
+    try:
+        monkeypatch.setenv("TEST_DEFAULT_URLS", hanging.url)
+        photo(folders.inbox / "good.jpg", 1200)
+        (folders.inbox / "notes.jpg").write_text("not a photo\n")
+
+        result = run(["good.jpg", "notes.jpg"])
+
+        assert result.success
+        assert materialization(result)["images_quarantined"] == 1
+        assert hanging.connections == []
+        [queued] = alert_router.outbox(sqlite_instance).alerts(status="pending")
+        assert queued.title.startswith("[QUARANTINED] web_images: 1 file(s)")
+    finally:
+        hanging.close()
 
 
 def test_good_photos_become_web_images(run, folders) -> None:
@@ -223,7 +247,7 @@ def test_the_next_run_repairs_what_a_killed_run_left(run, folders, alert_router)
 
 
 def test_bad_files_are_quarantined_and_the_good_ones_delivered(
-    run, folders, json_receiver, alert_router
+    run, folders, json_receiver, alert_router, sqlite_instance
 ) -> None:
     photo(folders.inbox / "good.jpg", 1800)
     (folders.inbox / "empty.jpg").write_bytes(b"")
@@ -251,6 +275,8 @@ def test_bad_files_are_quarantined_and_the_good_ones_delivered(
     meta = materialization(result)
     assert (meta["images_processed"], meta["images_quarantined"]) == (1, 4)
 
+    assert json_receiver.received == []  # queued by the run, delivered by the outbox sensor
+    deliver_queued(sqlite_instance, alert_router)
     [alert] = json_receiver.received
     assert alert["title"].startswith("[QUARANTINED] web_images: 4 file(s)")
     for name in reasons:

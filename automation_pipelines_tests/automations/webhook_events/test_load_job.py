@@ -21,6 +21,7 @@ from automation_pipelines.reliability import store
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import DEAD_LETTERED_TAG, open_dead_letters
 from automation_pipelines.webhooks import inbox
+from automation_pipelines_tests.alert_peers import deliver_queued
 from automation_pipelines_tests.automations.webhook_events.events import payment, push, seed
 
 
@@ -44,6 +45,10 @@ def loader(events_db_url, sqlite_instance, alert_routes, tmp_path, monkeypatch, 
 
         def tags(self, run_id: str) -> dict[str, str]:
             return sqlite_instance.get_run_by_id(run_id).tags
+
+        def deliver(self) -> str:
+            """What the daemon's alert_outbox_sensor does: send what the runs queued."""
+            return deliver_queued(sqlite_instance, resources["alerts"])
 
     return Loader()
 
@@ -102,7 +107,10 @@ def test_batch_loads_once_and_bad_events_are_dead_lettered(
     # The run list shows it beside the green status.
     assert loader.tags(result.run_id)[DEAD_LETTERED_TAG] == "3"
 
-    # One alert for the run, naming each dead-lettered event and the replay command.
+    # One alert for the run, naming each dead-lettered event and the replay command, queued by
+    # the run and sent by the outbox sensor.
+    assert json_receiver.received == []
+    loader.deliver()
     assert len(json_receiver.received) == 1
     alert = json_receiver.received[0]
     assert "[DEAD LETTER] webhook_events: 3 event(s) failed validation" in alert["title"]
