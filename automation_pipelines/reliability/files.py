@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import os
+import secrets
 import shutil
 import stat
 import time
@@ -29,24 +30,87 @@ def is_temporary(path: Path) -> bool:
     return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
 
 
-@contextlib.contextmanager
-def atomic_writer(target: Path) -> Iterator[BinaryIO]:
-    """Write to a hidden temp file beside `target`, fsync, then rename over it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries: a rename or a new name in it survives a power cut only then."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with temp.open("wb") as handle:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_beside(target: Path) -> tuple[int, Path]:
+    """A new hidden temp file in `target`'s folder, unique per call (threads included), created
+    with the mode a plain open would give it."""
+    while True:
+        temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def atomic_writer(
+    target: Path, *, mode: int | None = None, mtime: float | None = None
+) -> Iterator[BinaryIO]:
+    """Write to a hidden temp file beside `target`, fsync it, rename it over `target` and fsync
+    the folder: after a crash or a power cut the name holds the old bytes or the new, whole. An
+    exception in the block leaves `target` as it was. `mode` and `mtime` are set before the
+    rename, so the file never shows without them."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = _temp_beside(target)
+    try:
+        with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temp, mode)
+        if mtime is not None:
+            os.utime(temp, (mtime, mtime))
         os.replace(temp, target)
+        fsync_dir(target.parent)
     finally:
         temp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    with atomic_writer(target) as handle:
+def atomic_write_bytes(target: Path, data: bytes, *, mode: int | None = None) -> None:
+    with atomic_writer(target, mode=mode) as handle:
         handle.write(data)
+
+
+def publish_together(folder: Path, files: dict[str, bytes], *, mode: int | None = None) -> None:
+    """Write every file to a hidden temp name and fsync it, then rename them all into place and
+    fsync the folder. A failure before the last rename removes the temp files and the files this
+    call created, so the folder is as it was; only a kill mid-rename can leave new names behind
+    (callers that record what they published can tell those apart)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: list[tuple[Path, str]] = []
+    created: list[Path] = []
+    try:
+        for name, data in files.items():
+            fd, temp = _temp_beside(folder / name)
+            temps.append((temp, name))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if mode is not None:
+                os.chmod(temp, mode)
+        for temp, name in temps:
+            target = folder / name
+            existed = target.exists()
+            os.replace(temp, target)
+            if not existed:
+                created.append(target)
+    except BaseException:
+        for temp, _ in temps:
+            temp.unlink(missing_ok=True)
+        for target in created:
+            target.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
 
 
 def move_into(source: Path, root: Path, relative: Path) -> Path:

@@ -40,6 +40,7 @@ from automation_pipelines.automations.backups.sources import (
     restore_plan,
     safe_relative,
 )
+from automation_pipelines.reliability.files import atomic_writer, fsync_dir
 
 ARCHIVE = "archive.tar.zst"
 MANIFEST = "manifest.json"
@@ -112,14 +113,6 @@ class _HashingWriter(io.RawIOBase):
         self.sha256.update(data)
         self.bytes += len(data)
         return self.target.write(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Archive:
@@ -359,9 +352,9 @@ def create_snapshot(
         if problems:
             raise BackupError(f"the new snapshot failed verification: {'; '.join(problems)}")
         _write_json(work / VERIFIED, {"verified_at": datetime.now(tz=UTC).isoformat()})
-        _fsync_dir(work)
+        fsync_dir(work)
         os.rename(work, final)
-        _fsync_dir(destination)
+        fsync_dir(destination)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -581,26 +574,16 @@ def restore(
         if not member.isfile() or member.name not in wanted:
             continue
         destination = target / safe_relative(member.name)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        temp = destination.with_name(f".{destination.name}.restoring")
         digest = hashlib.sha256()
-        try:
-            with temp.open("wb") as out:
-                extracted = tar.extractfile(member)
-                while chunk := extracted.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+        with atomic_writer(destination, mode=member.mode & 0o7777, mtime=member.mtime) as out:
+            extracted = tar.extractfile(member)
+            while chunk := extracted.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
             if digest.hexdigest() != listed[member.name]["sha256"]:
                 raise BackupError(
                     f"{member.name}: the restored bytes do not match the manifest's SHA-256"
                 )
-            os.chmod(temp, member.mode & 0o7777)
-            os.utime(temp, (member.mtime, member.mtime))
-            os.replace(temp, destination)
-        finally:
-            temp.unlink(missing_ok=True)
         written.append(member.name)
         total += member.size
         if len(written) == len(wanted):

@@ -2,9 +2,9 @@
 
 Per photo, in this order: read it once (no symlink, no special file), then either
 - it was rendered and recorded by a run that died before moving it: only move it (`repaired`);
-- it renders: the renditions are published together under new names (`images.publish`), its row
-  is written (one transaction), the original moves to processed/ and its dead letter, if it had
-  one, is resolved;
+- it renders: the renditions are published together under new names
+  (`files.publish_together`), its row is written (one transaction), the original moves to
+  processed/ and its dead letter, if it had one, is resolved;
 - it ends early (truncated, empty) and changed less than the grace period ago: it stays in the
   inbox with a note in `.waiting/` saying why and until when, which the sensor's tick shows;
 - anything else bad: it is quarantined with a reason, and one dead letter per file stays open.

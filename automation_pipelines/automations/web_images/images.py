@@ -24,7 +24,6 @@ a bad photo.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
@@ -33,7 +32,6 @@ import os
 import re
 import stat
 import struct
-import tempfile
 import warnings
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +42,7 @@ from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 from automation_pipelines.automations.web_images import structure
 from automation_pipelines.reliability.errors import PermanentError
+from automation_pipelines.reliability.files import publish_together
 
 #: Suffixes of the files a person means as photos. Only used to point out a folder named like
 #: one: every file in the inbox is looked at, whatever its name.
@@ -305,7 +304,7 @@ def render_image(
         output_name(relative.name, width, version, fmt): data
         for (width, _, fmt), data in encoded.items()
     }
-    publish(output_root / folder, files)
+    publish_together(output_root / folder, files, mode=_OUTPUT_MODE)
     renditions = tuple(
         Rendition(
             folder / output_name(relative.name, width, version, fmt), width, height, fmt, len(data)
@@ -412,44 +411,6 @@ def _encode_all(
             key: value.result() if isinstance(value, Future) else value
             for key, value in encoded.items()
         }
-
-
-def publish(folder: Path, files: dict[str, bytes]) -> None:
-    """Write every file to a hidden temp name and fsync it, then rename them all into place and
-    fsync the folder. A failure before the last rename removes the temp files and the files this
-    call created, so the folder is as it was; only a kill mid-rename can leave new names behind,
-    which no row lists (the next batch in this folder deletes them)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    temps: list[tuple[str, str]] = []
-    created: list[Path] = []
-    try:
-        for name, data in files.items():
-            fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            temps.append((temp, name))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, _OUTPUT_MODE)
-        for temp, name in temps:
-            target = folder / name
-            existed = target.exists()
-            os.replace(temp, target)
-            if not existed:
-                created.append(target)
-    except BaseException:
-        for temp, _ in temps:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-        for target in created:
-            with contextlib.suppress(FileNotFoundError):
-                target.unlink()
-        raise
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the renames themselves survive a power cut
-    finally:
-        os.close(directory)
 
 
 def decode(data: bytes, item: str, settings: ImageSettings, suffix: str = "") -> _Decoded:
