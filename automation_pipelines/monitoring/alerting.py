@@ -17,9 +17,10 @@ from typing import NamedTuple
 import dagster as dg
 
 from automation_pipelines.reliability import breaker
-from automation_pipelines.reliability.alerts import AlertRouter, FailureDetail, RunFacts
+from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import unguarded
 from automation_pipelines.reliability.deadletters import set_aside_of
+from automation_pipelines.reliability.messages import FailureDetail, RunFacts
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,

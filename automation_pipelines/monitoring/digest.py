@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from automation_pipelines.reliability.alerts import TITLE_LIMIT, Outbox, incidents_table
+from automation_pipelines.reliability.alerts import Outbox, incidents_table
 from automation_pipelines.reliability.deadletters import age_text, open_dead_letters, set_aside_of
 from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
+from automation_pipelines.reliability.messages import TITLE_LIMIT
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG, WILL_RETRY_TAG
 
 UNOWNED = "unowned"

@@ -28,13 +28,9 @@ from automation_pipelines.monitoring.watchdog import (
     report,
 )
 from automation_pipelines.reliability import store
-from automation_pipelines.reliability.alerts import (
-    AlertRouter,
-    DeliveryReport,
-    Outbox,
-    send_apprise,
-)
+from automation_pipelines.reliability.alerts import AlertRouter, DeliveryReport, Outbox
 from automation_pipelines.reliability.conditions import Finding
+from automation_pipelines.reliability.routes import send_apprise
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.settings import ConfigurationError
 

@@ -1,37 +1,38 @@
-"""Alerts that reach the owner exactly once and are never lost.
+"""The alert outbox: alerts that reach the owner exactly once and are never lost.
 
 A finished run is turned into an alert inside one transaction of the project database (the
-outbox), and only then delivered through apprise URLs named in `alert_routes.yaml`. Delivery is
-retried per channel with backoff until the channel accepts it, so a channel that is down for an
-hour still gets every alert afterwards. Failures with the same fingerprint fold into one open
-incident (with a count and a reminder once per window); the next success closes it with a
-recovery notice.
+outbox), and only then delivered through the apprise URLs of the owner's route (`routes.py`).
+Delivery is retried per channel with backoff until the channel accepts it, so a channel that is
+down for an hour still gets every alert afterwards. Failures with the same fingerprint fold into
+one open incident (with a count and a reminder once per window); the next success closes it with
+a recovery notice. What an alert says is `messages.py`'s; only alert_outbox_sensor and the paths
+outside Dagster (`monitoring/outside.py`) call `Outbox.deliver_due`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import apprise
 import dagster as dg
 import sqlalchemy as sa
-import yaml
 
-from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import store
+from automation_pipelines.reliability.messages import (
+    TITLE_LIMIT,
+    FailureDetail,
+    RunFacts,
+    compose,
+    fingerprint,
+    one_line,
+)
+from automation_pipelines.reliability.routes import Routes, channel_id, channel_label, send_apprise
 from automation_pipelines.reliability.secrets import redact
 
-ROUTES_FILE = PROJECT_ROOT / "alert_routes.yaml"
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
-TITLE_LIMIT = 120
 
 failures_table = sa.Table(
     "ap_alert_failures",
@@ -106,163 +107,6 @@ deliveries_table = sa.Table(
     sa.Column("sent_at", sa.Float),
     sa.UniqueConstraint("alert_id", "channel", name="uq_ap_delivery_channel"),
 )
-
-
-@dataclass(frozen=True)
-class Routes:
-    """Owner → names of environment variables holding apprise URLs (they carry tokens)."""
-
-    default: tuple[str, ...]
-    owners: dict[str, tuple[str, ...]]
-
-    @classmethod
-    def load(cls, path: Path | str | None = None) -> Routes:
-        raw = yaml.safe_load(Path(path or ROUTES_FILE).read_text(encoding="utf-8")) or {}
-
-        def names(value: object) -> tuple[str, ...]:
-            return (value,) if isinstance(value, str) else tuple(value or ())
-
-        owners = {str(k): names(v) for k, v in (raw.get("owners") or {}).items()}
-        return cls(default=names(raw.get("default")), owners=owners)
-
-    def has_route(self, owner: str) -> bool:
-        return bool(self.owners.get(owner))
-
-    def env_names(self, owner: str) -> tuple[str, ...]:
-        return self.owners.get(owner) or self.default
-
-    def urls(self, owner: str) -> list[str]:
-        """The apprise URLs configured now for `owner` (its own route, else the default)."""
-        found: list[str] = []
-        for name in self.env_names(owner):
-            for url in re.split(r"[\s,]+", os.environ.get(name) or ""):
-                if url and url not in found:
-                    found.append(url)
-        return found
-
-
-def channel_id(url: str) -> str:
-    """A stable name for a channel that does not reveal its URL."""
-    return hashlib.sha256(url.encode()).hexdigest()[:32]
-
-
-def channel_label(url: str) -> str:
-    """The URL as apprise shows it with secrets hidden (for people reading the outbox)."""
-    try:
-        plugin = apprise.Apprise.instantiate(url)
-        if plugin:
-            return redact(plugin.url(privacy=True))
-    except Exception:  # a label is a nicety; never let it stop a delivery
-        pass
-    return redact(url.split("://", 1)[0] + "://…")
-
-
-def send_apprise(url: str, title: str, body: str) -> tuple[bool, str]:
-    """Send one notification; return whether the channel accepted it and what went wrong."""
-    notifier = apprise.Apprise()
-    if not notifier.add(url):
-        return False, f"apprise does not understand the URL {channel_label(url)}"
-    with apprise.LogCapture(level=logging.WARNING) as captured:
-        accepted = notifier.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT)
-    return bool(accepted), redact(captured.getvalue().strip())[-2000:]
-
-
-@dataclass(frozen=True)
-class FailureDetail:
-    """What failed inside a run: the op, the error and the item at fault, already redacted."""
-
-    op: str | None
-    error_class: str
-    message: str
-    attempts: int | None = None
-    item: str | None = None
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """What an alert says about one finished run."""
-
-    run_id: str
-    job: str
-    owner: str
-    automation: str | None = None
-    run_attempt: int = 1
-    details: tuple[FailureDetail, ...] = ()
-    runbook: str | None = None
-    pause: str | None = None
-
-    @property
-    def main(self) -> FailureDetail:
-        if self.details:
-            return self.details[0]
-        return FailureDetail(op=None, error_class="RunFailure", message="the run failed")
-
-
-_VOLATILE = re.compile(r"[0-9a-f]{8,}|\d+", re.IGNORECASE)
-
-
-def fingerprint(facts: RunFacts) -> str:
-    """Same job, op, error class and message shape (numbers and ids ignored) → same incident."""
-    main = facts.main
-    shape = _VOLATILE.sub("#", main.message.lower())[:300]
-    raw = "|".join([facts.job, main.op or "", main.error_class, shape])
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
-
-
-def _truncate(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def compose(
-    kind: str,
-    facts: RunFacts,
-    ui_base_url: str,
-    *,
-    failure_count: int = 1,
-    opened_at: float | None = None,
-) -> tuple[str, str]:
-    """Title (≤120 chars, for a phone) and body (complete, for e-mail) of an alert."""
-    name = f"{facts.automation}/{facts.job}" if facts.automation else facts.job
-    main = facts.main
-    run_url = f"{ui_base_url.rstrip('/')}/runs/{facts.run_id}"
-    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(opened_at)) if opened_at else "?"
-    if kind == "recovery":
-        title = f"[RECOVERED] {name} succeeded after {failure_count} failed run(s)"
-        lines = [
-            f"{name} succeeded again; the incident open since {since} is closed.",
-            f"Failed runs during the incident: {failure_count}",
-            f"Automation: {facts.automation or '-'} (owner: {facts.owner})",
-            f"Job: {facts.job}",
-            f"Successful run: {facts.run_id}",
-            f"Link: {run_url}",
-        ]
-        return _truncate(title, TITLE_LIMIT), "\n".join(lines)
-    where = f" · {main.op}" if main.op else ""
-    prefix = "[FAILED]" if kind == "failure" else f"[STILL FAILING x{failure_count}]"
-    title = f"{prefix} {name}{where}: {main.error_class}: {main.message}"
-    attempts = f"{main.attempts} attempt(s) of the op" if main.attempts else "op attempts unknown"
-    lines = [
-        f"Automation: {facts.automation or '-'}",
-        f"Owner: {facts.owner}",
-        f"Job: {facts.job}",
-        f"Failed op: {main.op or '- (the run failed outside any op)'}",
-        f"Run: {facts.run_id}",
-        f"Link: {run_url}",
-        f"Error: {main.error_class}: {main.message}",
-    ]
-    if main.item:
-        lines.append(f"Item at fault: {main.item}")
-    lines.append(f"Attempts: {attempts}; run attempt {facts.run_attempt}")
-    for extra in facts.details[1:]:
-        lines.append(f"Also failed: {extra.op or '-'}: {extra.error_class}: {extra.message}")
-    if kind != "failure":
-        lines.append(f"Still failing: {failure_count} failed run(s) since {since}")
-    lines += [
-        f"Runbook: {facts.runbook or '- (none linked from the job description)'}",
-        f"How to pause: {facts.pause or 'stop whatever launches the job'}",
-    ]
-    return _truncate(title, TITLE_LIMIT), "\n".join(lines)
 
 
 @dataclass
@@ -528,7 +372,7 @@ class Outbox:
                     owner=owner,
                     automation=automation,
                     job=subject,
-                    title=redact(_truncate(title, TITLE_LIMIT)),
+                    title=redact(one_line(title, TITLE_LIMIT)),
                     body=redact(body),
                     status="pending",
                     created_at=now,
@@ -565,7 +409,7 @@ class Outbox:
                         owner=row.owner or "unowned",
                         automation=row.automation,
                         job=row.job,
-                        title=_truncate(title, TITLE_LIMIT),
+                        title=one_line(title, TITLE_LIMIT),
                         body=f"Resolved: {row.summary}\nOpen since {since}; seen "
                         f"{row.failure_count} time(s).\nSubject: {row.job}",
                         status="pending",
@@ -584,7 +428,7 @@ class Outbox:
                         dedup_key=dedup_key,
                         kind="message",
                         owner=owner,
-                        title=redact(_truncate(title, TITLE_LIMIT)),
+                        title=redact(one_line(title, TITLE_LIMIT)),
                         body=redact(body),
                         status="pending",
                         created_at=_now(),

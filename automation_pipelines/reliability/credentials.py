@@ -698,7 +698,7 @@ def check_all(
 def secret_variables_in_use(project_root: Path = PROJECT_ROOT) -> dict[str, str]:
     """Variable → where the project reads it as a secret: the alert routes, the webhook sources'
     secrets, the PostgreSQL password; every one of them must be declared."""
-    from automation_pipelines.reliability.alerts import Routes
+    from automation_pipelines.reliability.routes import Routes
 
     used: dict[str, str] = {}
     routes = Routes.load()

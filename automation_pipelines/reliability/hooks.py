@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from automation_pipelines.reliability.alerts import FailureDetail
+from automation_pipelines.reliability.messages import FailureDetail
 
 HOOK_NAME = "alert_on_failure_hook"
 

@@ -24,7 +24,7 @@ import yaml
 from croniter import croniter
 
 from automation_pipelines.paths import PROJECT_ROOT
-from automation_pipelines.reliability.alerts import AlertRouter, Routes
+from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import (
     GUARDED_BY_KEY,
     MAX_RUNTIME_TAG,
@@ -34,6 +34,7 @@ from automation_pipelines.reliability.automation import (
 )
 from automation_pipelines.reliability.hooks import HOOK_NAME
 from automation_pipelines.reliability.pacing import PACED_KEY, most_in_an_hour
+from automation_pipelines.reliability.routes import Routes
 from automation_pipelines.reliability.secrets import literal_secrets
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from automation_pipelines.monitoring.digest import build_digest, queue_digest, send_daily_digest
 from automation_pipelines.reliability import store
-from automation_pipelines.reliability.alerts import TITLE_LIMIT, incidents_table
+from automation_pipelines.reliability.alerts import incidents_table
 from automation_pipelines.reliability.deadletters import (
     count_open_by_automation,
     dead_letters_table,
@@ -21,6 +21,7 @@ from automation_pipelines.reliability.deadletters import (
     record_dead_letter,
     resolve_dead_letters,
 )
+from automation_pipelines.reliability.messages import TITLE_LIMIT
 from automation_pipelines_tests.alert_peers import deliver_queued
 
 SECRET = "digest-s3cr3t-value"

@@ -8,16 +8,15 @@ import time
 
 import pytest
 
-from automation_pipelines.reliability.alerts import (
+from automation_pipelines.reliability.alerts import AlertRouter, Outbox
+from automation_pipelines.reliability.messages import (
     TITLE_LIMIT,
-    AlertRouter,
     FailureDetail,
-    Outbox,
-    Routes,
     RunFacts,
     compose,
     fingerprint,
 )
+from automation_pipelines.reliability.routes import Routes
 
 
 def facts(run_id: str = "run-1", message: str = "upstream refused: 503", **kw) -> RunFacts:
