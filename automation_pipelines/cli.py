@@ -20,12 +20,56 @@ DEFAULT_DEFS = "automation_pipelines.definitions:defs"
 
 
 def _check(args: argparse.Namespace) -> int:
-    defs = readiness.load_definitions(args.defs)
+    from automation_pipelines import discovery
+
+    broken: list[discovery.Broken] = []
+    try:
+        defs = readiness.load_definitions(args.defs)
+    except discovery.BrokenAutomations as error:
+        # The code location would not load; show each folder at fault and check the others.
+        broken = error.broken
+        defs = _loadable_definitions()
+    for folder in broken:
+        print(f"✗ automation folder {folder.line()}")
+    if broken:
+        print()
     config = readiness.load_instance_config(Path(args.instance_config))
     findings = readiness.run_checks(defs, config)
     print(readiness.format_report(findings))
     declared = _credentials_declared()
-    return 0 if all(f.ok for f in findings) and declared else 1
+    return 0 if all(f.ok for f in findings) and declared and not broken else 1
+
+
+def _loadable_definitions():
+    """The code location without its broken folders: what `check` can still judge."""
+    import dagster as dg
+
+    from automation_pipelines import discovery
+    from automation_pipelines.monitoring import definitions as monitoring
+
+    loaded, _ = discovery.discover()
+    return dg.Definitions.merge(*loaded, monitoring.defs)
+
+
+def _new(args: argparse.Namespace) -> int:
+    """Write a new automation's folder, runbook and test (see automation_pipelines/scaffold.py)."""
+    from automation_pipelines import scaffold
+    from automation_pipelines.paths import PROJECT_ROOT
+
+    try:
+        made = scaffold.create(args.name, args.owner, args.cron, PROJECT_ROOT)
+    except scaffold.ScaffoldError as error:
+        print(f"✗ {error}", file=sys.stderr)
+        return 2
+    for path in made.files:
+        print(f"  wrote {path.relative_to(PROJECT_ROOT)}")
+    if made.route_added:
+        print(f"  added a route for {args.owner} to alert_routes.yaml: set its URLs in .env")
+    print(
+        f"Next: fill in ops.py, the runbook's sections and the test; "
+        f"`make check` and `make test` pass as generated ({args.name}_job)."
+    )
+    return 0
 
 
 def _credentials_declared() -> bool:
@@ -521,6 +565,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="dagster.yaml whose run queue limits the jobs (default: the one in force)",
     )
     check.set_defaults(func=_check)
+
+    new = commands.add_parser(
+        "new", help="scaffold a complete automation to fill in (it passes check as generated)"
+    )
+    new.add_argument("name", help="the folder's and the automation's name, e.g. invoice_sync")
+    new.add_argument("--owner", required=True, help="who is alerted, e.g. team:data")
+    new.add_argument(
+        "--cron", default="0 6 * * *", help="when its schedule runs, in UTC (default: daily 06:00)"
+    )
+    new.set_defaults(func=_new)
 
     dev = commands.add_parser(
         "dev", help="the UI, daemon, code server and webhook receiver, supervised (make run)"
