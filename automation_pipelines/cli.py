@@ -51,6 +51,21 @@ def _loadable_definitions():
     return dg.Definitions.merge(*loaded, monitoring.defs)
 
 
+def _snapshot(args: argparse.Namespace) -> int:
+    """Print the definitions snapshot, or write it after a deliberate change."""
+    import json
+
+    from automation_pipelines import snapshot
+    from automation_pipelines.paths import PROJECT_ROOT
+
+    if args.write:
+        path = snapshot.write()
+        print(f"wrote {path.relative_to(PROJECT_ROOT)}: review the diff and commit it")
+    else:
+        print(json.dumps(snapshot.taken_apart(), indent=1, sort_keys=True))
+    return 0
+
+
 def _new(args: argparse.Namespace) -> int:
     """Write a new automation's folder, runbook and test (see automation_pipelines/scaffold.py)."""
     from automation_pipelines import scaffold
@@ -65,6 +80,9 @@ def _new(args: argparse.Namespace) -> int:
         print(f"  wrote {path.relative_to(PROJECT_ROOT)}")
     if made.route_added:
         print(f"  added a route for {args.owner} to alert_routes.yaml: set its URLs in .env")
+    from automation_pipelines import snapshot
+
+    print(f"  wrote {snapshot.write(PROJECT_ROOT).relative_to(PROJECT_ROOT)} (the new job)")
     print(
         f"Next: fill in ops.py, the runbook's sections and the test; "
         f"`make check` and `make test` pass as generated ({args.name}_job)."
@@ -565,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="dagster.yaml whose run queue limits the jobs (default: the one in force)",
     )
     check.set_defaults(func=_check)
+
+    snap = commands.add_parser(
+        "snapshot", help="what the UI shows of the code location, as the test holds it"
+    )
+    snap.add_argument("--write", action="store_true", help="write definitions.snapshot.json")
+    snap.set_defaults(func=_snapshot)
 
     new = commands.add_parser(
         "new", help="scaffold a complete automation to fill in (it passes check as generated)"

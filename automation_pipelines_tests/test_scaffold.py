@@ -1,7 +1,8 @@
 """`automation-pipelines new`: in a copy of the project, a generated automation passes `check`,
-ruff and its own test as generated; without its runbook, or without its owner's route, `check`
-names exactly that. Names, owners and schedules it cannot use are refused before anything is
-written, and the expectation it declares follows from its schedule."""
+ruff, its own test and the definitions snapshot (which `new` writes again) as generated; without
+its runbook, or without its owner's route, `check` names exactly that. Names, owners and
+schedules it cannot use are refused before anything is written, and the expectation it declares
+follows from its schedule."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_a_generated_automation_passes_check_lint_and_its_test(project: Path) ->
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     folder = project / "automation_pipelines" / "automations" / NAME
-    assert sorted(p.name for p in folder.iterdir()) == [
+    assert sorted(p.name for p in folder.iterdir() if p.name != "__pycache__") == [
         "README.md", "__init__.py", "definitions.py", "jobs.py", "ops.py", "schedules.py",
     ]  # fmt: skip
     assert "added a route for team:finance" in made.stdout
@@ -96,9 +97,10 @@ def test_a_generated_automation_passes_check_lint_and_its_test(project: Path) ->
 
     tested = run(
         project, "-m", "pytest", "-q", "-p", "no:cacheprovider", TESTS,
+        "automation_pipelines_tests/test_definitions_snapshot.py",
     )  # fmt: skip
     assert tested.returncode == 0, tested.stdout[-3000:]
-    assert "1 passed" in tested.stdout
+    assert "3 passed" in tested.stdout  # its test, and the snapshot `new` wrote again
 
     # Without its runbook: check names that, and nothing else.
     runbook = folder / "README.md"
