@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -443,7 +444,8 @@ def create_app(
         prepared.update(fresh)
         now = time.time()
         states = ", ".join(f"{name} {s.state(now)}" for name, s in sorted(prepared.items()))
-        log.info("webhook sources reloaded: %s", states)
+        # The pid says which worker read them: each one of `--workers` reads on its own.
+        log.info("webhook sources reloaded in process %d: %s", os.getpid(), states)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette):

@@ -74,7 +74,7 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
         for part in ("dagster-webserver", "dagster-daemon run", "code-server start"):
             assert part in names, names
         assert "webhooks serve" in names, names
-        rotate_as_the_runbook_says(f"http://127.0.0.1:{webhooks_port}", env_file, group, logs)
+        rotate_as_the_runbook_says(f"http://127.0.0.1:{webhooks_port}", env_file, group, log, logs)
 
         if how == "ctrl-c":
             os.killpg(dev.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
@@ -91,7 +91,9 @@ def test_dev_serves_ui_and_stops_cleanly(tmp_path: Path, how: str) -> None:
         group.stop()
 
 
-def rotate_as_the_runbook_says(base_url: str, env_file: Path, group: ProcessGroup, logs) -> None:
+def rotate_as_the_runbook_says(
+    base_url: str, env_file: Path, group: ProcessGroup, log: Path, logs
+) -> None:
     """The runbook's rotation steps against the receiver `make run` started: the new secret in
     .env with the old one as _PREVIOUS until 4 s from now, SIGHUP to the receiver's processes
     (its `pkill -HUP -f 'automation-pipelines webhooks serve'`, held to this topology)."""
@@ -117,15 +119,18 @@ def rotate_as_the_runbook_says(base_url: str, env_file: Path, group: ProcessGrou
         f"GITHUB_WEBHOOK_SECRET_PREVIOUS_UNTIL={ends.isoformat()}\n"
     )
     receivers = _receivers(group)
+    # Each worker reads .env on its own; the kernel may merge the parent's forwarded SIGHUP with
+    # the worker's own, so wait for one reload per worker process, named by its pid.
+    workers = [p for p in receivers if p.parent() in receivers] or receivers
+    read_before = len(log.read_bytes())
     for process in receivers:
         process.send_signal(signal.SIGHUP)
-    wait_for(
-        "every receiver process to read .env again",
-        lambda: logs().count("webhook sources reloaded") >= len(receivers),
-        15,
-        logs,
-        interval=0.1,
-    )
+
+    def reloaded() -> bool:
+        since = log.read_bytes()[read_before:].decode(errors="replace")
+        return all(f"webhook sources reloaded in process {p.pid}:" in since for p in workers)
+
+    wait_for("every receiver worker to read .env again", reloaded, 15, logs, interval=0.1)
     during = [post(secret) for _ in range(3) for secret in ("the-old-secret", "the-new-secret")]
     assert datetime.now(UTC) < ends, "the window ended before it was tried"
     assert set(during) == {202}, during
