@@ -28,6 +28,8 @@ from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.reliability.signatures import keep_signature
 
 ITEM_ATTRIBUTE = "automation_item"
+#: Set on a body wrapped by `classify_errors`: the name of the preset it is classified under.
+CLASSIFIED_ATTRIBUTE = "classified_under"
 
 
 class TransientError(Exception):
@@ -331,7 +333,9 @@ def classify_errors(preset: RetryPreset) -> Callable[[Callable[..., Any]], Calla
     """Wrap an op body so its exceptions are retried or failed according to `classify`."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        return keep_signature(_wrap(fn), fn)
+        wrapped = keep_signature(_wrap(fn), fn)
+        setattr(wrapped, CLASSIFIED_ATTRIBUTE, preset.name)
+        return wrapped
 
     def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isgeneratorfunction(fn):
@@ -351,6 +355,14 @@ def classify_errors(preset: RetryPreset) -> Callable[[Callable[..., Any]], Calla
         return call
 
     return wrap
+
+
+def is_classified(definition: Any) -> bool:
+    """Whether an op's (or an asset's, a check's) body goes through `classify_errors`, so that a
+    retry policy on it retries transient errors only."""
+    compute = getattr(definition, "compute_fn", None)
+    body = getattr(compute, "decorated_fn", compute)
+    return getattr(body, CLASSIFIED_ATTRIBUTE, None) is not None
 
 
 def reliable_op(preset: RetryPreset = LOCAL_IO, **op_kwargs: Any) -> Callable[..., dg.OpDefinition]:

@@ -32,6 +32,7 @@ from automation_pipelines.reliability.automation import (
     RUNBOOK_PREFIX,
     UNGUARDED_KEY,
 )
+from automation_pipelines.reliability.errors import is_classified
 from automation_pipelines.reliability.hooks import HOOK_NAME
 from automation_pipelines.reliability.pacing import PACED_KEY, most_in_an_hour
 from automation_pipelines.reliability.routes import Routes
@@ -151,24 +152,36 @@ def _trigger(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None
 
 
-def _ops_without_retry(
+def _op_retries(
     nodes: Sequence[Any], inherited: dg.RetryPolicy | None, prefix: str = ""
-) -> Iterator[str]:
+) -> Iterator[tuple[str, bool, bool]]:
+    """(path, has a retry policy, body classified) of every op under `nodes`."""
     for node in nodes:
         policy = node.retry_policy or inherited
         definition = node.definition
         if isinstance(definition, dg.GraphDefinition):
-            yield from _ops_without_retry(definition.nodes, policy, f"{prefix}{node.name}.")
-        elif not (policy or getattr(definition, "retry_policy", None)):
-            yield f"{prefix}{node.name}"
+            yield from _op_retries(definition.nodes, policy, f"{prefix}{node.name}.")
+        else:
+            retried = bool(policy or getattr(definition, "retry_policy", None))
+            yield f"{prefix}{node.name}", retried, is_classified(definition)
 
 
-@rule("retries", "every op has a retry policy (its own or the job's)")
+@rule(
+    "retries",
+    "every op has a retry policy (its own or the job's) and a classified body, so that only "
+    "transient errors are retried",
+)
 def _retries(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
-    missing = list(_ops_without_retry(job.graph.nodes, job.op_retry_policy))
-    if missing:
-        return "op(s) without a retry policy: " + ", ".join(missing)
-    return None
+    ops = list(_op_retries(job.graph.nodes, job.op_retry_policy))
+    problems = []
+    if missing := [path for path, retried, _ in ops if not retried]:
+        problems.append("op(s) without a retry policy: " + ", ".join(missing))
+    if blind := [path for path, retried, classified in ops if retried and not classified]:
+        problems.append(
+            "op(s) retried whatever the error, permanent ones too (wrap the body in "
+            "classify_errors or use reliable_op): " + ", ".join(blind)
+        )
+    return "; ".join(problems) or None
 
 
 @rule("max_runtime", f"a `{MAX_RUNTIME_TAG}` tag bounds how long a run may take")

@@ -10,7 +10,12 @@ import dagster as dg
 
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import Automation, Expectation
-from automation_pipelines.reliability.errors import LOCAL_IO_RETRY
+from automation_pipelines.reliability.errors import (
+    LOCAL_IO,
+    LOCAL_IO_RETRY,
+    classify_errors,
+    reliable_op,
+)
 from automation_pipelines.reliability.hooks import alert_on_failure_hook
 
 HERE = Path(__file__).parent
@@ -33,7 +38,7 @@ INCOMPLETE = Automation(
 )
 
 
-@dg.op(retry_policy=LOCAL_IO_RETRY)
+@reliable_op(LOCAL_IO)
 def add_numbers() -> int:
     return 2 + 3
 
@@ -43,12 +48,18 @@ def unprotected_step(value: int) -> int:
     return value * 2
 
 
+@dg.op(retry_policy=dg.RetryPolicy(max_retries=5))
+def blindly_retried_step(value: int) -> int:
+    return value + 1
+
+
 def _make(
     name: str,
     *,
     tags=None,
     description=None,
     retry=True,
+    blind=False,
     automation=GOOD,
     triggered=True,
     guarded=True,
@@ -69,6 +80,8 @@ def _make(
         value = add_numbers()
         if not retry:
             unprotected_step(value)
+        if blind:
+            blindly_retried_step(value)
 
     schedules = []
     if triggered and guarded:
@@ -99,6 +112,7 @@ no_runbook = _make("no_runbook_job", description="Adds numbers, and says nothing
 incomplete_runbook = _make("incomplete_runbook_job", automation=INCOMPLETE)
 untriggered = _make("untriggered_job", triggered=False)
 no_retry = _make("no_retry_job", retry=False)
+blind_retry = _make("blind_retry_job", blind=True)
 no_max_runtime = _make("no_max_runtime_job", tags=_without("dagster/max_runtime"))
 unlimited = _make("unlimited_job", tags=_without("automation/serial"))
 unhooked = _make("unhooked_job", hooks=frozenset())
@@ -122,7 +136,9 @@ overrun = _make(
 
 
 @dg.op
+@classify_errors(LOCAL_IO)
 def plain_op() -> int:
+    """Classified, with the retry policy its job gives it."""
     return 1
 
 

@@ -49,6 +49,13 @@ def test_ready_fixtures_pass(capsys: pytest.CaptureFixture[str], name: str) -> N
         ("incomplete_runbook", "incomplete_runbook_job", "runbook", "'## What it touches'"),
         ("untriggered", "untriggered_job", "trigger", "no schedule or sensor targets it"),
         ("no_retry", "no_retry_job", "retries", "unprotected_step"),
+        (
+            "blind_retry",
+            "blind_retry_job",
+            "retries",
+            "op(s) retried whatever the error, permanent ones too (wrap the body in "
+            "classify_errors or use reliable_op): blindly_retried_step",
+        ),
         ("no_max_runtime", "no_max_runtime_job", "max_runtime", "no `dagster/max_runtime` tag"),
         ("unlimited", "unlimited_job", "concurrency", "no tag of the job is limited"),
         ("multiprocess", "multiprocess_job", "in_process", "executor 'multiprocess' runs steps"),

@@ -17,7 +17,7 @@ from automation_pipelines.automations.webhook_events.ops import WAREHOUSE_ASSET_
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.automations.webhook_events.warehouse import SCHEMAS, events_table
 from automation_pipelines.reliability import store
-from automation_pipelines.reliability.errors import DATABASE, TransientError
+from automation_pipelines.reliability.errors import DATABASE, TransientError, classify_errors
 
 if TYPE_CHECKING:  # pandas is imported when a report is made: a run worker of another job
     import pandas as pd  # starts faster without it
@@ -162,6 +162,7 @@ def stored_report(engine: sa.Engine, days: list[str] | None = None) -> list[tupl
         "paid). Stored in wh_daily_report and as a CSV file per day."
     ),
 )
+@classify_errors(DATABASE)
 def webhook_daily_report(
     context: dg.AssetExecutionContext, warehouse: EventWarehouse
 ) -> dg.MaterializeResult:

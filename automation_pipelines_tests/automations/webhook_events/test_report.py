@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from automation_pipelines.automations.webhook_events import report as report_module
 from automation_pipelines.automations.webhook_events.ops import load_batch
 from automation_pipelines.automations.webhook_events.report import (
     stored_report,
@@ -172,8 +173,11 @@ def test_empty_day_gives_an_empty_report(loaded: EventWarehouse, sqlite_instance
 def test_day_with_events_still_in_the_inbox_waits(loaded: EventWarehouse) -> None:
     seed(loaded.engine(), [("github", "slow", "push", push())], received_at=at(DAYS[2], 8))
     context = dg.build_asset_context(partition_key=DAYS[2], resources={"warehouse": loaded})
-    with pytest.raises(TransientError, match="1 event\\(s\\) received on 2026-03-03 are still"):
+    with pytest.raises(dg.RetryRequested) as retried:  # transient: retried with backoff
         webhook_daily_report(context)
+    cause = retried.value.__cause__ or retried.value.__context__
+    assert isinstance(cause, TransientError)
+    assert "1 event(s) received on 2026-03-03 are still waiting" in str(cause)
     assert stored_report(loaded.engine(), [DAYS[2]]) == []
 
 
@@ -249,3 +253,28 @@ def test_report_sums_each_currency_in_its_own_unit(events_db_url, sqlite_instanc
         "amount_jpy": 1250.0,
         "amount_usd": 20.0,
     }
+
+
+def test_a_permanent_error_in_the_report_is_not_retried(
+    loaded: EventWarehouse, sqlite_instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asset's retry policy is for transient errors: a bug or a bad row fails the run at
+    once (one attempt), where a plain policy retried it five times with backoff."""
+
+    def broken(_engine, _day):
+        raise ValueError("a row the report cannot read")
+
+    monkeypatch.setattr(report_module, "build_report", broken)
+    result = dg.materialize(
+        [webhook_daily_report],
+        partition_key=DAYS[0],
+        instance=sqlite_instance,
+        resources={"warehouse": loaded},
+        raise_on_error=False,
+    )
+    assert not result.success
+    kinds = [event.event_type for event in result.all_events]
+    assert kinds.count(dg.DagsterEventType.STEP_START) == 1
+    assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in kinds
+    [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert "a row the report cannot read" in str(failure.event_specific_data.error)
