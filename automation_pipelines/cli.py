@@ -28,7 +28,7 @@ def _check(args: argparse.Namespace) -> int:
     except discovery.BrokenAutomations as error:
         # The code location would not load; show each folder at fault and check the others.
         broken = error.broken
-        defs = _loadable_definitions()
+        defs = discovery.code_location(discovery.discover()[0])
     for folder in broken:
         print(f"✗ automation folder {folder.line()}")
     if broken:
@@ -38,17 +38,6 @@ def _check(args: argparse.Namespace) -> int:
     print(readiness.format_report(findings))
     declared = _credentials_declared()
     return 0 if all(f.ok for f in findings) and declared and not broken else 1
-
-
-def _loadable_definitions():
-    """The code location without its broken folders: what `check` can still judge."""
-    import dagster as dg
-
-    from automation_pipelines import discovery
-    from automation_pipelines.monitoring import definitions as monitoring
-
-    loaded, _ = discovery.discover()
-    return dg.Definitions.merge(*loaded, monitoring.defs)
 
 
 def _snapshot(args: argparse.Namespace) -> int:

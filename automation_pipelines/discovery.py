@@ -85,6 +85,14 @@ def load(package: ModuleType | None = None) -> list[dg.Definitions]:
     return loaded
 
 
+def code_location(loaded: list[dg.Definitions]) -> dg.Definitions:
+    """The automations' definitions merged with the monitoring layer's: what the code location
+    serves (or, without its broken folders, what `check` can still judge)."""
+    from automation_pipelines.monitoring import definitions as monitoring
+
+    return dg.Definitions.merge(*loaded, monitoring.defs)
+
+
 def _sentence(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

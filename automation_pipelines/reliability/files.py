@@ -75,8 +75,8 @@ def atomic_writer(
         temp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(target: Path, data: bytes, *, mode: int | None = None) -> None:
-    with atomic_writer(target, mode=mode) as handle:
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    with atomic_writer(target) as handle:
         handle.write(data)
 
 
