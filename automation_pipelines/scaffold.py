@@ -233,11 +233,15 @@ ${name}_${cadence}_schedule = AUTOMATION.schedule(
 
 DEFINITIONS = '''"""What the ${name} automation contributes to the code location."""
 
-import dagster as dg
+from automation_pipelines.automations.${name} import (
+    AUTOMATION,
+    jobs,
+    schedules,
+)
 
-from automation_pipelines.automations.${name} import jobs, schedules
-
-defs = dg.Definitions(
+# The declaration refuses anything made around it and adds the resources its alert hook needs,
+# so these definitions load (and the tests run them) on their own.
+defs = AUTOMATION.definitions(
     jobs=[jobs.${name}_job],
     schedules=[schedules.${name}_${cadence}_schedule],
 )
@@ -278,13 +282,13 @@ than ${max_runs} runs in an hour, is a watchdog alert.
 
 TEST = '''"""${title}: the job runs its work and succeeds."""
 
-from automation_pipelines.automations.${name} import jobs
+from automation_pipelines.automations.${name}.definitions import defs
 
 
-def test_the_job_handles_each_item(sqlite_instance, alert_router) -> None:
-    result = jobs.${name}_job.execute_in_process(
+def test_the_job_handles_each_item(sqlite_instance) -> None:
+    # The folder's own definitions, loaded alone, with the resources they carry.
+    result = defs.get_job_def("${name}_job").execute_in_process(
         instance=sqlite_instance,
-        resources={"alerts": alert_router},
         run_config={"ops": {"do_the_work": {"config": {"items": ["a", "b"]}}}},
     )
     assert result.success

@@ -29,5 +29,5 @@ defs = dg.Definitions(
         freshness_alert_sensor,
         orphaned_run_sensor,
     ],
-    resources={"alerts": AlertRouter.from_env(), **credentials.RESOURCES},
+    resources={"alerts": AlertRouter.deployed(), **credentials.RESOURCES},
 )

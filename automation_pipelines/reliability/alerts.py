@@ -11,6 +11,7 @@ outside Dagster (`monitoring/outside.py`) call `Outbox.deliver_due`.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -615,6 +616,14 @@ class AlertRouter(dg.ConfigurableResource):
     def from_env(cls) -> AlertRouter:
         """The router as deployed: the UI link from DAGSTER_UI_URL, the rest from defaults."""
         return cls(ui_base_url=os.environ.get("DAGSTER_UI_URL") or DEFAULT_UI_URL)
+
+    @classmethod
+    @functools.cache
+    def deployed(cls) -> AlertRouter:
+        """The one router of the code location. Every automation's definitions carry it (so a
+        folder loads on its own) and so do the monitoring layer's; Dagster merges definitions
+        only when a resource key names the same object, so they all share this one."""
+        return cls.from_env()
 
     def routes(self) -> Routes:
         return Routes.load(self.routes_file)

@@ -4,13 +4,16 @@ One `Automation` per automation folder is the single source for the tags and des
 readiness check looks for, so an automation cannot forget one of them. Its schedules and sensors
 check the pause switch and circuit breaker, and say so in their metadata (`GUARDED_BY_KEY`), so
 the readiness check can tell them from a plain `dg.ScheduleDefinition` that would bypass both.
+`Automation.definitions` builds the folder's `defs` from what these methods made, refuses
+anything made around them, and adds the resources the alert hook needs, so that each folder's
+definitions load on their own.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,9 @@ import dagster as dg
 
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import breaker, pacing
-from automation_pipelines.reliability.hooks import alert_on_failure_hook
+from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.errors import RetryPreset, classify_errors
+from automation_pipelines.reliability.hooks import HOOK_NAME, alert_on_failure_hook
 from automation_pipelines.reliability.signatures import keep_signature
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
@@ -141,17 +146,120 @@ class Automation:
             kwargs["description"] = self.describe(kwargs["description"])
         return dg.job(**kwargs)
 
-    def asset_job(self, name: str, *, selection: dg.AssetSelection, description: str):
+    def asset_job(
+        self,
+        name: str,
+        *,
+        selection: dg.AssetSelection | Iterable[dg.AssetKey],
+        description: str,
+        tags: Mapping[str, str] | None = None,
+    ):
         """`dg.define_asset_job` with what `job` adds: this automation's tags, the alerting
         hook, the in-process executor and the runbook link."""
         return dg.define_asset_job(
             name,
             selection=selection,
-            tags=self.job_tags(),
+            tags=self.job_tags(**(tags or {})),
             hooks={alert_on_failure_hook},
             executor_def=dg.in_process_executor,
             description=self.describe(description),
         )
+
+    def _asset_attributes(self, kwargs: dict, description: str) -> dict:
+        kwargs.setdefault("group_name", self.name)
+        kwargs["owners"] = [self.owner, *(o for o in kwargs.get("owners", ()) if o != self.owner)]
+        kwargs["tags"] = {**kwargs.get("tags", {}), AUTOMATION_TAG: self.name}
+        kwargs["description"] = self.describe(description)
+        return kwargs
+
+    def asset(self, *, errors: RetryPreset, description: str, **asset_kwargs):
+        """`dg.asset` of this automation: its owner, tag and group, the runbook link, and a body
+        run through `classify_errors(errors)` under that preset's retry policy, so only
+        transient errors are retried."""
+        asset_kwargs = self._asset_attributes(asset_kwargs, description)
+
+        def decorator(fn):
+            return dg.asset(retry_policy=errors.policy, **asset_kwargs)(classify_errors(errors)(fn))
+
+        return decorator
+
+    def multi_asset_check(self, *, errors: RetryPreset, description: str, **check_kwargs):
+        """`dg.multi_asset_check` with `asset`'s classified retries and the runbook link."""
+
+        def decorator(fn):
+            return dg.multi_asset_check(
+                retry_policy=errors.policy, description=self.describe(description), **check_kwargs
+            )(classify_errors(errors)(fn))
+
+        return decorator
+
+    def spec(self, key: dg.AssetKey | str, *, description: str, **spec_kwargs) -> dg.AssetSpec:
+        """A `dg.AssetSpec` for what a job of this automation writes, owned like `asset`."""
+        return dg.AssetSpec(key, **self._asset_attributes(spec_kwargs, description))
+
+    def definitions(
+        self,
+        *,
+        jobs: Iterable = (),
+        schedules: Iterable[dg.ScheduleDefinition] = (),
+        sensors: Iterable[dg.SensorDefinition] = (),
+        assets: Iterable[dg.AssetsDefinition | dg.AssetSpec] = (),
+        asset_checks: Iterable[dg.AssetChecksDefinition] = (),
+        resources: Mapping[str, object] | None = None,
+    ) -> dg.Definitions:
+        """The folder's `defs`. Every job, schedule, sensor and asset must have been made by this
+        declaration (`job`/`asset_job`, `schedule`/`sensor`, `asset`/`spec`); one made around
+        it is refused here, naming it, because it would lack the tags, the alert hook, the
+        runbook link or the pause switch. The `alerts` resource the hook needs is added."""
+        jobs, schedules, sensors = list(jobs), list(schedules), list(sensors)
+        assets, asset_checks = list(assets), list(asset_checks)
+        problems = [
+            *(p for job in jobs if (p := self._job_problem(job))),
+            *(p for trigger in [*schedules, *sensors] if (p := self._trigger_problem(trigger))),
+            *(p for asset in assets for p in self._asset_problems(asset)),
+        ]
+        if problems:
+            raise ValueError(
+                f"automation {self.name!r}: made around its declaration: " + "; ".join(problems)
+            )
+        return dg.Definitions(
+            assets=assets,
+            asset_checks=asset_checks,
+            jobs=jobs,
+            schedules=schedules,
+            sensors=sensors,
+            resources={"alerts": AlertRouter.deployed(), **(resources or {})},
+        )
+
+    def _job_problem(self, job) -> str | None:
+        hooks = getattr(job, "hook_defs", None) or getattr(job, "hooks", None) or ()
+        if job.tags.get(AUTOMATION_TAG) != self.name:
+            return f"job {job.name} lacks its tags: make it with AUTOMATION.job / asset_job"
+        if not any(hook.name == HOOK_NAME for hook in hooks):
+            return f"job {job.name} has no {HOOK_NAME}: make it with AUTOMATION.job / asset_job"
+        return None
+
+    def _trigger_problem(self, trigger) -> str | None:
+        metadata = trigger.metadata or {}
+        if UNGUARDED_KEY in metadata:
+            return None
+        guard = metadata.get(GUARDED_BY_KEY)
+        if str(getattr(guard, "value", guard)) != self.name:
+            kind = "schedule" if isinstance(trigger, dg.ScheduleDefinition) else "sensor"
+            return (
+                f"{kind} {trigger.name} does not check {self.name}'s pause switch: make it with "
+                "AUTOMATION.schedule / AUTOMATION.sensor"
+            )
+        return None
+
+    def _asset_problems(self, asset) -> list[str]:
+        specs = [asset] if isinstance(asset, dg.AssetSpec) else list(asset.specs)
+        return [
+            f"asset {spec.key.to_user_string()} is not owned by {self.name}: make it with "
+            "AUTOMATION.asset / AUTOMATION.spec"
+            for spec in specs
+            if self.owner not in spec.owners or spec.tags.get(AUTOMATION_TAG) != self.name
+        ]
 
     def blocked(self, context) -> dg.SkipReason | None:
         """A SkipReason naming the breaker when the automation is paused or tripped."""

@@ -20,8 +20,7 @@ from automation_pipelines.automations.backups.resources import BackupSettings
 from automation_pipelines.automations.backups.sources import check_destination
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.conditions import report_findings
-from automation_pipelines.reliability.errors import LOCAL_IO, classify_errors
-from automation_pipelines.reliability.tags import AUTOMATION_TAG
+from automation_pipelines.reliability.errors import LOCAL_IO
 
 BACKUP_KEY = dg.AssetKey("backup_snapshots")
 BACKUP_JOB = "backup_snapshots_job"
@@ -29,21 +28,15 @@ BACKUP_JOB = "backup_snapshots_job"
 FRESH_WITHIN = timedelta(hours=26)
 
 
-@dg.asset(
+@AUTOMATION.asset(
     key=BACKUP_KEY,
-    group_name="backups",
-    owners=[AUTOMATION.owner],
-    tags={AUTOMATION_TAG: AUTOMATION.name},
+    errors=LOCAL_IO,
     kinds={"restic"},
     freshness_policy=dg.FreshnessPolicy.time_window(fail_window=FRESH_WITHIN),
-    retry_policy=LOCAL_IO.policy,
-    description=AUTOMATION.describe(
-        "A verified restic snapshot of every source in backups.yaml (folders as they are, "
-        "SQLite through its online backup API, PostgreSQL through pg_dump), tagged by source "
-        "and run; then restic forget --prune thins them to the retention policy."
-    ),
+    description="A verified restic snapshot of every source in backups.yaml (folders as they "
+    "are, SQLite through its online backup API, PostgreSQL through pg_dump), tagged by source "
+    "and run; then restic forget --prune thins them to the retention policy.",
 )
-@classify_errors(LOCAL_IO)
 def backup_snapshots(
     context: dg.AssetExecutionContext, backups: BackupSettings
 ) -> dg.MaterializeResult:
@@ -151,13 +144,12 @@ def _now() -> float:
     return time.time()
 
 
-@dg.multi_asset_check(
+@AUTOMATION.multi_asset_check(
     name="check_backup_health",
     specs=CHECK_SPECS,
-    retry_policy=LOCAL_IO.policy,
+    errors=LOCAL_IO,
     description="The daily backup health check; alerts the owner once per problem found.",
 )
-@classify_errors(LOCAL_IO)
 def check_backup_health(
     context: dg.AssetCheckExecutionContext, backups: BackupSettings, alerts: AlertRouter
 ) -> Iterator[dg.AssetCheckResult]:

@@ -1,7 +1,6 @@
 """What the backups automation contributes to the code location."""
 
-import dagster as dg
-
+from automation_pipelines.automations.backups import AUTOMATION
 from automation_pipelines.automations.backups.assets import backup_snapshots, check_backup_health
 from automation_pipelines.automations.backups.jobs import backup_snapshots_job, check_backups_job
 from automation_pipelines.automations.backups.resources import BackupSettings
@@ -10,7 +9,7 @@ from automation_pipelines.automations.backups.schedules import (
     backup_nightly_schedule,
 )
 
-defs = dg.Definitions(
+defs = AUTOMATION.definitions(
     assets=[backup_snapshots],
     asset_checks=[check_backup_health],
     jobs=[backup_snapshots_job, check_backups_job],

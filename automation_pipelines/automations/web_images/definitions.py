@@ -1,21 +1,19 @@
 """What the web images automation contributes to the code location."""
 
-import dagster as dg
-
+from automation_pipelines.automations.web_images import AUTOMATION
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.ops import ASSET_KEY
 from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.automations.web_images.sensors import photo_inbox_sensor
 
-web_images_asset = dg.AssetSpec(
+web_images_asset = AUTOMATION.spec(
     ASSET_KEY,
     description="Web-ready renditions of the photos dropped in the inbox (WebP and progressive "
     "JPEG at 1600/800/400 px, metadata stripped). Each run records images processed and "
     "quarantined, MB in and out, % saved and seconds.",
-    group_name="web_images",
 )
 
-defs = dg.Definitions(
+defs = AUTOMATION.definitions(
     assets=[web_images_asset],
     jobs=[render_web_images_job],
     sensors=[photo_inbox_sensor],

@@ -1,7 +1,5 @@
 """What the webhook events automation contributes to the code location."""
 
-import dagster as dg
-
 from automation_pipelines.automations.webhook_events import AUTOMATION
 from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
 from automation_pipelines.automations.webhook_events.ops import WAREHOUSE_ASSET_KEY
@@ -12,20 +10,16 @@ from automation_pipelines.automations.webhook_events.report import (
 )
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.automations.webhook_events.sensors import webhook_inbox_sensor
-from automation_pipelines.reliability.tags import AUTOMATION_TAG
 
-warehouse_asset = dg.AssetSpec(
+warehouse_asset = AUTOMATION.spec(
     WAREHOUSE_ASSET_KEY,
     description="Signed webhook events loaded from the inbox: wh_webhook_events (every event) "
     "and the typed tables wh_github_pushes, wh_github_pull_requests, wh_stripe_payments. Each "
     "load run records events loaded and dead-lettered.",
-    group_name="webhook_events",
-    owners=[AUTOMATION.owner],
-    tags={AUTOMATION_TAG: AUTOMATION.name},
     kinds={"sql"},
 )
 
-defs = dg.Definitions(
+defs = AUTOMATION.definitions(
     assets=[warehouse_asset, webhook_daily_report],
     jobs=[load_webhook_events_job, webhook_daily_report_job],
     sensors=[webhook_inbox_sensor],

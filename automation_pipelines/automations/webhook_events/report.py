@@ -17,13 +17,12 @@ from automation_pipelines.automations.webhook_events.ops import WAREHOUSE_ASSET_
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.automations.webhook_events.warehouse import SCHEMAS, events_table
 from automation_pipelines.reliability import store
-from automation_pipelines.reliability.errors import DATABASE, TransientError, classify_errors
+from automation_pipelines.reliability.errors import DATABASE, TransientError
 
 if TYPE_CHECKING:  # pandas is imported when a report is made: a run worker of another job
     import pandas as pd  # starts faster without it
 from automation_pipelines.reliability.files import atomic_write_bytes
-from automation_pipelines.reliability.hooks import alert_on_failure_hook
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, EXPECT_SUCCESS_TAG
+from automation_pipelines.reliability.tags import EXPECT_SUCCESS_TAG
 from automation_pipelines.webhooks.inbox import PENDING, inbox_table
 
 DAILY = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
@@ -146,23 +145,17 @@ def stored_report(engine: sa.Engine, days: list[str] | None = None) -> list[tupl
         return [tuple(row) for row in conn.execute(query)]
 
 
-@dg.asset(
+@AUTOMATION.asset(
     key=REPORT_KEY,
+    errors=DATABASE,
     partitions_def=DAILY,
     deps=[WAREHOUSE_ASSET_KEY],
-    group_name="webhook_events",
-    owners=[AUTOMATION.owner],
-    tags={AUTOMATION_TAG: AUTOMATION.name},
     kinds={"pandas", "csv"},
     freshness_policy=dg.FreshnessPolicy.time_window(fail_window=FRESH_WITHIN),
-    retry_policy=DATABASE.policy,
-    description=AUTOMATION.describe(
-        "Per source and event type, the webhook events received on one UTC day: count, first "
-        "and last seen, and per-type figures (commits pushed, pull requests merged, amounts "
-        "paid). Stored in wh_daily_report and as a CSV file per day."
-    ),
+    description="Per source and event type, the webhook events received on one UTC day: count, "
+    "first and last seen, and per-type figures (commits pushed, pull requests merged, amounts "
+    "paid). Stored in wh_daily_report and as a CSV file per day.",
 )
-@classify_errors(DATABASE)
 def webhook_daily_report(
     context: dg.AssetExecutionContext, warehouse: EventWarehouse
 ) -> dg.MaterializeResult:
@@ -194,16 +187,12 @@ def webhook_daily_report(
     )
 
 
-webhook_daily_report_job = dg.define_asset_job(
+webhook_daily_report_job = AUTOMATION.asset_job(
     "webhook_daily_report_job",
     selection=[REPORT_KEY],
-    tags=AUTOMATION.job_tags(**{EXPECT_SUCCESS_TAG: str(int(FRESH_WITHIN.total_seconds()))}),
-    hooks={alert_on_failure_hook},
-    executor_def=dg.in_process_executor,
-    description=AUTOMATION.describe(
-        "Computes the daily webhook report for one UTC day (a partition). Backfill it from the "
-        "UI to recompute past days; each day's result depends only on that day's events."
-    ),
+    tags={EXPECT_SUCCESS_TAG: str(int(FRESH_WITHIN.total_seconds()))},
+    description="Computes the daily webhook report for one UTC day (a partition). Backfill it "
+    "from the UI to recompute past days; each day's result depends only on that day's events.",
 )
 
 
