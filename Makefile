@@ -70,8 +70,12 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The readiness checklist, then Dagster's own loader on the project ([tool.dg] in pyproject.toml).
 check: install
 	$(BIN)/automation-pipelines check
+	@home=$$(mktemp -d) && printf 'telemetry:\n  enabled: false\n' > $$home/dagster.yaml && \
+	echo "dg check defs" && VIRTUAL_ENV=$(abspath $(VENV)) DAGSTER_HOME=$$home $(BIN)/dg check defs; \
+	status=$$?; rm -rf $$home; exit $$status
 
 # The UI tests drive Debian's Chromium; no browser is ever downloaded. Without root or
 # passwordless sudo this only says so, and those tests skip (CI, with AP_REQUIRE_POSTGRES=1, fails).

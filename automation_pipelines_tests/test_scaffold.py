@@ -16,6 +16,7 @@ import pytest
 
 from automation_pipelines import scaffold
 from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines_tests.project_copy import copy_project
 
 NAME = "invoice_sync"
 TESTS = f"automation_pipelines_tests/automations/{NAME}"
@@ -23,21 +24,8 @@ TESTS = f"automation_pipelines_tests/automations/{NAME}"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's files as a checkout has them (tracked, and new ones not ignored), copied:
-    a project `new` can write into."""
-    copy = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for relative in filter(None, tracked.split("\0")):
-        source = PROJECT_ROOT / relative
-        if source.is_file():
-            (copy / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, copy / relative)
-    return copy
+    """A copy of the project `new` can write into."""
+    return copy_project(tmp_path_factory.mktemp("project"))
 
 
 def run(project: Path, *args: str) -> subprocess.CompletedProcess:
