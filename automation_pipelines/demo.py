@@ -8,8 +8,6 @@ signed HTTP POST), so what the newcomer sees is what production does.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -21,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from automation_pipelines.webhooks.senders import github_headers
 
 SECRET_ENV = "GITHUB_WEBHOOK_SECRET"
 
@@ -100,16 +100,10 @@ def sample_events(count: int) -> list[tuple[str, str, dict]]:
 def post_github(url: str, secret: str, delivery: str, event: str, payload: dict) -> int:
     """POST one event signed as GitHub signs it; return the HTTP status."""
     body = json.dumps(payload).encode()
-    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     request = urllib.request.Request(
         f"{url.rstrip('/')}/hooks/github",
         data=body,
-        headers={
-            "Content-Type": "application/json",
-            "X-Hub-Signature-256": signature,
-            "X-GitHub-Delivery": delivery,
-            "X-GitHub-Event": event,
-        },
+        headers=github_headers(body, secret, delivery=delivery, event=event),
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
 
-from automation_pipelines_tests.conftest import free_port
+from automation_pipelines.local_stack import free_port
 
 
 class JsonReceiver:

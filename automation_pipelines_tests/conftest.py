@@ -8,7 +8,6 @@ AP_REQUIRE_POSTGRES=1 (set by .ci/run) makes that a failure.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -49,12 +48,6 @@ POSTGRES_URL_ENV = "AP_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "AP_REQUIRE_POSTGRES"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 POSTGRES_CONFIG = PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

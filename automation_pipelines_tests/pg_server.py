@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg2
 
-from automation_pipelines_tests.conftest import free_port
+from automation_pipelines.local_stack import free_port
 
 OWNER = "postgres"
 

@@ -55,7 +55,7 @@ def test_refused_delivery_fails_the_command(monkeypatch, json_receiver, capsys) 
 
 
 def test_pending_shows_why_each_channel_refused(monkeypatch, json_receiver, capsys) -> None:
-    from automation_pipelines_tests.conftest import free_port
+    from automation_pipelines.local_stack import free_port
 
     closed = f"json://127.0.0.1:{free_port()}/alerts"  # nothing listens there
     monkeypatch.setenv("ALERT_URLS", f"{closed},{json_receiver.url}")

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from automation_pipelines import cli
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.reliability import credentials as creds
-from automation_pipelines_tests.conftest import free_port
 
 
 @pytest.fixture(autouse=True)

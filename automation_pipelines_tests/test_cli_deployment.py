@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.reliability import store
-from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.deployment import CRON_PATH, Deployment, make_deployment
 from automation_pipelines_tests.e2e.harness import http_ok, wait_for
 

@@ -70,3 +70,31 @@ def test_the_rule_sees_an_upward_import(tmp_path: Path) -> None:
     ]
     assert [floor(m) for m, _ in found] == [PROJECT, 3]
     assert floor("automation_pipelines.reliability.alerts") == 1
+
+
+def _top_imports(path: Path) -> list[tuple[str, int]]:
+    """(top-level name, line) of every absolute import in `path`, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name.split(".")[0], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module.split(".")[0], node.lineno))
+    return found
+
+
+def test_benchmarks_and_tests_share_nothing_but_the_package() -> None:
+    """A benchmark measures what a user runs; one that leaned on the tests' harness could measure
+    the harness, and a change to a test could move a published figure."""
+    root = PACKAGE.parent
+    crossing = [
+        f"{path.relative_to(root)}:{line} imports {name}"
+        for folder, other in (
+            ("bench", "automation_pipelines_tests"),
+            ("automation_pipelines_tests", "bench"),
+        )
+        for path in sorted((root / folder).rglob("*.py"))
+        for name, line in _top_imports(path)
+        if name == other
+    ]
+    assert crossing == []

@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from automation_pipelines import proxy, topology
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines.settings import ConfigurationError
 from automation_pipelines.webhooks.sources import load_sources
-from automation_pipelines_tests.conftest import free_port, require_program
+from automation_pipelines_tests.conftest import require_program
 
 
 def require_nginx() -> Path:

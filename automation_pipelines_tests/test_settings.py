@@ -157,7 +157,7 @@ def test_unreachable_postgres_names_its_settings(clean, tmp_path: Path, postgres
     home = prepare_home(tmp_path / "home", POSTGRES_CONFIG)
     assert store.check_reachable(home).startswith("postgresql+psycopg2://")
 
-    from automation_pipelines_tests.conftest import free_port
+    from automation_pipelines.local_stack import free_port
 
     clean.setenv("DAGSTER_PG_PORT", str(free_port()))  # nothing listens there
     with pytest.raises(ConfigurationError) as raised:

@@ -271,7 +271,7 @@ def test_workspace_points_only_at_the_grpc_server() -> None:
 def test_a_second_start_on_taken_ports_refuses(tmp_path, monkeypatch, capsys) -> None:
     import socket
 
-    from automation_pipelines_tests.conftest import free_port
+    from automation_pipelines.local_stack import free_port
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "h"))
     ports = topology.Ports("127.0.0.1", free_port(), free_port(), free_port())
@@ -291,9 +291,9 @@ def test_notices_go_through_the_outbox_and_straight_out_when_it_is_down(
     tmp_path, monkeypatch, json_receiver
 ) -> None:
     from automation_pipelines.instance import DEFAULT_CONFIG, POSTGRES_CONFIG, prepare_home
+    from automation_pipelines.local_stack import free_port
     from automation_pipelines.reliability import store
     from automation_pipelines.reliability.alerts import AlertRouter
-    from automation_pipelines_tests.conftest import free_port
 
     monkeypatch.delenv("AUTOMATION_DB_URL", raising=False)
     monkeypatch.setenv("ALERT_URLS", json_receiver.url)

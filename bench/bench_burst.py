@@ -25,14 +25,13 @@ from pathlib import Path
 import dagster as dg
 
 from automation_pipelines.automations.web_images.images import ImageSettings, render_image
-from automation_pipelines_tests.automations.web_images.photos import photo
-from automation_pipelines_tests.e2e.harness import DagsterProcesses
+from automation_pipelines.local_stack import DagsterProcesses
+from bench.photos import camera_photos
 
 PHOTOS = int(os.environ.get("BENCH_BURST_PHOTOS", "200"))
-WIDTH = 3000  # 3000 px wide: a 6 MP photo
-SAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
+SIZE = (3000, 2000)  # a 6 MP photo
 DATA = Path(__file__).parent / ".data" / "burst"
-SOURCES = DATA / "sources-v1"
+SOURCES = DATA / "sources-v2"  # bench/photos.py's camera photos
 WORK = DATA / "work"
 TARGET = 1.3
 TIMEOUT = 1800.0
@@ -41,11 +40,11 @@ TIMEOUT = 1800.0
 def main() -> None:
     sources = make_sources()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    megabytes = sum(p.stat().st_size for p in sources) / 1e6
     print(
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, Dagster "
         f"{dg.__version__}; load average at start: {load}\n"
-        f"{len(sources)} photos of {WIDTH} px, {sum(p.stat().st_size for p in sources) / 1e6:.0f}"
-        " MB in all",
+        f"{len(sources)} photos of {SIZE[0]}x{SIZE[1]} px, {megabytes:.0f} MB in all",
         flush=True,
     )
     shutil.rmtree(WORK, ignore_errors=True)
@@ -67,15 +66,7 @@ def main() -> None:
 
 
 def make_sources() -> list[Path]:
-    SOURCES.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(PHOTOS):
-        path = SOURCES / f"burst-{n:04d}.jpg"
-        if not path.exists():
-            sample = SAMPLES[n % len(SAMPLES)]
-            photo(SOURCES / f".tmp-{n}.jpg", WIDTH, sample=sample).rename(path)
-        paths.append(path)
-    return paths
+    return camera_photos(SOURCES, PHOTOS, size=SIZE)
 
 
 def in_one_process(sources: list[Path], out: Path) -> float:

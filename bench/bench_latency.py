@@ -20,7 +20,6 @@ run. BENCH_LATENCY_ROUNDS (default 2) rounds of BENCH_LATENCY_EVENTS (default 5)
 from __future__ import annotations
 
 import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -38,10 +37,10 @@ import dagster as dg
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.warehouse import events_table
+from automation_pipelines.local_stack import DagsterProcesses, free_port
 from automation_pipelines.webhooks.inbox import inbox_table
-from automation_pipelines_tests.automations.web_images.photos import photo
-from automation_pipelines_tests.conftest import free_port
-from automation_pipelines_tests.e2e.harness import DagsterProcesses
+from automation_pipelines.webhooks.senders import github_headers
+from bench.photos import camera_photo
 from bench.plain_sensor_location import INBOX_ENV, OUTPUT_ENV
 from bench.tables import load_average, print_columns, verdict
 
@@ -49,7 +48,7 @@ ROUNDS = int(os.environ.get("BENCH_LATENCY_ROUNDS", "2"))
 EVENTS = int(os.environ.get("BENCH_LATENCY_EVENTS", "5"))
 WORK = Path(__file__).parent / ".data" / "latency"
 SECRET = "bench-latency-secret"
-PHOTO_WIDTH = 3872  # 3872 x 2581: a 10 MP camera photo
+PHOTO_SIZE = (3872, 2592)  # a 10 MP camera photo
 #: What Dagster's defaults are, for the baseline's instance: nothing set but the noise off.
 PLAIN_INSTANCE = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 #: How often a waiting bench looks at the result.
@@ -142,7 +141,7 @@ def measure_plain(root: Path, series: Series) -> None:
         instance_overrides={"telemetry": {"enabled": False}},
     )
     (processes.home / "dagster.yaml").write_text(PLAIN_INSTANCE)
-    source = photo(staging / "source.jpg", PHOTO_WIDTH)
+    source = camera_photo(staging, 0, size=PHOTO_SIZE)
     rng = random.Random(len(series.samples))
     try:
         processes.start_daemon()
@@ -172,7 +171,7 @@ def measure_project(root: Path, photos: Series, posts: Series) -> None:
     staging.mkdir(parents=True)
     env = project_env(root)
     processes = DagsterProcesses(root, "automation_pipelines.definitions", env=env)
-    source = photo(staging / "source.jpg", PHOTO_WIDTH)
+    source = camera_photo(staging, 0, size=PHOTO_SIZE)
     rng = random.Random(1000 + len(photos.samples))
     try:
         processes.start_daemon()
@@ -221,14 +220,7 @@ def signed_push(delivery: str) -> tuple[bytes, dict[str, str]]:
             "commits": [],
         }
     ).encode()
-    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    headers = {
-        "Content-Type": "application/json",
-        "X-Hub-Signature-256": signature,
-        "X-GitHub-Delivery": delivery,
-        "X-GitHub-Event": "push",
-    }
-    return body, headers
+    return body, github_headers(body, SECRET, delivery=delivery)
 
 
 def post_signed(port: int, delivery: str) -> int:

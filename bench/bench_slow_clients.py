@@ -42,12 +42,11 @@ from pathlib import Path
 import uvicorn
 
 from automation_pipelines import proxy
+from automation_pipelines.local_stack import free_port, wait_for
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines.webhooks.app import DEFAULT_WORKERS
 from automation_pipelines.webhooks.edge import EdgeLimits
-from automation_pipelines_tests.conftest import free_port
-from automation_pipelines_tests.e2e.harness import wait_for
-from automation_pipelines_tests.webhooks.slow_clients import StalledConnections, post_signed
+from automation_pipelines.webhooks.probes import StalledConnections, post_signed
 from bench.bench_webhooks import SECRET, clean_environment, receiver
 from bench.tables import load_average, print_columns, verdict
 

@@ -26,11 +26,10 @@ import sqlalchemy as sa
 from automation_pipelines.automations.webhook_events import AUTOMATION
 from automation_pipelines.automations.webhook_events.sensors import BATCH_TAG
 from automation_pipelines.automations.webhook_events.warehouse import events_table
+from automation_pipelines.local_stack import DagsterProcesses, free_port
 from automation_pipelines.reliability.pacing import HOUR, SLICES, most_in_an_hour
 from automation_pipelines.reliability.tags import AUTOMATION_TAG
 from automation_pipelines.webhooks.inbox import inbox_table
-from automation_pipelines_tests.conftest import free_port
-from automation_pipelines_tests.e2e.harness import DagsterProcesses
 from bench.bench_latency import post_signed, project_env
 from bench.tables import load_average, print_columns, verdict
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import re
 import shutil
 import subprocess
@@ -30,17 +29,14 @@ from pathlib import Path
 import numpy as np
 import pyvips
 import skimage
-from PIL import Image, ImageChops, ImageEnhance, ImageOps, features
-from skimage import data as samples
+from PIL import Image, ImageOps, features
 from skimage.metrics import structural_similarity
 
 from automation_pipelines.automations.web_images.images import ImageSettings, render_image
+from bench.photos import LANDSCAPE, camera_photos
 from bench.tables import load_average, print_columns
 
 COUNT = int(os.environ.get("BENCH_WEB_IMAGES_COUNT", "100"))
-LANDSCAPE = (4240, 2832)  # 12 MP, 3:2, a common camera size
-GRAIN_SIGMA = 5  # luminance grain of a camera at moderate ISO; it sets file size and decode cost
-SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 DATA = Path(__file__).parent / ".data" / "web_images"
 SOURCES = DATA / "sources-v1"  # bump the version when the recipe changes
 OUTPUTS = DATA / "out"
@@ -49,15 +45,6 @@ SSIM_TARGET = 0.98
 SPEEDUP_TARGET = 4.0  # x ImageMagick
 PYVIPS_TARGET = 1.0  # x pyvips in one process, the library a Python user would pick
 WORKERS = 2
-
-MAKE, MODEL, ORIENTATION, DATETIME_ORIGINAL, EXIF_IFD, GPS_IFD = (
-    0x010F,
-    0x0110,
-    0x0112,
-    0x9003,
-    0x8769,
-    0x8825,
-)
 
 
 def main() -> None:
@@ -264,53 +251,7 @@ def _ssim_of_photo(source: Path, outs: list[Path]) -> list[float]:
 
 def make_sources() -> list[Path]:
     """The benchmark photos, made once (in parallel) and reused while the recipe is the same."""
-    paths = [SOURCES / f"photo-{index:03d}.jpg" for index in range(COUNT)]
-    missing = [index for index, path in enumerate(paths) if not path.exists()]
-    if missing:
-        SOURCES.mkdir(parents=True, exist_ok=True)
-        print(f"making {len(missing)} benchmark photos in {SOURCES} (once) ...", flush=True)
-        with ProcessPoolExecutor(WORKERS) as pool:
-            list(pool.map(_make_photo, missing))
-    return paths
-
-
-def _sample(name: str) -> Image.Image:
-    if name == "motorcycle":
-        return Image.fromarray(samples.stereo_motorcycle()[0])
-    return Image.fromarray(getattr(samples, name)())
-
-
-def _make_photo(index: int) -> None:
-    rng = random.Random(index)
-    picture = _sample(SAMPLES[index % len(SAMPLES)]).convert("RGB")
-    turned, portrait = index % 10 == 3, index % 10 == 7
-    size = LANDSCAPE[::-1] if turned or portrait else LANDSCAPE  # upright size
-    # The largest crop of the sample with the photo's aspect ratio, 70-100% of it, anywhere.
-    aspect = size[0] / size[1]
-    width = min(picture.width, round(picture.height * aspect))
-    scale = rng.uniform(0.7, 1.0)
-    crop_w, crop_h = round(width * scale), round(width * scale / aspect)
-    left = rng.randint(0, picture.width - crop_w)
-    top = rng.randint(0, picture.height - crop_h)
-    picture = picture.crop((left, top, left + crop_w, top + crop_h))
-    if rng.random() < 0.5:
-        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    picture = ImageEnhance.Brightness(picture).enhance(rng.uniform(0.8, 1.2))
-    picture = picture.resize(size, Image.Resampling.BICUBIC)
-    grain = Image.effect_noise(size, GRAIN_SIGMA)
-    picture = ImageChops.add(picture, Image.merge("RGB", (grain, grain, grain)), 1.0, -128)
-
-    exif = Image.Exif()
-    exif[MAKE], exif[MODEL] = "BenchCam", "Model 12"
-    exif.get_ifd(EXIF_IFD)[DATETIME_ORIGINAL] = f"2024:06:{1 + index % 28:02d} 12:00:00"
-    exif.get_ifd(GPS_IFD).update({1: "N", 2: (41.0, 53.0, 24.0), 3: "E", 4: (12.0, 29.0, 32.0)})
-    if turned:  # the sensor's landscape pixels, to be turned upright by the viewer
-        exif[ORIENTATION] = 6
-        picture = picture.transpose(Image.Transpose.ROTATE_90)
-    target = SOURCES / f"photo-{index:03d}.jpg"
-    temp = target.with_name(f".{target.name}.tmp")
-    picture.save(temp, "JPEG", quality=92, exif=exif.tobytes())
-    os.replace(temp, target)
+    return camera_photos(SOURCES, COUNT, workers=WORKERS)
 
 
 # ---------------------------------------------------------------- reporting

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -66,11 +65,17 @@ import uvicorn
 
 from automation_pipelines.automations.webhook_events.warehouse import events_table
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
+from automation_pipelines.local_stack import (
+    DagsterProcesses,
+    free_port,
+    http_get,
+    venv_script,
+    wait_for,
+)
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines.webhooks.app import DEFAULT_WORKERS
 from automation_pipelines.webhooks.inbox import DEAD, PENDING, inbox_table
-from automation_pipelines_tests.conftest import free_port
-from automation_pipelines_tests.e2e.harness import DagsterProcesses, http_get, venv_script, wait_for
+from automation_pipelines.webhooks.senders import github_signature
 from bench.tables import load_average, print_columns
 
 SECONDS = int(os.environ.get("BENCH_WEBHOOKS_SECONDS", "10"))
@@ -272,10 +277,6 @@ def push_payload(number: int, rng: random.Random) -> dict:
     }
 
 
-def signed(body: bytes) -> str:
-    return "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-
-
 def event_bodies(count: int, seed: int) -> list[tuple[str, bytes]]:
     """(delivery id, body) for `count` distinct pushes."""
     rng = random.Random(seed)
@@ -299,7 +300,7 @@ def measure_receivers(wrk: str) -> tuple[list[Result], list[Result]]:
     requests = WORK / "requests.tsv"
     with requests.open("w") as handle:
         for delivery, body in events:
-            handle.write(f"{delivery}\t{signed(body)}\t{body.decode()}\n")
+            handle.write(f"{delivery}\t{github_signature(body, SECRET)}\t{body.decode()}\n")
         handle.flush()
         os.fsync(handle.fileno())  # its writeback must not compete with the receivers' fsyncs
     script = WORK / "post_signed.lua"
@@ -631,7 +632,8 @@ def burst_plan(port: int) -> list[Delivery]:
         head = (
             f"POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"X-Hub-Signature-256: {signed(body)}\r\nX-GitHub-Delivery: {delivery}\r\n"
+            f"X-Hub-Signature-256: {github_signature(body, SECRET)}\r\n"
+            f"X-GitHub-Delivery: {delivery}\r\n"
             "X-GitHub-Event: push\r\n\r\n"
         )
         originals.append(Delivery(delivery, head.encode() + body, redelivery=False))

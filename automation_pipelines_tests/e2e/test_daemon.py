@@ -9,7 +9,7 @@ import dagster as dg
 import psutil
 import pytest
 
-from automation_pipelines_tests.conftest import free_port
+from automation_pipelines.local_stack import free_port
 from automation_pipelines_tests.e2e.harness import graphql
 
 pytestmark = pytest.mark.e2e

@@ -15,10 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.warehouse import events_table
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import ProcessGroup
-from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import (
     dev_environment,
     http_get,

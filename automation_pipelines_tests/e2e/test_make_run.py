@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from automation_pipelines import settings
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.reliability.processes import ProcessGroup
-from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import (
     graphql,
     http_get,

@@ -24,12 +24,12 @@ import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.warehouse import events_table
 from automation_pipelines.demo import post_github
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines.webhooks import inbox
 from automation_pipelines_tests.automations.web_images.photos import photo
 from automation_pipelines_tests.automations.webhook_events.events import push
-from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import graphql, http_get, venv_script, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]

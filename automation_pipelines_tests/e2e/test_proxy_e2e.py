@@ -14,8 +14,6 @@ wrong credentials, 200 with right ones, and its GraphQL works over HTTP and over
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import http.client
 import ipaddress
 import json
@@ -32,10 +30,11 @@ import pytest
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.warehouse import events_table
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.reliability import store
+from automation_pipelines.webhooks.senders import github_headers
 from automation_pipelines.webhooks.sources import load_sources
 from automation_pipelines_tests.automations.webhook_events.events import push
-from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import wait_for
 from automation_pipelines_tests.e2e.test_production_topology import SECRET, Topology
 from automation_pipelines_tests.test_proxy import certificate, htpasswd, require_nginx
@@ -144,13 +143,7 @@ def signed_push(delivery: str, size: int | None = None) -> tuple[bytes, dict[str
     body = json.dumps(push(commits=1)).encode()
     if size is not None:
         body += b" " * (size - len(body))
-    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return body, {
-        "Content-Type": "application/json",
-        "X-Hub-Signature-256": signature,
-        "X-GitHub-Delivery": delivery,
-        "X-GitHub-Event": "push",
-    }
+    return body, github_headers(body, SECRET, delivery=delivery)
 
 
 def stall(edge: Edge, source: str, delivery: str) -> tuple[Wire, bytes]:

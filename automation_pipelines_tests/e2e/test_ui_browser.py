@@ -23,7 +23,7 @@ import dagster as dg
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
-from automation_pipelines_tests.conftest import free_port
+from automation_pipelines.local_stack import free_port
 from automation_pipelines_tests.e2e.browser import chromium_context, require_chromium, screenshot
 from automation_pipelines_tests.e2e.harness import DagsterProcesses, wait_for
 

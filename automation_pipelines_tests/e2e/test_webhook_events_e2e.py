@@ -31,11 +31,11 @@ from automation_pipelines.automations.webhook_events.report import (
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.automations.webhook_events.warehouse import events_table
 from automation_pipelines.demo import post_github
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.deadletters import open_dead_letters
 from automation_pipelines.webhooks import inbox
 from automation_pipelines_tests.automations.webhook_events.events import at, push, seed
-from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.e2e.harness import graphql, venv_script, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -19,10 +19,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.monitoring import credentials as check_module
 from automation_pipelines.reliability import credentials as creds
 from automation_pipelines.reliability.secrets import redact
-from automation_pipelines_tests.conftest import free_port
 from automation_pipelines_tests.pg_server import PrivateServer
 from automation_pipelines_tests.test_proxy import certificate
 

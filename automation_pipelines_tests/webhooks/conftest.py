@@ -22,10 +22,10 @@ import sqlalchemy as sa
 import uvicorn
 from starlette.applications import Starlette
 
-from automation_pipelines.webhooks import inbox
+from automation_pipelines.local_stack import free_port
+from automation_pipelines.webhooks import inbox, senders
 from automation_pipelines.webhooks.app import Source, create_app, prepare_sources
 from automation_pipelines.webhooks.sources import SourceConfig
-from automation_pipelines_tests.conftest import free_port
 
 GITHUB_SECRET = "gh-test-secret-4f1c9a7e"
 STRIPE_SECRET = "whsec_stripe-test-secret-b2d8e05"
@@ -50,15 +50,8 @@ def hmac_hex(secret: str, content: bytes) -> str:
 def github_headers(
     body: bytes, delivery: str | None, event: str = "push", secret: str = GITHUB_SECRET
 ) -> dict[str, str]:
-    """Headers GitHub would send for `body`; no delivery header when `delivery` is None."""
-    headers = {
-        "Content-Type": "application/json",
-        "X-Hub-Signature-256": "sha256=" + hmac_hex(secret, body),
-        "X-GitHub-Event": event,
-    }
-    if delivery is not None:
-        headers["X-GitHub-Delivery"] = delivery
-    return headers
+    """Headers GitHub would send for `body`, signed with the test secret by default."""
+    return senders.github_headers(body, secret, delivery=delivery, event=event)
 
 
 def stripe_headers(body: bytes, timestamp: int, secret: str = STRIPE_SECRET) -> dict[str, str]:

@@ -27,10 +27,11 @@ import sqlalchemy as sa
 
 from automation_pipelines import settings
 from automation_pipelines.cli import main
+from automation_pipelines.local_stack import free_port
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.deadletters import open_dead_letters
 from automation_pipelines.webhooks import inbox
-from automation_pipelines_tests.conftest import DATABASE_ENV, free_port
+from automation_pipelines_tests.conftest import DATABASE_ENV
 from automation_pipelines_tests.webhooks.conftest import (
     add_events,
     github_headers,

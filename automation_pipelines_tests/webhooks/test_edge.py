@@ -28,6 +28,11 @@ from automation_pipelines import settings
 from automation_pipelines.reliability import store
 from automation_pipelines.webhooks.app import DEFAULT_WORKERS, create_app, server_config
 from automation_pipelines.webhooks.edge import EdgeLimits
+from automation_pipelines.webhooks.probes import (
+    STALLED_REQUEST,
+    StalledConnections,
+    post_signed,
+)
 from automation_pipelines_tests.webhooks.conftest import (
     Receiver,
     github_headers,
@@ -35,11 +40,6 @@ from automation_pipelines_tests.webhooks.conftest import (
     push_body,
     webhook_sources,
     writer_held,
-)
-from automation_pipelines_tests.webhooks.slow_clients import (
-    STALLED_REQUEST,
-    StalledConnections,
-    post_signed,
 )
 from automation_pipelines_tests.webhooks.test_cli_events import SERVE_SECRET, serving
 

@@ -17,7 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from automation_pipelines_tests.conftest import free_port, require_program
+from automation_pipelines.local_stack import free_port
+from automation_pipelines_tests.conftest import require_program
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = Path("/usr/bin/ssh-keygen")

@@ -1,17 +1,19 @@
-"""Clients for the receiver's edge: connections that send a request's headers and one byte of its
-body and then nothing, kept open by the thousand; and a signed sender on a fresh connection per
-event, as GitHub delivers. Used by test_edge.py and bench/bench_slow_clients.py."""
+"""Clients that try a receiver's edge as the internet would: connections that send a request's
+headers and one byte of its body and then nothing, kept open by the thousand; and a signed
+sender on a fresh connection per event, as GitHub delivers. `bench_slow_clients` measures a
+receiver (alone or behind its proxy) with them, and the edge's tests drive it with them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import http.client
+import json
 import threading
 import time
 from collections import Counter
 
-from automation_pipelines_tests.webhooks.conftest import github_headers, push_body
+from automation_pipelines.webhooks.senders import github_headers
 
 #: What a stalled client sends: a plausible delivery's headers announcing a 1,000-byte body, and
 #: its first byte.
@@ -124,11 +126,11 @@ class StalledConnections:
 def post_signed(port: int, delivery: str, secret: str, timeout: float) -> tuple[int | str, float]:
     """One signed GitHub push on a connection of its own: (its status, or what went wrong; the
     seconds from connecting to the answer)."""
-    body = push_body(delivery)
+    body = json.dumps({"ref": "refs/heads/main", "after": delivery}).encode()
     began = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("POST", "/hooks/github", body, github_headers(body, delivery, secret=secret))
+        conn.request("POST", "/hooks/github", body, github_headers(body, secret, delivery=delivery))
         response = conn.getresponse()
         response.read()
         return response.status, time.perf_counter() - began

@@ -1,0 +1,198 @@
+"""A throwaway Dagster deployment on a temporary instance home: the daemon, the webserver and
+the webhook receiver serving one workspace, each in a session of its own under a
+`ProcessGroup` that always stops them (SIGINT, then SIGTERM, then SIGKILL of the whole group).
+The benchmarks measure the automations on it, and the end-to-end tests drive it; each process
+logs to a file that a failure can show."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import dagster as dg
+import yaml
+
+from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
+from automation_pipelines.paths import PACKAGE_ROOT, PROJECT_ROOT
+from automation_pipelines.reliability.processes import ProcessGroup, write_bytecode
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def venv_script(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        raise FileNotFoundError(f"{name} is not installed next to {sys.executable}")
+    return found
+
+
+class WaitTimedOut(AssertionError):
+    """What `wait_for` raises: an AssertionError, so a test that waited in vain fails (not
+    errors) with the processes' logs."""
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    logs: Callable[[], str],
+    interval: float = 0.5,
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with the process logs otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise WaitTimedOut(f"timed out after {timeout:.0f}s waiting for {what}\n{logs()}")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def http_ok(url: str) -> bool:
+    """True when `url` answers 200 now."""
+    answer = http_get(url)
+    return answer is not None and answer[0] == 200
+
+
+class DagsterProcesses:
+    """A temp instance home plus the daemon / webserver processes serving one workspace."""
+
+    def __init__(
+        self,
+        root: Path,
+        module: str,
+        env: dict[str, str] | None = None,
+        instance_overrides: dict | None = None,
+    ) -> None:
+        self.root = root
+        write_bytecode(PACKAGE_ROOT)  # as `make run` does: run workers start as they would there
+        if instance_overrides:
+            self.home = root / "dagster_home"
+            self.home.mkdir(parents=True)
+            config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+            for section, values in instance_overrides.items():
+                config[section] = {**(config.get(section) or {}), **values}
+            (self.home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        else:
+            self.home = prepare_home(root / "dagster_home", DEFAULT_CONFIG)
+        self.workspace = root / "workspace.yaml"
+        self.workspace.write_text(
+            yaml.safe_dump(
+                {
+                    "load_from": [
+                        {
+                            "python_module": {
+                                "module_name": module,
+                                "working_directory": str(PROJECT_ROOT),
+                            }
+                        }
+                    ]
+                }
+            )
+        )
+        self.env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(self.home)}
+        self.group = ProcessGroup()
+        self.log_files: list[Path] = []
+        self._instance: dg.DagsterInstance | None = None
+
+    @property
+    def instance(self) -> dg.DagsterInstance:
+        if self._instance is None:
+            self._instance = dg.DagsterInstance.from_config(str(self.home))
+        return self._instance
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        log = self.root / f"{name}.log"
+        self.log_files.append(log)
+        handle = log.open("wb")
+        self.group.start(argv, env=self.env, cwd=self.root, stdout=handle, stderr=handle)
+        handle.close()
+
+    def logs(self, tail: int = 60) -> str:
+        parts = []
+        for log in self.log_files:
+            lines = log.read_text(errors="replace").splitlines()[-tail:] if log.exists() else []
+            parts.append(f"--- {log.name} (last {tail} lines)\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def start_daemon(self, timeout: float = 90) -> None:
+        """Start `dagster-daemon run` and wait until its sensor daemon has sent a heartbeat."""
+        # Create the instance's storage here first: two processes migrating a fresh SQLite home
+        # at once can leave it with two schema heads, and then nothing can open it.
+        assert self.instance.get_daemon_heartbeats() is not None
+        self._start("daemon", [venv_script("dagster-daemon"), "run", "-w", str(self.workspace)])
+        wait_for(
+            "the daemon's first heartbeats",
+            lambda: (
+                {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"}
+                <= set(self.instance.get_daemon_heartbeats())
+            ),
+            timeout,
+            self.logs,
+        )
+
+    def _start_http(self, name: str, argv: list[str], url: str, timeout: float) -> None:
+        """Start a process and wait until `url` answers 200."""
+        self._start(name, argv)
+        wait_for(f"the {name}", lambda: http_ok(url), timeout, self.logs)
+
+    def start_webserver(self, port: int, timeout: float = 90) -> str:
+        """Start `dagster-webserver` and wait until /server_info answers 200; return its URL."""
+        base_url = f"http://127.0.0.1:{port}"
+        argv = [venv_script("dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)]
+        argv += ["-w", str(self.workspace)]
+        self._start_http("webserver", argv, f"{base_url}/server_info", timeout)
+        return base_url
+
+    def start_webhooks(self, port: int, timeout: float = 60) -> str:
+        """Start `automation-pipelines webhooks serve` on this instance's home and wait until
+        /healthz answers 200; return its URL. Sources and secrets come from `env`."""
+        base_url = f"http://127.0.0.1:{port}"
+        argv = [venv_script("automation-pipelines"), "webhooks", "serve", "--port", str(port)]
+        argv += ["--host", "127.0.0.1"]
+        self._start_http("webhooks", argv, f"{base_url}/healthz", timeout)
+        return base_url
+
+    def wait_for_run(self, job_name: str, timeout: float = 120) -> dg.DagsterRun:
+        """Wait until a run of `job_name` has finished, and return it."""
+        finished = {
+            dg.DagsterRunStatus.SUCCESS,
+            dg.DagsterRunStatus.FAILURE,
+            dg.DagsterRunStatus.CANCELED,
+        }
+
+        def finished_run() -> dg.DagsterRun | None:
+            runs = self.instance.get_runs(filters=dg.RunsFilter(job_name=job_name))
+            return next((run for run in runs if run.status in finished), None)
+
+        return wait_for(f"a finished run of {job_name}", finished_run, timeout, self.logs)
+
+    def stop(self) -> None:
+        try:
+            self.group.stop()
+        finally:
+            if self._instance is not None:
+                self._instance.dispose()
