@@ -22,7 +22,7 @@ import dagster as dg
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import breaker, pacing
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.errors import RetryPreset, classify_errors
+from automation_pipelines.reliability.errors import RetryPreset, classify_errors, is_classified
 from automation_pipelines.reliability.hooks import HOOK_NAME, alert_on_failure_hook
 from automation_pipelines.reliability.signatures import keep_signature
 from automation_pipelines.reliability.tags import (
@@ -217,6 +217,7 @@ class Automation:
             *(p for job in jobs if (p := self._job_problem(job))),
             *(p for trigger in [*schedules, *sensors] if (p := self._trigger_problem(trigger))),
             *(p for asset in assets for p in self._asset_problems(asset)),
+            *(p for checks in asset_checks if (p := self._checks_problem(checks))),
         ]
         if problems:
             raise ValueError(
@@ -249,6 +250,19 @@ class Automation:
             return (
                 f"{kind} {trigger.name} does not check {self.name}'s pause switch: make it with "
                 "AUTOMATION.schedule / AUTOMATION.sensor"
+            )
+        return None
+
+    def _checks_problem(self, checks: dg.AssetChecksDefinition) -> str | None:
+        """A check made around `multi_asset_check` lacks the runbook link, and its retries (if
+        any) would not be classified."""
+        description = checks.op.description or ""
+        if f"{RUNBOOK_PREFIX}{self.runbook_ref}" not in description or not is_classified(
+            checks.op
+        ):
+            return (
+                f"asset check {checks.op.name} lacks the runbook link or classified retries: make "
+                "it with AUTOMATION.multi_asset_check"
             )
         return None
 

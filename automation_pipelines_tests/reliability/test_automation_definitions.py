@@ -111,6 +111,15 @@ def _made_by(automation: Automation) -> dict:
     def scratch_sensor(context):
         return dg.SkipReason("nothing")
 
+    @automation.multi_asset_check(
+        name="scratch_fresh_checks",
+        specs=[dg.AssetCheckSpec("fresh", asset="scratch_table")],
+        errors=LOCAL_IO,
+        description="Checks the table is fresh.",
+    )
+    def scratch_fresh_checks():
+        yield dg.AssetCheckResult(check_name="fresh", asset_key="scratch_table", passed=True)
+
     return {
         "jobs": [
             scratch_job,
@@ -130,6 +139,7 @@ def _made_by(automation: Automation) -> dict:
         ],
         "sensors": [scratch_sensor],
         "assets": [scratch_table, automation.spec("scratch_files", description="Files.")],
+        "asset_checks": [scratch_fresh_checks],
     }
 
 
@@ -190,6 +200,10 @@ def _around(scratch: Automation) -> dict[str, dict]:
     def plain_table() -> None:
         pass
 
+    @dg.multi_asset_check(specs=[dg.AssetCheckSpec("plain_check", asset="scratch_table")])
+    def plain_checks():
+        yield dg.AssetCheckResult(check_name="plain_check", asset_key="scratch_table", passed=True)
+
     @other.sensor(name="other_sensor", job=made["jobs"][0], minimum_interval_seconds=30)
     def other_sensor(context):
         return dg.SkipReason("nothing")
@@ -207,6 +221,7 @@ def _around(scratch: Automation) -> dict[str, dict]:
         "other_sensor": {"sensors": [other_sensor]},
         "plain_table": {"assets": [plain_table]},
         "plain_files": {"assets": [dg.AssetSpec("plain_files", owners=["team:scratch"])]},
+        "plain_checks": {"asset_checks": [plain_checks]},
     }
 
 
@@ -219,6 +234,7 @@ def _around(scratch: Automation) -> dict[str, dict]:
         "other_sensor",
         "plain_table",
         "plain_files",
+        "plain_checks",
     ],
 )
 def test_a_definition_made_around_the_declaration_is_refused_by_name(
@@ -226,7 +242,8 @@ def test_a_definition_made_around_the_declaration_is_refused_by_name(
 ) -> None:
     made = _made_by(scratch)
     extra = _around(scratch)[name]
-    merged = {kind: [*made.get(kind, []), *extra.get(kind, [])] for kind in made}
+    kinds = {*made, *extra}
+    merged = {kind: [*made.get(kind, []), *extra.get(kind, [])] for kind in kinds}
     with pytest.raises(ValueError, match=rf"automation 'scratch'.*\b{name}\b") as refused:
         scratch.definitions(**merged)
     for other in set(_around(scratch)) - {name}:
