@@ -257,9 +257,7 @@ class Automation:
         """A check made around `multi_asset_check` lacks the runbook link, and its retries (if
         any) would not be classified."""
         description = checks.op.description or ""
-        if f"{RUNBOOK_PREFIX}{self.runbook_ref}" not in description or not is_classified(
-            checks.op
-        ):
+        if f"{RUNBOOK_PREFIX}{self.runbook_ref}" not in description or not is_classified(checks.op):
             return (
                 f"asset check {checks.op.name} lacks the runbook link or classified retries: make "
                 "it with AUTOMATION.multi_asset_check"
