@@ -194,7 +194,10 @@ class SourceFile:
     data: bytes = field(repr=False)
     size: int
     mtime_ns: int
-    changed_ns: int  # the later of mtime and ctime: a rename into the inbox counts as a change
+    #: The last change of any kind, the ctime: the kernel sets it to the moment on every write,
+    #: rename and chmod, and it cannot be set into the future as the mtime can. A cut-short
+    #: file's grace period counts from it.
+    changed_ns: int
     sha256: str
 
 
@@ -250,7 +253,7 @@ def read_source(path: Path, item: str | None = None) -> SourceFile:
         data=data,
         size=len(data),
         mtime_ns=info.st_mtime_ns,
-        changed_ns=max(info.st_mtime_ns, info.st_ctime_ns),
+        changed_ns=info.st_ctime_ns,
         sha256=hashlib.sha256(data).hexdigest(),
     )
 

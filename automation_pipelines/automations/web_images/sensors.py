@@ -1,20 +1,22 @@
 """The inbox sensor: complete new files become runs, in capped batches, each file once, and
 every file in the inbox is either requested or named in the tick with the reason it waits.
 
-A file is taken on the first look at which it has not changed for `quiet_seconds` (its mtime
-and ctime: a file renamed in counts as changed then, and a copy that keeps a source's mtime
-still moves its ctime with every write), and is not seen different from the previous look,
-and it does not carry a temp or hidden name. No second look is waited for: that would cost a
-whole sensor interval per photo. A tick that finds nothing listens for `listen_seconds` (see
-`reliability.listening`): a photo renamed in meanwhile is taken by that tick as soon as it is
-quiet, not at the daemon's next round. Quiet is not proof an upload is finished (one can stall
-for minutes), so the run decodes it whole: a file that ends early waits in the inbox for its
-grace period after its last change (a note in `.waiting/`, shown in the tick), and is only then
-quarantined. Every other file is requested whatever its name or kind (a GIF, a symlink, a
-`notes.txt`), so the run quarantines it with a reason instead of it lying in the inbox unseen.
-Folders are looked into; one named like a photo is pointed out. Files in quarantine/ that
-changed after they were judged (an uploader kept writing into one) are requested again, once
-they too have been quiet.
+A file is taken on the first look at which it has not been written for `quiet_seconds`, and is
+not seen different from the previous look, and it does not carry a temp or hidden name. Every
+write moves both the mtime and the ctime to the moment; a rename, a chmod or a `touch -d` moves
+the ctime alone. So the last write is the earlier of the two: a finished upload renamed in (its
+mtime old, its ctime the rename) is taken at once, and a file whose mtime was set into the
+future (a camera's or another machine's clock) waits only until its ctime is quiet. No second
+look is waited for: that would cost a whole sensor interval per photo. A tick that finds nothing
+listens for `listen_seconds` (see `reliability.listening`): a photo renamed in meanwhile is
+taken by that tick as soon as it is quiet, not at the daemon's next round. Quiet is not proof an
+upload is finished (one can stall for minutes), so the run decodes it whole: a file that ends
+early waits in the inbox for its grace period after its last change (a note in `.waiting/`,
+shown in the tick), and is only then quarantined. Every other file is requested whatever its
+name or kind (a GIF, a symlink, a `notes.txt`), so the run quarantines it with a reason instead
+of it lying in the inbox unseen. Folders are looked into; one named like a photo is pointed out.
+Files in quarantine/ that changed after they were judged (an uploader kept writing into one) are
+requested again, once they too have been quiet.
 
 Processed files leave the inbox, so a scan costs what is waiting, not the history. The cursor
 remembers, only for files still there, what the last look saw and which run key asked for each.
@@ -120,7 +122,7 @@ class Entry(NamedTuple):
     rel: str
     size: int
     mtime: int  # ns
-    changed: int  # ns, the later of mtime and ctime
+    written: int  # ns, the last write as the times tell it: the earlier of mtime and ctime
 
 
 @dataclass
@@ -175,7 +177,7 @@ def scan(
                         notes.photo_folders.append(f"{rel}/")
                 continue
             yield Entry(
-                rel, info.st_size, info.st_mtime_ns, max(info.st_mtime_ns, info.st_ctime_ns)
+                rel, info.st_size, info.st_mtime_ns, min(info.st_mtime_ns, info.st_ctime_ns)
             )
 
 
@@ -276,7 +278,7 @@ def look(
 
     def sort(area: _Area, waiting_notes: bool) -> None:
         for rel, entry in sorted(area.current.items(), key=lambda item: (item[1].mtime, item[0])):
-            quiet = now - entry.changed / 1e9 >= folders.quiet_seconds
+            quiet = now - entry.written / 1e9 >= folders.quiet_seconds
             seen = area.previous.get(rel)
             if not quiet or (seen is not None and seen != [entry.size, entry.mtime]):
                 area.settling += 1
@@ -398,7 +400,7 @@ def _sentence(
 ) -> str:
     parts = [
         f"{len(taken)} file(s) in {len(requests)} run(s)",
-        f"{inbox.settling} still being written (changed in the last "
+        f"{inbox.settling} still being written (written in the last "
         f"{folders.quiet_seconds:.0f} s or since the last look)",
         f"{inbox.waiting} waiting for their run or its retry",
         f"{left} left for the next tick",

@@ -218,6 +218,21 @@ def test_a_stalled_upload_waits_out_its_grace_then_renders_when_finished(tmp_pat
     assert not (folders.waiting / "upload.jpg.json").exists()
 
 
+def test_a_cut_short_file_with_an_mtime_ahead_waits_its_grace_from_its_last_change(
+    tmp_path, engine
+) -> None:
+    """The grace period counts from the ctime, not from an mtime set into the future (which
+    would keep a stalled upload waiting until then)."""
+    folders = make_folders(tmp_path / "photos", truncated_grace_seconds=300.0)
+    path, _ = _cut_jpeg(folders)
+    ahead = time.time_ns() + 30 * 86400 * 10**9
+    os.utime(path, ns=(ahead, ahead))
+    outcome = process_batch(folders, engine, ["upload.jpg"])
+    [(_, reason, until)] = outcome.waiting
+    assert "truncated" in reason
+    assert until == pytest.approx(path.stat().st_ctime + 300, abs=2)
+
+
 def test_a_file_written_into_after_quarantine_is_looked_at_again(folders, engine) -> None:
     _, data = _cut_jpeg(folders)
     outcome = process_batch(folders, engine, ["upload.jpg"])

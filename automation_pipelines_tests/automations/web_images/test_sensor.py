@@ -66,16 +66,52 @@ def test_quiet_files_are_taken_on_the_first_look(folders) -> None:
     assert again == [] and "2 waiting for their run" in sentence
 
 
-def test_a_file_renamed_in_waits_for_its_quiet_time_only(tmp_path) -> None:
-    """Its mtime may be old (a finished upload renamed in); its ctime is the rename."""
+def _staged(tmp_path: Path, name: str, written_ago: float) -> Path:
+    """A finished upload in a staging folder beside the inbox, last written `written_ago` s ago."""
+    staged = tmp_path / "staging" / name
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(b"\xff\xd8jpeg")
+    when = time.time_ns() - int(written_ago * 1e9)
+    os.utime(staged, ns=(when, when))
+    return staged
+
+
+def test_a_finished_upload_renamed_in_is_taken_at_once(tmp_path) -> None:
+    """Its mtime is the end of the upload, long ago; the rename moved its ctime alone, and a
+    rename is not a write (a sync tool's usual way to deliver)."""
     folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=2.0)
     folders.inbox.mkdir(parents=True)
-    drop(folders, "old.jpg", mtime=1)
+    _staged(tmp_path, "old.jpg", written_ago=60).rename(folders.inbox / "old.jpg")
     renamed = os.lstat(folders.inbox / "old.jpg").st_ctime
-    requests, cursor, sentence = look_once(folders, None, renamed + 1.0)
-    assert requests == [] and "1 still being written (changed in the last 2 s" in sentence
-    requests, _, _ = look_once(folders, cursor, renamed + 2.05)
+    requests, _, _ = look_once(folders, None, renamed + 0.1)
     assert files_of(requests) == [["old.jpg"]]
+
+
+def test_a_file_renamed_in_right_after_its_last_write_waits_out_the_quiet_time(tmp_path) -> None:
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=2.0)
+    folders.inbox.mkdir(parents=True)
+    _staged(tmp_path, "new.jpg", written_ago=0).rename(folders.inbox / "new.jpg")
+    written = os.lstat(folders.inbox / "new.jpg").st_mtime
+    requests, cursor, sentence = look_once(folders, None, written + 1.0)
+    assert requests == [] and "1 still being written (written in the last 2 s" in sentence
+    requests, _, _ = look_once(folders, cursor, written + 2.05)
+    assert files_of(requests) == [["new.jpg"]]
+
+
+@pytest.mark.parametrize("ahead_seconds", [60, 10 * 365 * 86400])
+def test_a_file_whose_mtime_is_in_the_future_is_taken_once_its_ctime_is_quiet(
+    tmp_path, ahead_seconds: int
+) -> None:
+    """A clock ahead (a camera's, another machine's, `touch -d`) must not hold a photo back
+    until that moment: only the kernel's ctime is never ahead of now."""
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=2.0)
+    folders.inbox.mkdir(parents=True)
+    drop(folders, "ahead.jpg", mtime=time.time_ns() + ahead_seconds * 10**9)
+    changed = os.lstat(folders.inbox / "ahead.jpg").st_ctime
+    requests, cursor, sentence = look_once(folders, None, changed + 1.0)
+    assert requests == [] and "1 still being written" in sentence
+    requests, _, _ = look_once(folders, cursor, changed + 2.05)
+    assert files_of(requests) == [["ahead.jpg"]]
 
 
 def test_nothing_new(folders) -> None:
