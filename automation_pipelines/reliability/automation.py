@@ -52,6 +52,36 @@ def unguarded(reason: str) -> dict[str, str]:
     return {UNGUARDED_KEY: reason.strip()}
 
 
+Trigger = dg.ScheduleDefinition | dg.SensorDefinition
+
+
+def metadata_text(trigger: Trigger, key: str) -> str:
+    """A trigger's metadata value under `key` as plain text ('' when absent)."""
+    value = (trigger.metadata or {}).get(key)
+    return str(getattr(value, "value", value) or "").strip()
+
+
+def trigger_guard_problem(trigger: Trigger, automation: str | None = None) -> str | None:
+    """Why a schedule or sensor may request runs while its automation is paused or tripped, or
+    None when it checks the switch (or is declared exempt with a reason)."""
+    kind = "schedule" if isinstance(trigger, dg.ScheduleDefinition) else "sensor"
+    if metadata_text(trigger, UNGUARDED_KEY):
+        return None
+    guard = metadata_text(trigger, GUARDED_BY_KEY)
+    if not guard:
+        return (
+            f"{kind} {trigger.name} does not check the pause switch or the circuit breaker: make "
+            "it with AUTOMATION.schedule(...) / @AUTOMATION.sensor(...), or declare it exempt "
+            "with metadata=unguarded(reason)"
+        )
+    if automation and guard != automation:
+        return (
+            f"{kind} {trigger.name} checks the switch of automation {guard!r}, not of "
+            f"{automation!r}: pausing {automation} would not stop it"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Expectation:
     """What healthy means for an automation; the watchdog sensor alerts when reality differs."""
@@ -215,7 +245,7 @@ class Automation:
         assets, asset_checks = list(assets), list(asset_checks)
         problems = [
             *(p for job in jobs if (p := self._job_problem(job))),
-            *(p for trigger in [*schedules, *sensors] if (p := self._trigger_problem(trigger))),
+            *(p for t in [*schedules, *sensors] if (p := trigger_guard_problem(t, self.name))),
             *(p for asset in assets for p in self._asset_problems(asset)),
             *(p for checks in asset_checks if (p := self._checks_problem(checks))),
         ]
@@ -238,19 +268,6 @@ class Automation:
             return f"job {job.name} lacks its tags: make it with AUTOMATION.job / asset_job"
         if not any(hook.name == HOOK_NAME for hook in hooks):
             return f"job {job.name} has no {HOOK_NAME}: make it with AUTOMATION.job / asset_job"
-        return None
-
-    def _trigger_problem(self, trigger) -> str | None:
-        metadata = trigger.metadata or {}
-        if UNGUARDED_KEY in metadata:
-            return None
-        guard = metadata.get(GUARDED_BY_KEY)
-        if str(getattr(guard, "value", guard)) != self.name:
-            kind = "schedule" if isinstance(trigger, dg.ScheduleDefinition) else "sensor"
-            return (
-                f"{kind} {trigger.name} does not check {self.name}'s pause switch: make it with "
-                "AUTOMATION.schedule / AUTOMATION.sensor"
-            )
         return None
 
     def _checks_problem(self, checks: dg.AssetChecksDefinition) -> str | None:

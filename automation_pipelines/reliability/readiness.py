@@ -26,11 +26,12 @@ from croniter import croniter
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import (
-    GUARDED_BY_KEY,
     MAX_RUNTIME_TAG,
     OWNER_TAG,
     RUNBOOK_PREFIX,
-    UNGUARDED_KEY,
+    Trigger,
+    metadata_text,
+    trigger_guard_problem,
 )
 from automation_pipelines.reliability.errors import is_classified
 from automation_pipelines.reliability.hooks import HOOK_NAME
@@ -274,35 +275,6 @@ def _silence(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None
 
 
-Trigger = dg.ScheduleDefinition | dg.SensorDefinition
-
-
-def _metadata_text(trigger: Trigger, key: str) -> str:
-    value = (trigger.metadata or {}).get(key)
-    return str(getattr(value, "value", value) or "").strip()
-
-
-def trigger_guard_problem(trigger: Trigger, automation: str | None = None) -> str | None:
-    """Why a schedule or sensor may request runs while its automation is paused or tripped, or
-    None when it checks the switch (or is declared exempt with a reason)."""
-    kind = "schedule" if isinstance(trigger, dg.ScheduleDefinition) else "sensor"
-    if _metadata_text(trigger, UNGUARDED_KEY):
-        return None
-    guard = _metadata_text(trigger, GUARDED_BY_KEY)
-    if not guard:
-        return (
-            f"{kind} {trigger.name} does not check the pause switch or the circuit breaker: make "
-            "it with AUTOMATION.schedule(...) / @AUTOMATION.sensor(...), or declare it exempt "
-            "with metadata=unguarded(reason)"
-        )
-    if automation and guard != automation:
-        return (
-            f"{kind} {trigger.name} checks the switch of automation {guard!r}, not of "
-            f"{automation!r}: pausing {automation} would not stop it"
-        )
-    return None
-
-
 def _triggers_of(job_name: str, repository: dg.RepositoryDefinition) -> list[Trigger]:
     schedules = [s for s in repository.schedule_defs if s.job_name == job_name]
     sensors = [s for s in repository.sensor_defs if any(t.job_name == job_name for t in s.targets)]
@@ -353,7 +325,7 @@ def trigger_rate_problem(trigger: Trigger, declared: int) -> str | None:
                 f"max_runs_per_hour of {declared}"
             )
         return None
-    paced = _metadata_text(trigger, PACED_KEY)
+    paced = metadata_text(trigger, PACED_KEY)
     if not paced:
         return (
             f"sensor {trigger.name} is not paced: it may request runs at every round of the "
