@@ -160,6 +160,42 @@ def assign_batch(engine: sa.Engine, ids: Sequence[int], batch: str, now: float) 
         ).rowcount
 
 
+def take_waiting(engine: sa.Engine, batch: str, up_to: int, now: float) -> int:
+    """Hand the oldest unbatched rows to `batch` as its first run starts, until it holds
+    `up_to` rows: events that came while the run waited to start go with it instead of waiting
+    for the next tick and a run of their own. Only a batch never attempted takes any (late
+    events must not share a failing batch's retries, nor join a finished one); rows a tick
+    takes meanwhile are left alone."""
+    with engine.begin() as conn:
+        held = conn.execute(
+            sa.select(
+                sa.func.count().label("rows"),
+                sa.func.max(inbox_table.c.attempts).label("attempts"),
+            ).where(inbox_table.c.batch == batch)
+        ).one()
+        room = up_to - held.rows
+        if not held.rows or held.attempts or room <= 0:
+            return 0
+        waiting = (
+            sa.select(inbox_table.c.id)
+            .where(inbox_table.c.batch.is_(None), inbox_table.c.status == PENDING)
+            .order_by(inbox_table.c.id)
+            .limit(room)
+        )
+        ids = list(conn.execute(waiting).scalars())
+        if not ids:
+            return 0
+        return conn.execute(
+            inbox_table.update()
+            .where(
+                inbox_table.c.id.in_(ids),
+                inbox_table.c.batch.is_(None),
+                inbox_table.c.status == PENDING,
+            )
+            .values(batch=batch, requested_at=now)
+        ).rowcount
+
+
 def in_flight_batches(engine: sa.Engine, limit: int = 200) -> Sequence[sa.Row]:
     """Batches that still have pending rows: (batch, rows, first requested, attempts, error)."""
     query = (

@@ -7,6 +7,7 @@ letter, with the new reason), and `counts` tallies rows per source and state."""
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -92,6 +93,73 @@ def test_assign_batch_leaves_rows_another_batch_took(engine) -> None:
         ("batch-b", 200.0),
     ]
     assert inbox.unbatched(engine, 10) == []
+
+
+def test_a_batch_about_to_start_takes_the_oldest_waiting_rows_up_to_its_cap(engine) -> None:
+    """Late arrivals join the batch whose first run is starting, oldest first, until the batch
+    holds `up_to` rows; the rest wait for the next batch."""
+    own = add_events(engine, [("github", f"own-{n}") for n in range(3)])
+    inbox.assign_batch(engine, own, "batch-a", 100.0)
+    late = add_events(engine, [("github", f"late-{n}") for n in range(4)])
+
+    assert inbox.take_waiting(engine, "batch-a", up_to=5, now=150.0) == 2
+
+    rows = by_id(engine)
+    assert [rows[i].batch for i in own + late] == ["batch-a"] * 5 + [None, None]
+    assert [rows[i].requested_at for i in late[:2]] == [150.0, 150.0]
+    # Full: nothing more joins it.
+    assert inbox.take_waiting(engine, "batch-a", up_to=5, now=160.0) == 0
+    assert [row.id for row in inbox.unbatched(engine, 10)] == late[2:]
+
+
+def test_only_a_batch_never_attempted_takes_waiting_rows(engine) -> None:
+    """A batch run again after a failure, one whose rows are all loaded, and a name no batch
+    has take nothing: late events must not share a failing batch's fate, nor join a finished
+    one."""
+    failing = add_events(engine, [("github", "f-0"), ("github", "f-1")])
+    inbox.assign_batch(engine, failing, "failing", 100.0)
+    inbox.count_attempt(engine, "failing", "run-1")
+    finished = add_events(engine, [("github", "d-0")])
+    inbox.assign_batch(engine, finished, "finished", 100.0)
+    inbox.count_attempt(engine, "finished", "run-2")
+    with engine.begin() as conn:
+        inbox.mark_done(conn, finished, "run-2", 110.0)
+    waiting = add_events(engine, [("github", f"w-{n}") for n in range(3)])
+
+    for batch in ("failing", "finished", "no-such-batch"):
+        assert inbox.take_waiting(engine, batch, up_to=100, now=200.0) == 0
+    assert [row.id for row in inbox.unbatched(engine, 10)] == waiting
+
+
+def test_a_starting_batch_and_a_sensor_tick_never_share_a_row(engine) -> None:
+    """Runs taking late arrivals while ticks batch the same rows, at once: every row ends in
+    exactly one batch, and each call's count is what it really took."""
+    ids = add_events(engine, [("github", f"r-{n}") for n in range(400)])
+    starting = [f"start-{n}" for n in range(4)]
+    for n, batch in enumerate(starting):
+        inbox.assign_batch(engine, [ids[n]], batch, 100.0)
+
+    def run_takes(batch: str) -> int:
+        return inbox.take_waiting(engine, batch, up_to=150, now=200.0)
+
+    def tick_takes(n: int) -> int:
+        waiting = [row.id for row in inbox.unbatched(engine, 60)]
+        return inbox.assign_batch(engine, waiting, f"tick-{n}", 200.0)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        runs = [pool.submit(run_takes, batch) for batch in starting]
+        ticks = [pool.submit(tick_takes, n) for n in range(6)]
+        taken = [future.result() for future in runs + ticks]
+
+    rows = by_id(engine)
+    held: dict[str, int] = {}
+    for row in rows.values():
+        if row.batch is not None:
+            held[row.batch] = held.get(row.batch, 0) + 1
+    assert sum(taken) + len(starting) == sum(held.values())
+    assert all(held[batch] <= 150 for batch in starting)
+    assert [held.get(f"start-{n}", 0) - 1 for n in range(4)] == taken[:4]
+    assert [held.get(f"tick-{n}", 0) for n in range(6)] == taken[4:]
 
 
 def test_unbatched_gives_the_oldest_waiting_rows_first(engine) -> None:

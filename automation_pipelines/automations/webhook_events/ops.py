@@ -36,11 +36,13 @@ WAREHOUSE_ASSET_KEY = dg.AssetKey("webhook_events_warehouse")
 
 
 class LoadConfig(dg.Config):
-    """The sensor's batch key, and how many events share one transaction (default: the
-    warehouse resource's `load_chunk_size`)."""
+    """The sensor's batch key, how many events share one transaction (default: the warehouse
+    resource's `load_chunk_size`), and up to how many events the batch's first run may hold
+    once it has taken the events that came while it waited to start (0: only its own)."""
 
     batch: str
     chunk_size: int | None = None
+    take_waiting_up_to: int = 0
 
 
 def _commit(conn: sa.Connection, events: list[Loadable], run_id: str, now: float) -> int:
@@ -86,8 +88,15 @@ def _isolate(
     return done, loaded, refused
 
 
-def load_batch(engine, batch: str, run_id: str, chunk_size: int, log=None) -> dict:
-    """Load every pending event of `batch`; return counts for the run's metadata."""
+def load_batch(
+    engine, batch: str, run_id: str, chunk_size: int, log=None, take_waiting_up_to: int = 0
+) -> dict:
+    """Load every pending event of `batch`, first joined by the events that came while its
+    first run waited to start (up to `take_waiting_up_to` in all); return counts for the run's
+    metadata."""
+    joined = inbox.take_waiting(engine, batch, take_waiting_up_to, time.time())
+    if joined and log is not None:
+        log.info(f"{joined} event(s) that came while the run waited to start joined the batch")
     attempted = inbox.count_attempt(engine, batch, run_id)
     loaded, by_type, dead_rows, refused_count = 0, {}, [], 0
     while True:
@@ -141,7 +150,14 @@ def load_events(
     engine = warehouse.engine(context.instance)
     try:
         chunk_size = config.chunk_size or warehouse.load_chunk_size
-        result = load_batch(engine, config.batch, context.run_id, chunk_size, context.log)
+        result = load_batch(
+            engine,
+            config.batch,
+            context.run_id,
+            chunk_size,
+            context.log,
+            take_waiting_up_to=config.take_waiting_up_to,
+        )
     except Exception as exc:
         try:
             inbox.record_error(engine, config.batch, f"{type(exc).__name__}: {exc}")

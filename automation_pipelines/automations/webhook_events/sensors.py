@@ -2,7 +2,8 @@
 again, and a batch that failed too often is dead-lettered for a person.
 
 The inbox itself is the source of truth: a row belongs to at most one batch (its key is written
-on the row when the run is requested), and a batch is finished when none of its rows is pending.
+on the row when the run is requested, or when the batch's first run starts, for events that came
+while it waited), and a batch is finished when none of its rows is pending.
 So nothing depends on the sensor's cursor surviving, and an event re-queued by `events replay`
 simply becomes part of a new batch.
 """
@@ -57,7 +58,13 @@ WAITING = [
 def run_request(batch: str, run_key: str, events: int) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=run_key,
-        run_config={"ops": {"load_events": {"config": {"batch": batch}}}},
+        run_config={
+            "ops": {
+                "load_events": {
+                    "config": {"batch": batch, "take_waiting_up_to": MAX_EVENTS_PER_RUN}
+                }
+            }
+        },
         tags={BATCH_TAG: batch, "webhook_events/events": str(events)},
     )
 
@@ -83,7 +90,7 @@ class Decision:
             f"in flight; {self.dead_batches} batch(es) dead-lettered ({self.dead_events} events)"
             + ("; more waiting for the next tick" if self.left_for_next_tick else "")
             + (
-                "; new events gather for the next batch while a run waits to start"
+                "; new events wait for the run about to start, which takes them"
                 if self.gathering
                 else ""
             )
@@ -171,8 +178,9 @@ def evaluate_inbox(
 ) -> tuple[Decision, list[tuple[str, int, str]]]:
     """This tick's run requests (at most `max_runs`: the automation's pace may allow fewer
     than the cap per tick) and the batches dead-lettered by it. New events become a batch only
-    while no run of the automation waits to start: under load they gather into bigger batches
-    instead of a queue of small runs, and a trickle still gets a run at every round."""
+    while no run of the automation waits to start: a new batch's run takes the events that
+    came while it waited as it starts, so under load they go in bigger batches instead of a
+    queue of small runs, and under a trickle they need no tick and no run start of their own."""
     decision = Decision(requests=[])
     dead: list[tuple[str, int, str]] = []
     for batch in inbox.in_flight_batches(engine):

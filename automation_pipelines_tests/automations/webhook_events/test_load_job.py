@@ -12,6 +12,10 @@ import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
+from automation_pipelines.automations.webhook_events.sensors import (
+    MAX_EVENTS_PER_RUN,
+    evaluate_inbox,
+)
 from automation_pipelines.automations.webhook_events.warehouse import (
     events_table,
     github_pushes_table,
@@ -34,13 +38,14 @@ def loader(events_db_url, sqlite_instance, alert_routes, tmp_path, monkeypatch, 
     }
 
     class Loader:
-        def __call__(self, batch: str, chunk_size: int = 200) -> dg.ExecuteInProcessResult:
+        def __call__(
+            self, batch: str, chunk_size: int = 200, run_config: dict | None = None
+        ) -> dg.ExecuteInProcessResult:
             return load_webhook_events_job.execute_in_process(
                 instance=sqlite_instance,
                 resources=resources,
-                run_config={
-                    "ops": {"load_events": {"config": {"batch": batch, "chunk_size": chunk_size}}}
-                },
+                run_config=run_config
+                or {"ops": {"load_events": {"config": {"batch": batch, "chunk_size": chunk_size}}}},
             )
 
         def tags(self, run_id: str) -> dict[str, str]:
@@ -153,3 +158,39 @@ def test_replayed_event_loads_after_the_fix(loader, events_db_url) -> None:
     assert inbox.counts(engine) == {("github", "done"): 1}
     assert _count(engine, github_pushes_table) == 1
     assert open_dead_letters(engine, "webhook_events") == []
+
+
+def test_a_batch_first_run_loads_the_events_that_came_while_it_waited_to_start(
+    loader, events_db_url, sqlite_instance
+) -> None:
+    """Events that arrive between the run's request and its start join it instead of waiting
+    for the next tick and a run of their own; the tick after it finds nothing new."""
+    engine = store.engine(events_db_url)
+    seed(engine, [("github", f"early-{i}", "push", push()) for i in range(3)])
+    [request] = evaluate_inbox(sqlite_instance, engine, 1_790_000_000.0)[0].requests
+    assert request.run_config["ops"]["load_events"]["config"]["take_waiting_up_to"] == (
+        MAX_EVENTS_PER_RUN
+    )
+    seed(engine, [("github", f"late-{i}", "push", push()) for i in range(4)], 1_790_000_002.0)
+
+    result = loader("", run_config=request.run_config)
+
+    assert result.success
+    assert inbox.counts(engine) == {("github", "done"): 7}
+    assert _count(engine, github_pushes_table) == 7
+    assert result.output_for_node("load_events")["events_pending_at_start"] == 7
+    again, _ = evaluate_inbox(sqlite_instance, engine, 1_790_000_005.0)
+    assert again.requests == [] and again.new_events == 0
+
+
+def test_a_run_of_a_named_batch_loads_only_that_batch(loader, events_db_url) -> None:
+    """A run launched by hand with just a batch (or a batch run again) takes no other events."""
+    engine = store.engine(events_db_url)
+    own = seed(engine, [("github", "own", "push", push())])
+    inbox.assign_batch(engine, own, "ev-own", now=1.0)
+    seed(engine, [("github", "other", "push", push())], 1_790_000_002.0)
+
+    assert loader("ev-own").success
+
+    assert inbox.counts(engine) == {("github", "done"): 1, ("github", "pending"): 1}
+    assert len(inbox.unbatched(engine, 10)) == 1

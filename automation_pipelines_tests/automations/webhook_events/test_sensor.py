@@ -71,7 +71,9 @@ def test_first_events(sqlite_instance, engine) -> None:
     [request] = decision.requests
     batch = request.tags[BATCH_TAG]
     assert request.run_key == batch
-    assert request.run_config == {"ops": {"load_events": {"config": {"batch": batch}}}}
+    assert request.run_config == {
+        "ops": {"load_events": {"config": {"batch": batch, "take_waiting_up_to": 2000}}}
+    }
     assert _batches(engine) == {batch: 5}
     # The next tick sees the batch in flight (requested, no run yet) and asks for nothing.
     again, _ = evaluate_inbox(sqlite_instance, engine, NOW + 5)
@@ -128,7 +130,7 @@ def test_new_events_gather_while_a_run_waits_to_start(sqlite_instance, engine) -
     _seed(engine, 4, prefix="later")
     waiting, _ = evaluate_inbox(sqlite_instance, engine, NOW + 5)
     assert waiting.requests == [] and waiting.gathering
-    assert "new events gather for the next batch" in waiting.sentence()
+    assert "new events wait for the run about to start" in waiting.sentence()
     _seed(engine, 5, prefix="more")
     sqlite_instance.handle_run_event(
         run.run_id,
