@@ -99,14 +99,18 @@ def trickle(root: Path) -> tuple[list[float], list[float], dict[str, list[float]
         raise AssertionError(f"{missing} of {len(posted)} events never reached the warehouse")
     runs = {r.dagster_run.tags.get(BATCH_TAG): r for r in records}
     parts: dict[str, list[float]] = {"to run": [], "run start": [], "work": []}
+    joined = 0
     for delivery, sent in posted.items():
         record = runs.get(batches.get(delivery))
         if record is None or record.start_time is None:
             continue
-        made = record.create_timestamp.timestamp()
+        # An event that came while its run waited to start joined it: no time "to run".
+        made = max(record.create_timestamp.timestamp(), sent)
+        joined += record.create_timestamp.timestamp() < sent
         parts["to run"].append(made - sent)
         parts["run start"].append(record.start_time - made)
         parts["work"].append(arrived[delivery] - record.start_time)
+    print(f"{joined} of {len(posted)} events joined a run that was waiting to start", flush=True)
     return [arrived[d] - posted[d] for d in posted], created, parts
 
 

@@ -33,6 +33,8 @@ from automation_pipelines.reliability.errors import DATABASE, reliable_op
 from automation_pipelines.webhooks import inbox
 
 WAREHOUSE_ASSET_KEY = dg.AssetKey("webhook_events_warehouse")
+#: The run tag naming the inbox batch a load run loads (the sensor sets it).
+BATCH_TAG = "webhook_events/batch"
 
 
 class LoadConfig(dg.Config):
@@ -150,13 +152,9 @@ def load_events(
     engine = warehouse.engine(context.instance)
     try:
         chunk_size = config.chunk_size or warehouse.load_chunk_size
+        take = config.take_waiting_up_to if _first_run(context, config.batch) else 0
         result = load_batch(
-            engine,
-            config.batch,
-            context.run_id,
-            chunk_size,
-            context.log,
-            take_waiting_up_to=config.take_waiting_up_to,
+            engine, config.batch, context.run_id, chunk_size, context.log, take_waiting_up_to=take
         )
     except Exception as exc:
         try:
@@ -193,6 +191,13 @@ def load_events(
         )
     )
     return {**summary, "seconds": seconds, "by_type": result["by_type"]}
+
+
+def _first_run(context: dg.OpExecutionContext, batch: str) -> bool:
+    """No other run has tried this batch: only then may late events join it (a batch run again
+    may fail again, and late events must not share its failures)."""
+    runs = context.instance.get_run_records(filters=dg.RunsFilter(tags={BATCH_TAG: batch}), limit=2)
+    return all(record.dagster_run.run_id == context.run_id for record in runs)
 
 
 def _dead_letter_table(rows, limit: int = 50) -> str:

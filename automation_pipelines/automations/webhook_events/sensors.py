@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events import AUTOMATION
 from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
+from automation_pipelines.automations.webhook_events.ops import BATCH_TAG
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.reliability import listening, pacing
 from automation_pipelines.reliability.alerts import AlertRouter
@@ -45,7 +46,6 @@ RETRY_DECISION_WAIT_SECONDS = 60
 #: waited longer is not about to start (a run orphaned in STARTING by a killed daemon waits for
 #: run monitoring's start timeout, minutes), and events must not wait with it.
 GATHER_AT_MOST_SECONDS = 30
-BATCH_TAG = "webhook_events/batch"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 WAITING = [

@@ -39,13 +39,16 @@ def loader(events_db_url, sqlite_instance, alert_routes, tmp_path, monkeypatch, 
 
     class Loader:
         def __call__(
-            self, batch: str, chunk_size: int = 200, run_config: dict | None = None
+            self, batch: str, chunk_size: int = 200, request: dg.RunRequest | None = None
         ) -> dg.ExecuteInProcessResult:
+            if request is None:
+                config = {"batch": batch, "chunk_size": chunk_size}
+                request = dg.RunRequest(run_config={"ops": {"load_events": {"config": config}}})
             return load_webhook_events_job.execute_in_process(
                 instance=sqlite_instance,
                 resources=resources,
-                run_config=run_config
-                or {"ops": {"load_events": {"config": {"batch": batch, "chunk_size": chunk_size}}}},
+                run_config=request.run_config,
+                tags=request.tags,
             )
 
         def tags(self, run_id: str) -> dict[str, str]:
@@ -173,7 +176,7 @@ def test_a_batch_first_run_loads_the_events_that_came_while_it_waited_to_start(
     )
     seed(engine, [("github", f"late-{i}", "push", push()) for i in range(4)], 1_790_000_002.0)
 
-    result = loader("", run_config=request.run_config)
+    result = loader("", request=request)
 
     assert result.success
     assert inbox.counts(engine) == {("github", "done"): 7}
@@ -194,3 +197,21 @@ def test_a_run_of_a_named_batch_loads_only_that_batch(loader, events_db_url) -> 
 
     assert inbox.counts(engine) == {("github", "done"): 1, ("github", "pending"): 1}
     assert len(inbox.unbatched(engine, 10)) == 1
+
+
+def test_a_batch_run_again_takes_no_late_events(loader, events_db_url, sqlite_instance) -> None:
+    """A batch whose first run failed before it touched a row (the database was down) is run
+    again as it was: events that came meanwhile wait for a batch of their own."""
+    engine = store.engine(events_db_url)
+    seed(engine, [("github", "own", "push", push())])
+    [request] = evaluate_inbox(sqlite_instance, engine, 1_790_000_000.0)[0].requests
+    failed = sqlite_instance.create_run_for_job(
+        load_webhook_events_job, run_config=request.run_config, tags=request.tags
+    )
+    sqlite_instance.report_run_failed(failed, message="the warehouse is unreachable")
+    late = seed(engine, [("github", "late", "push", push())], 1_790_000_002.0)
+
+    assert loader("", request=request).success
+
+    assert inbox.counts(engine) == {("github", "done"): 1, ("github", "pending"): 1}
+    assert [row.id for row in inbox.unbatched(engine, 10)] == late
