@@ -325,8 +325,10 @@ def test_a_body_that_trickles_in_gets_408_and_its_connection_closed(
     receiver = start_receiver(body_timeout=1)
     head, body = raw_push("trickled")
     with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as conn:
-        conn.sendall(head)
+        # The clock starts before the head is sent: the receiver's deadline starts once it has
+        # the head, which may be before sendall() returns here.
         began = time.monotonic()
+        conn.sendall(head)
         answer = b""
         conn.settimeout(0.3)
         reset = False
