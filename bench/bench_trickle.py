@@ -104,9 +104,9 @@ def trickle(root: Path) -> tuple[list[float], list[float], dict[str, list[float]
         record = runs.get(batches.get(delivery))
         if record is None or record.start_time is None:
             continue
-        # An event that came while its run waited to start joined it: no time "to run".
-        made = max(record.create_timestamp.timestamp(), sent)
-        joined += record.create_timestamp.timestamp() < sent
+        made = record.create_timestamp.timestamp()
+        # An event that came while its run waited to start joined it: its "to run" is negative.
+        joined += made < sent
         parts["to run"].append(made - sent)
         parts["run start"].append(record.start_time - made)
         parts["work"].append(arrived[delivery] - record.start_time)
