@@ -128,16 +128,19 @@ def insert_events(conn: sa.Connection, events: Sequence[Event]) -> list[bool]:
     return added
 
 
-def unbatched(engine: sa.Engine, limit: int) -> Sequence[sa.Row]:
-    """Pending rows no run has been asked for yet, oldest first."""
-    query = (
+def _unbatched_query(limit: int) -> sa.Select:
+    return (
         sa.select(inbox_table.c.id)
         .where(inbox_table.c.status == PENDING, inbox_table.c.batch.is_(None))
         .order_by(inbox_table.c.id)
         .limit(limit)
     )
+
+
+def unbatched(engine: sa.Engine, limit: int) -> Sequence[sa.Row]:
+    """Pending rows no run has been asked for yet, oldest first."""
     with engine.connect() as conn:
-        return conn.execute(query).all()
+        return conn.execute(_unbatched_query(limit)).all()
 
 
 def newest_id(engine: sa.Engine) -> int | None:
@@ -146,18 +149,23 @@ def newest_id(engine: sa.Engine) -> int | None:
         return conn.execute(sa.select(sa.func.max(inbox_table.c.id))).scalar()
 
 
+def _assign(conn: sa.Connection, ids: Sequence[int], batch: str, now: float) -> int:
+    """Hand rows to a batch in the caller's transaction; rows taken meanwhile are left alone."""
+    return conn.execute(
+        inbox_table.update()
+        .where(
+            inbox_table.c.id.in_(list(ids)),
+            inbox_table.c.batch.is_(None),
+            inbox_table.c.status == PENDING,
+        )
+        .values(batch=batch, requested_at=now)
+    ).rowcount
+
+
 def assign_batch(engine: sa.Engine, ids: Sequence[int], batch: str, now: float) -> int:
     """Hand rows to a batch; rows another tick took meanwhile are left alone."""
     with engine.begin() as conn:
-        return conn.execute(
-            inbox_table.update()
-            .where(
-                inbox_table.c.id.in_(list(ids)),
-                inbox_table.c.batch.is_(None),
-                inbox_table.c.status == PENDING,
-            )
-            .values(batch=batch, requested_at=now)
-        ).rowcount
+        return _assign(conn, ids, batch, now)
 
 
 def take_waiting(engine: sa.Engine, batch: str, up_to: int, now: float) -> int:
@@ -176,24 +184,8 @@ def take_waiting(engine: sa.Engine, batch: str, up_to: int, now: float) -> int:
         room = up_to - held.rows
         if not held.rows or held.attempts or room <= 0:
             return 0
-        waiting = (
-            sa.select(inbox_table.c.id)
-            .where(inbox_table.c.batch.is_(None), inbox_table.c.status == PENDING)
-            .order_by(inbox_table.c.id)
-            .limit(room)
-        )
-        ids = list(conn.execute(waiting).scalars())
-        if not ids:
-            return 0
-        return conn.execute(
-            inbox_table.update()
-            .where(
-                inbox_table.c.id.in_(ids),
-                inbox_table.c.batch.is_(None),
-                inbox_table.c.status == PENDING,
-            )
-            .values(batch=batch, requested_at=now)
-        ).rowcount
+        ids = list(conn.execute(_unbatched_query(room)).scalars())
+        return _assign(conn, ids, batch, now) if ids else 0
 
 
 def in_flight_batches(engine: sa.Engine, limit: int = 200) -> Sequence[sa.Row]:
