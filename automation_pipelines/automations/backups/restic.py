@@ -8,13 +8,16 @@ RESTIC_PASSWORD_FILE) and nowhere else: never its argv (which `ps` shows), never
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +33,15 @@ REMOTE_SCHEMES = ("sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rc
 _INHERITED = ("RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE", "RESTIC_PASSWORD")
 _INHERITED += ("RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND", "RESTIC_KEY_HINT")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: The size of the packs restic 0.14 writes (its default --pack-size): a destination with less
+#: free space than this cannot take restic's next write.
+PACK_BYTES = 16 * 1024 * 1024
+#: restic's retry notice for a failed write ("Save(<data/2c67377e8e>) returned error, retrying
+#: after 552ms: Write: sftp: ..."); restic retries each write ten times over about a minute.
+_SAVE_RETRY = re.compile(r"^(Save\(<[a-z]+/[0-9a-f]+>\)) returned error, retrying after [^:]+: ")
+_NO_SPACE = "no space left on device"
+#: How long restic may take to clean up (remove its lock) after SIGINT before it is killed.
+_STOP_GRACE_SECONDS = 15.0
 
 
 class ResticError(BackupError):
@@ -42,6 +54,10 @@ class RepositoryMissing(ResticError):
 
 class WrongPassword(ResticError):
     """The repository exists but no key opens with the password given."""
+
+
+class DestinationFull(ResticError):
+    """A write failed and the destination has no room for restic's next one."""
 
 
 class SpaceUnknown(BackupError):
@@ -238,23 +254,112 @@ class Repository:
         ok_codes: tuple[int, ...] = (0,),
     ) -> subprocess.CompletedProcess:
         """Run restic and return what it did; raise `ResticError` with its reason on failure."""
-        try:
-            done = subprocess.run(
-                self.command(*args),
-                cwd=cwd,
-                env=self.env(password_file),
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout or self.timeout_seconds,
-            )
-        except FileNotFoundError:
-            raise ResticError(
-                f"{self.binary} is not installed (Debian's package restic; `make install`)"
-            ) from None
+        done, _count = self._execute(
+            args, cwd=cwd, timeout=timeout, password_file=password_file, stdin=stdin
+        )
         if done.returncode not in ok_codes:
             raise self.error(done.stderr)
         return done
+
+    def _execute(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        timeout: float | None = None,
+        password_file: str | None = None,
+        stdin: IO[bytes] | None = None,
+        feed: IO[bytes] | None = None,
+    ) -> tuple[subprocess.CompletedProcess, int]:
+        """Run restic, reading its stderr as it comes: a failed write on a full destination
+        stops restic at once (`DestinationFull`) instead of after its minute of retries per
+        write. `feed` is streamed to restic's stdin; returns what it did and the bytes fed.
+        stdout goes to a temp file, so a full pipe can never stall restic or the feed."""
+        limit = timeout or self.timeout_seconds
+        with tempfile.TemporaryFile() as out:
+            try:
+                process = subprocess.Popen(
+                    self.command(*args),
+                    cwd=cwd,
+                    env=self.env(password_file),
+                    stdin=subprocess.PIPE
+                    if feed is not None
+                    else (stdin if stdin is not None else subprocess.DEVNULL),
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                )
+            except FileNotFoundError:
+                raise ResticError(
+                    f"{self.binary} is not installed (Debian's package restic; `make install`)"
+                ) from None
+            watch = _Watch(self, process)
+            count = 0
+            try:
+                if feed is not None:
+                    count = _feed(feed, process.stdin)
+                returncode = process.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                raise ResticError(
+                    f"repository {self.location}: restic {_verb(args)} did not finish "
+                    f"within {limit:g} s"
+                ) from None
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                watch.join()
+            if watch.full:
+                raise DestinationFull(f"repository {self.location}: {watch.full}")
+            out.seek(0)
+            stdout = out.read().decode(errors="replace")
+        done = subprocess.CompletedProcess(process.args, returncode, stdout, watch.stderr)
+        return done, count
+
+    def no_room(self, line: str) -> str:
+        """The sentence for a full destination when restic's stderr `line` reports a write
+        that failed for want of room, else "". restic names a local disk's lack of room; an
+        SFTP server often says only "Failure", so a retried write is judged by the room left
+        (measured as the health check measures it): less than one pack means full."""
+        line = line.strip()
+        retry = _SAVE_RETRY.match(line)
+        said = f"{retry.group(1)}: {line[retry.end() :]}" if retry else line.removeprefix("Fatal: ")
+        if not retry and _NO_SPACE not in line:
+            return ""
+        if _NO_SPACE in line and not (retry or self._names_destination(line)):
+            return ""  # a file restic reads or restores, not the repository
+        space = self._space()
+        if space is not None and space.free < PACK_BYTES:
+            return (
+                f"the destination is full: {space.free / 1e6:.1f} MB free of "
+                f"{space.total / 1e6:.1f} MB, less than the {PACK_BYTES / 1e6:.1f} MB restic "
+                f"writes at a time (restic: {said})"
+            )
+        if _NO_SPACE in line:
+            return f"the destination is full (restic: {said})"
+        return ""  # room enough: a passing fault, restic's retries are for it
+
+    def _names_destination(self, line: str) -> bool:
+        if self.location.startswith("sftp:"):
+            try:
+                return sftp_parts(self.location)[3] in line
+            except ValueError:
+                return False
+        return not is_remote(self.location) and self.location in line
+
+    def _space(self) -> FreeSpace | None:
+        """The destination's size and free space, None where it cannot be measured."""
+        try:
+            if self.location.startswith("sftp:"):
+                return self.free_space(timeout=60)
+            if is_remote(self.location):
+                return None
+            path = Path(self.location)
+            while not path.exists() and path != path.parent:
+                path = path.parent
+            usage = shutil.disk_usage(path)
+        except (SpaceUnknown, OSError):
+            return None
+        return FreeSpace(total=usage.total, free=usage.free)
 
     def error(self, stderr: str) -> ResticError:
         """The right exception for restic's complaint."""
@@ -433,35 +538,12 @@ class Repository:
         moment: datetime | None = None,
     ) -> tuple[dict, int]:
         """Back up what `stream` yields as one file `/<filename>`; return restic's summary and
-        the byte count that went in. restic's output goes to a temp file, so a full pipe can
-        never stall the stream."""
+        the byte count that went in."""
         args = [*self._backup_args(tags, moment), "--stdin", "--stdin-filename", filename]
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            try:
-                process = subprocess.Popen(
-                    self.command(*args),
-                    env=self.env(),
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=err,
-                )
-            except FileNotFoundError:
-                raise ResticError(f"{self.binary} is not installed") from None
-            count = 0
-            try:
-                while chunk := stream.read(1 << 20):
-                    process.stdin.write(chunk)
-                    count += len(chunk)
-            except BrokenPipeError:
-                pass
-            finally:
-                process.stdin.close()
-                returncode = process.wait(timeout=self.timeout_seconds)
-            out.seek(0)
-            err.seek(0)
-            if returncode != 0:
-                raise self.error(err.read().decode(errors="replace"))
-            return _summary(out.read().decode(), self.location), count
+        done, count = self._execute(args, feed=stream)
+        if done.returncode != 0:
+            raise self.error(done.stderr)
+        return _summary(done.stdout, self.location), count
 
     # -- Retention, checks, locks -----------------------------------------------------------
 
@@ -556,6 +638,66 @@ class Repository:
 
     def key_remove(self, key_id: str, *, password_file: str) -> None:
         self.run("key", "remove", key_id, password_file=password_file, timeout=300)
+
+
+class _Watch:
+    """Reads a restic process's stderr on a thread as it comes, and stops restic (SIGINT: it
+    removes its lock; SIGKILL if it lingers) at the first write its destination has no room
+    for. `full` is then the sentence saying so."""
+
+    def __init__(self, repo: Repository, process: subprocess.Popen) -> None:
+        self.repo = repo
+        self.process = process
+        self.lines: list[str] = []
+        self.full = ""
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for raw in self.process.stderr:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if not self.full and (_NO_SPACE in line or _SAVE_RETRY.match(line)):
+                self.full = self.repo.no_room(line)
+                if self.full:
+                    self._stop()
+        self.process.stderr.close()
+
+    def _stop(self) -> None:
+        try:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=_STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        except OSError:
+            pass
+
+    def join(self) -> None:
+        self._thread.join()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+
+def _feed(stream: IO[bytes], into: IO[bytes]) -> int:
+    """Copy `stream` into restic's stdin and close it; the bytes copied (restic may stop
+    reading early: it failed, and says why on stderr)."""
+    count = 0
+    try:
+        while chunk := stream.read(1 << 20):
+            into.write(chunk)
+            count += len(chunk)
+    except BrokenPipeError:
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            into.close()
+    return count
+
+
+def _verb(args: Sequence[str]) -> str:
+    return next((arg for arg in args if not arg.startswith("-")), "")
 
 
 #: What restic prints for its ssh subprocess: "subprocess <program>: <ssh's stderr line>".

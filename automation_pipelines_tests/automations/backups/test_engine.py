@@ -6,6 +6,7 @@ and run."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -28,6 +29,8 @@ from automation_pipelines.automations.backups.sources import (
 )
 from automation_pipelines_tests.automations.backups.conftest import flip_byte_in_biggest_pack
 from automation_pipelines_tests.automations.backups.trees import make_tree
+
+NO_ROOM = "no space left on device"
 
 
 @pytest.fixture
@@ -292,6 +295,26 @@ def test_a_full_destination_fails_the_backup_and_the_next_one_recovers(
     assert done.files == 1
     assert [run.id for run in engine.list_runs(repo)] == [done.run_id]
     assert repo.check() == [] and repo.locks() == []
+
+
+def test_a_failed_write_means_a_full_destination_only_where_the_destination_lacks_room(
+    repo, small_volume, tmp_path
+):
+    retry = "Save(<data/2c67377e8e>) returned error, retrying after 552ms: Write: sftp: Failure"
+    enospc = f"Fatal: unable to save snapshot: write {repo.location}/data/ab/ab-tmp-1: {NO_ROOM}"
+    restoring = f"ignoring error for /photos/a.jpg: write {tmp_path}/a.jpg: {NO_ROOM}"
+    small = Repository(str(small_volume / "restic"), password="unused")
+
+    # Plenty of room: a retried write is a passing fault; restic's own retries are for it.
+    assert repo.no_room(retry) == ""
+    assert repo.no_room(restoring) == small.no_room(restoring) == ""  # not the repository
+    assert repo.no_room(enospc) == f"the destination is full (restic: {enospc[7:]})"
+    # Less room than one pack: full, with the figures.
+    assert re.fullmatch(
+        r"the destination is full: [78]\.\d MB free of 8\.4 MB, less than the 16\.8 MB "
+        r"restic writes at a time \(restic: Save\(<data/2c67377e8e>\): Write: sftp: Failure\)",
+        small.no_room(retry),
+    )
 
 
 RESTORE_SCRIPT = """

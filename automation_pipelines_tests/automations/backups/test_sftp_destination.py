@@ -309,6 +309,41 @@ def test_a_server_that_goes_away_fails_the_run_in_one_sentence_then_the_next_one
     assert not [s for s in (failure["error"], sentence) if PASSWORD in s]
 
 
+def test_a_full_sftp_destination_fails_the_run_saying_so_then_the_next_one_recovers(
+    offsite: Offsite, sshd: Sshd, small_volume: Path
+) -> None:
+    # The server's folder is an 8 MB volume; a 20 MB file does not compress. Over SFTP the
+    # server answers a full disk with a bare "Failure", which restic retries for a minute a
+    # write; the run stops at the first one and says the destination is full.
+    offsite.served = small_volume / "backups"
+    offsite.location = sshd.location(offsite.served)
+    offsite.configure()
+    (offsite.documents / "big.bin").write_bytes(os.urandom(20_000_000))
+
+    full = offsite.backup()
+
+    assert not full.success
+    sentence = offsite.failure(full)["error"]
+    assert re.fullmatch(
+        rf"repository {re.escape(offsite.location)}: the destination is full: "
+        r"\d+\.\d MB free of 8\.4 MB, less than the 16\.8 MB restic writes at a time "
+        r"\(restic: .+\)",
+        sentence,
+    ), sentence
+    assert one_sentence(sentence), sentence
+    assert offsite.failure(full)["classification"] == "permanent"
+    assert offsite.materializations() == 0
+    assert list((offsite.served / "snapshots").iterdir()) == []
+
+    (offsite.documents / "big.bin").unlink()
+    recovered = offsite.backup()
+
+    assert recovered.success
+    repo = offsite.repository()
+    assert [len(run.snapshots) for run in engine.list_runs(repo)] == [2]
+    assert repo.check() == [] and repo.locks() == []
+
+
 def _another_host_key(sshd: Sshd, tmp_path: Path) -> Path:
     """A known_hosts that names another key for the server: what a client sees after the
     server was reinstalled, or when someone sits in between."""
