@@ -26,7 +26,11 @@ TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".file
 
 def is_temporary(path: Path) -> bool:
     """Hidden files and the in-progress names browsers, rsync, scp and editors use."""
-    name = path.name
+    return is_temporary_name(path.name)
+
+
+def is_temporary_name(name: str) -> bool:
+    """`is_temporary` of a bare file name."""
     return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
 
 

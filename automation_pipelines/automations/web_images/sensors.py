@@ -18,8 +18,14 @@ of it lying in the inbox unseen. Folders are looked into; one named like a photo
 Files in quarantine/ that changed after they were judged (an uploader kept writing into one) are
 requested again, once they too have been quiet.
 
-Processed files leave the inbox, so a scan costs what is waiting, not the history. The cursor
-remembers, only for files still there, what the last look saw and which run key asked for each.
+Processed files leave the inbox, so a look costs what is waiting, not the history, and a look
+stops reading once it has more ready files than a tick takes (`SCAN_READY_LIMIT`): a backlog of
+100,000 costs a tick what one of a thousand does. What the last look saw and which run key
+asked for each file live in the project database (`book.py`), only for files still there that
+a look read or a run was asked for; Dagster's cursor, stored with every tick, keeps only where
+the sweep of quarantine/ goes on (read `QUARANTINE_SWEEP` files a tick, in turn). While
+`MAX_WAITING_RUNS` runs wait to start, nothing more is requested: the queue keeps every run slot
+busy, and the files in flight stay few.
 
 Environmental failures recover by themselves. A file whose run finished without taking it out of
 the inbox (a full disk, an unreadable folder) is requested again under a new run key, with
@@ -48,17 +54,18 @@ import dagster as dg
 
 from automation_pipelines.automations.web_images import AUTOMATION
 from automation_pipelines.automations.web_images.batch import read_waiting_note
+from automation_pipelines.automations.web_images.book import Book, TableBook, empty_state
 from automation_pipelines.automations.web_images.images import IMAGE_SUFFIXES
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import (
     DEFAULT_MAX_FILES_PER_RUN,
     PhotoFolders,
 )
-from automation_pipelines.reliability import listening, pacing
+from automation_pipelines.reliability import breaker, listening, pacing
 from automation_pipelines.reliability.files import (
     REASON_SUFFIX,
     changed_since_quarantine,
-    is_temporary,
+    is_temporary_name,
 )
 from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
@@ -79,6 +86,21 @@ RE_REQUEST_MAX_SECONDS = 180.0
 #: A file whose run cannot be found (deleted) is requested again this long after its request.
 REQUEST_AGAIN_AFTER_SECONDS = 2 * AUTOMATION.max_runtime_seconds
 _MB = 1_000_000
+#: A look stops reading the inbox once it holds this many files ready to request: more than a
+#: tick takes (MAX_RUNS_PER_TICK x max_files_per_run), so the counts a tick shows are exact
+#: for any inbox up to that size, and a backlog of any size costs a tick the same.
+SCAN_READY_LIMIT = 1000
+#: Quarantined files a look reads per tick (each with its note, to see whether it changed
+#: since it was judged); a bigger quarantine is looked through a part per tick, in turn.
+QUARANTINE_SWEEP = 1000
+#: While this many runs of the job wait to start, the sensor requests no more: the queue
+#: already holds enough to keep every run slot busy, and the files in flight stay few.
+MAX_WAITING_RUNS = 2 * AUTOMATION.side_by_side
+_WAITING_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+]
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,13 @@ def run_outcome(instance: dg.DagsterInstance, run_key: str, now: float) -> RunOu
     return RunOutcome(done=True, ended_at=ended)
 
 
+def waiting_runs(instance: dg.DagsterInstance) -> int:
+    """Runs of the job queued or starting: requested, not yet at work."""
+    return instance.get_runs_count(
+        dg.RunsFilter(job_name=render_web_images_job.name, statuses=_WAITING_STATUSES)
+    )
+
+
 def re_request_delay(attempt: int, run_key: str) -> float:
     """Seconds after the end of run number `attempt` (0 = the first request) before its files
     are requested again; the jitter is fixed per run key, so every tick agrees on the moment."""
@@ -135,6 +164,55 @@ class ScanNotes:
     bad_names: list[str] = field(default_factory=list)
 
 
+def _walk(inbox: Path, skip: list[Path], notes: ScanNotes) -> Iterator[tuple[str, os.DirEntry]]:
+    """Every entry under `inbox` that is not a folder, as (relative path, entry), in directory
+    order and lazily (a look may stop early), without a stat of its own; our own folders are
+    skipped, folders that cannot be listed and names never taken go to `notes`."""
+    skip_resolved = {os.path.realpath(p) for p in skip}
+    top = os.fspath(inbox)
+    stack = [(top, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            listing = os.scandir(folder)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            notes.unreadable.append(f"{folder} ({exc.strerror or type(exc).__name__})")
+            continue
+        with listing:
+            for entry in listing:
+                rel = prefix + entry.name
+                if not _is_utf8(rel):
+                    notes.bad_names.append(rel.encode("utf-8", "surrogateescape").decode("latin-1"))
+                    continue
+                if is_temporary_name(entry.name):
+                    notes.temporary.append(rel)
+                    continue
+                try:
+                    folder_entry = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    continue
+                if folder_entry:
+                    if os.path.realpath(entry.path) not in skip_resolved:
+                        stack.append((entry.path, f"{rel}/"))
+                        if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                            notes.photo_folders.append(f"{rel}/")
+                    continue
+                yield rel, entry
+
+
+def _entry(rel: str, found: os.DirEntry) -> Entry | None:
+    """The entry's figures (lstat: a symlink is itself); None when it is gone meanwhile."""
+    try:
+        info = found.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        return None  # became a folder between the listing and the look
+    return Entry(rel, info.st_size, info.st_mtime_ns, min(info.st_mtime_ns, info.st_ctime_ns))
+
+
 def scan(
     inbox: Path,
     skip: list[Path],
@@ -143,53 +221,50 @@ def scan(
 ) -> Iterator[Entry]:
     """Every file under `inbox` that is not a folder (regular files of any name, symlinks,
     special files), skipping our own folders; folders that cannot be listed are named in
-    `unreadable` and looked at again next tick, temp names and the like in `notes`."""
+    `unreadable` and looked at again next tick, temp names and the like in `notes`. Lazy: a
+    look that has enough stops reading the folder there."""
     notes = notes or ScanNotes()
-    unreadable = notes.unreadable if unreadable is None else unreadable
-    skip_resolved = {p.resolve() for p in skip}
-    stack = [inbox]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            unreadable.append(f"{folder} ({exc.strerror or type(exc).__name__})")
-            continue
-        for entry in entries:
-            path = Path(entry.path)
-            rel = path.relative_to(inbox).as_posix()
-            if not _is_utf8(rel):
-                notes.bad_names.append(rel.encode("utf-8", "surrogateescape").decode("latin-1"))
-                continue
-            if is_temporary(path):
-                notes.temporary.append(rel)
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone between the listing and the look
-            if stat.S_ISDIR(info.st_mode):
-                if path.resolve() not in skip_resolved:
-                    stack.append(path)
-                    if path.suffix.lower() in IMAGE_SUFFIXES:
-                        notes.photo_folders.append(f"{rel}/")
-                continue
-            yield Entry(
-                rel, info.st_size, info.st_mtime_ns, min(info.st_mtime_ns, info.st_ctime_ns)
-            )
+    if unreadable is not None:
+        notes.unreadable = unreadable
+    for rel, found in _walk(inbox, skip, notes):
+        entry = _entry(rel, found)
+        if entry is not None:
+            yield entry
 
 
 def scan_quarantine(quarantine: Path) -> Iterator[Entry]:
     """Quarantined files that differ from what their note recorded when they were judged."""
-    if not quarantine.is_dir():
-        return
-    for entry in scan(quarantine, []):
-        if entry.rel.endswith(REASON_SUFFIX):
-            continue
-        if changed_since_quarantine(quarantine / entry.rel):
+    for entry, changed in sweep_quarantine(quarantine, 0, None)[0]:
+        if changed:
             yield entry
+
+
+def sweep_quarantine(
+    quarantine: Path, start: int, budget: int | None
+) -> tuple[list[tuple[Entry, bool | None]], int]:
+    """Up to `budget` quarantined files (all with None) from position `start` in the folder's
+    order, each with whether it changed since it was judged; and the position the next sweep
+    starts from (0 once the sweep reached the end). A big quarantine is thus looked through a
+    part per tick, and a tick's cost stays the same whatever it holds."""
+    if not quarantine.is_dir():
+        return [], 0
+    files = (
+        (rel, found)
+        for rel, found in _walk(quarantine, [], ScanNotes())
+        if not rel.endswith(REASON_SUFFIX)
+    )
+    swept: list[tuple[Entry, bool | None]] = []
+    position = 0
+    for rel, found in files:
+        position += 1
+        if position <= start:
+            continue
+        entry = _entry(rel, found)
+        if entry is not None:
+            swept.append((entry, changed_since_quarantine(quarantine / rel)))
+        if budget is not None and len(swept) >= budget:
+            return swept, position
+    return swept, 0
 
 
 def _is_utf8(name: str) -> bool:
@@ -223,7 +298,8 @@ class _Area:
     settling: int = 0
     waiting: int = 0
     in_flight: int = 0  # of `waiting`: their run is queued or working
-    truncated: list[str] = field(default_factory=list)
+    #: (mtime, rel, words) of files that end early and wait out their grace period.
+    truncated: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -245,22 +321,25 @@ def look(
     now: float,
     runs: RunLookup = lambda run_key: None,
     max_runs: int = MAX_RUNS_PER_TICK,
+    book: Book | None = None,
+    waiting_runs: int = 0,
 ) -> Look:
     """The run requests for this tick (at most `max_runs`: the automation's pace may allow
-    fewer than the cap per tick), the new cursor, a sentence for the tick's log and how many
-    files are settling."""
-    state = json.loads(cursor) if cursor else {}
+    fewer than the cap per tick; none while `waiting_runs` runs of the job wait to start and
+    that is `MAX_WAITING_RUNS` or more), the new cursor, a sentence for the tick's log and how
+    many files are settling. With a `book` the per-file state lives there and the cursor
+    holds only where the quarantine sweep goes on; without one, the cursor holds it all."""
+    kept = json.loads(cursor) if cursor else {}
+    if book is None:
+        state = {**empty_state(), **{k: v for k, v in kept.items() if k in _STATE_KEYS}}
+    else:
+        state = book.load()
+        for key in ("requested", "quarantine_requested"):  # a cursor from before the book
+            for rel, asked in (kept.get(key) or {}).items():
+                state[key].setdefault(rel, asked)
     notes = ScanNotes()
-    inbox = _Area(
-        {e.rel: e for e in scan(folders.inbox, folders.own_folders(), notes=notes)},
-        state.get("seen", {}),
-        state.get("requested", {}),
-    )
-    changed = _Area(
-        {e.rel: e for e in scan_quarantine(folders.quarantine)},
-        state.get("quarantine_seen", {}),
-        state.get("quarantine_requested", {}),
-    )
+    inbox = _Area({}, state["seen"], state["requested"])
+    changed = _Area({}, state["quarantine_seen"], state["quarantine_requested"])
     outcomes: dict[str, RunOutcome | None] = {}
 
     def due_at(asked: list) -> float | None:
@@ -276,35 +355,53 @@ def look(
             return None
         return (outcome.ended_at or requested_at) + re_request_delay(attempt, run_key)
 
-    def sort(area: _Area, waiting_notes: bool) -> None:
-        for rel, entry in sorted(area.current.items(), key=lambda item: (item[1].mtime, item[0])):
-            quiet = now - entry.written / 1e9 >= folders.quiet_seconds
-            seen = area.previous.get(rel)
-            if not quiet or (seen is not None and seen != [entry.size, entry.mtime]):
-                area.settling += 1
-                continue
-            asked = area.requested.get(rel)
-            attempt, moment = 0, None
-            if asked and asked[:2] == [entry.size, entry.mtime]:
-                moment = due_at(asked)
-                if moment is None:
-                    area.waiting += 1
-                    area.in_flight += 1
-                    continue
-                attempt = (asked[4] if len(asked) > 4 else 0) + 1
-            note = read_waiting_note(folders, rel) if waiting_notes else None
-            if note and [note.get("size"), note.get("mtime_ns")] == [entry.size, entry.mtime]:
-                if now < float(note.get("until", 0)):
-                    area.truncated.append(_waiting_words(rel, note))
-                    continue  # its grace period is over: requested, to be quarantined
-            elif moment is not None and now < moment:
+    def classify(area: _Area, entry: Entry, waiting_notes: bool) -> bool:
+        """Count the file where it belongs; True when it is ready to request."""
+        rel = entry.rel
+        quiet = now - entry.written / 1e9 >= folders.quiet_seconds
+        seen = area.previous.get(rel)
+        if not quiet or (seen is not None and seen != [entry.size, entry.mtime]):
+            area.settling += 1
+            return False
+        asked = area.requested.get(rel)
+        attempt, moment = 0, None
+        if asked and asked[:2] == [entry.size, entry.mtime]:
+            moment = due_at(asked)
+            if moment is None:
                 area.waiting += 1
-                continue
-            area.ready.append((rel, entry.size, entry.mtime, attempt))
+                area.in_flight += 1
+                return False
+            attempt = (asked[4] if len(asked) > 4 else 0) + 1
+        note = read_waiting_note(folders, rel) if waiting_notes else None
+        if note and [note.get("size"), note.get("mtime_ns")] == [entry.size, entry.mtime]:
+            if now < float(note.get("until", 0)):
+                area.truncated.append((entry.mtime, rel, _waiting_words(rel, note)))
+                return False  # its grace period is over: requested, to be quarantined
+        elif moment is not None and now < moment:
+            area.waiting += 1
+            return False
+        area.ready.append((rel, entry.size, entry.mtime, attempt))
+        return True
 
-    sort(inbox, waiting_notes=True)
-    sort(changed, waiting_notes=False)
+    waiting_notes = _has_waiting_notes(folders)
+    complete = True
+    for entry in scan(folders.inbox, folders.own_folders(), notes=notes):
+        inbox.current[entry.rel] = entry
+        if classify(inbox, entry, waiting_notes) and len(inbox.ready) >= SCAN_READY_LIMIT:
+            complete = False
+            break
+    sweep_from = int(kept.get("quarantine_at", 0))
+    swept, sweep_next = sweep_quarantine(folders.quarantine, sweep_from, QUARANTINE_SWEEP)
+    for entry, moved in sorted(swept, key=lambda item: (item[0].mtime, item[0].rel)):
+        if moved:
+            changed.current[entry.rel] = entry
+            classify(changed, entry, waiting_notes=False)
+    for area in (inbox, changed):
+        area.ready.sort(key=lambda item: (item[2], item[0]))
+        area.truncated.sort()
 
+    if waiting_runs >= MAX_WAITING_RUNS:
+        max_runs = 0
     per_run = files_per_run(len(inbox.ready), max_runs, folders.max_files_per_run)
     taken, space_note = _fit_free_space(folders, inbox.ready[: per_run * max_runs], per_run)
     left = len(inbox.ready) - len(taken)
@@ -313,23 +410,68 @@ def look(
     requests += _requests(
         changed.ready[:room], changed.requested, "revisit", "revisit", now, MAX_FILES_PER_RUN
     )
-    new_cursor = json.dumps(
-        {
-            "seen": {rel: [e.size, e.mtime] for rel, e in inbox.current.items()},
-            "requested": {r: v for r, v in inbox.requested.items() if r in inbox.current},
-            "quarantine_seen": {rel: [e.size, e.mtime] for rel, e in changed.current.items()},
-            "quarantine_requested": {
-                r: v for r, v in changed.requested.items() if r in changed.current
-            },
-        },
-        sort_keys=True,
+    seen, requested = _kept(inbox, folders.inbox, set(inbox.current), complete)
+    quarantine_seen, quarantine_requested = _kept(
+        changed,
+        folders.quarantine,
+        {entry.rel for entry, _moved in swept},
+        sweep_from == 0 and sweep_next == 0,
     )
-    sentence = _sentence(folders, inbox, changed, notes, taken, requests, left)
+    new_state = {
+        "seen": seen,
+        "requested": requested,
+        "quarantine_seen": quarantine_seen,
+        "quarantine_requested": quarantine_requested,
+    }
+    position = {"quarantine_at": sweep_next} if sweep_next else {}
+    if book is None:
+        new_cursor = json.dumps({**new_state, **position}, sort_keys=True)
+    else:
+        book.save(new_state)
+        new_cursor = json.dumps(position)
+    sentence = _sentence(folders, inbox, changed, notes, taken, requests, left, complete)
+    if waiting_runs >= MAX_WAITING_RUNS:
+        sentence = (
+            f"{waiting_runs} run(s) of {render_web_images_job.name} wait to start (at most "
+            f"{MAX_WAITING_RUNS}): new files wait for them; {sentence}"
+        )
     if space_note:
         sentence = f"{space_note}; {sentence}"
     elif not requests:
         sentence = f"nothing to do: {sentence}"
-    return Look(requests, new_cursor, sentence, inbox.settling + changed.settling, inbox.in_flight)
+    in_flight = inbox.in_flight + (waiting_runs if waiting_runs >= MAX_WAITING_RUNS else 0)
+    return Look(requests, new_cursor, sentence, inbox.settling + changed.settling, in_flight)
+
+
+_STATE_KEYS = ("seen", "requested", "quarantine_seen", "quarantine_requested")
+
+
+def _has_waiting_notes(folders: PhotoFolders) -> bool:
+    """Whether any inbox file waits out its grace period (most looks have none to read)."""
+    try:
+        with os.scandir(folders.waiting) as listing:
+            return any(True for _ in listing)
+    except OSError:
+        return False
+
+
+def _kept(
+    area: _Area, folder: Path, examined: set[str], complete: bool
+) -> tuple[dict[str, list], dict[str, list]]:
+    """The area's state for the next look: what this look saw of the files it examined (and
+    the requests of those still there); a look that stopped early keeps what it knew of the
+    files it did not reach, while they are still there."""
+    seen = {rel: [e.size, e.mtime] for rel, e in area.current.items()}
+    requested = {r: v for r, v in area.requested.items() if r in area.current}
+    if not complete:
+        for rel in (area.previous.keys() | area.requested.keys()) - examined:
+            if not os.path.lexists(os.path.join(folder, rel)):
+                continue
+            if rel in area.previous:
+                seen[rel] = area.previous[rel]
+            if rel in area.requested:
+                requested[rel] = area.requested[rel]
+    return seen, requested
 
 
 def inbox_stamp(folders: PhotoFolders) -> int | None:
@@ -397,18 +539,24 @@ def _sentence(
     taken: list,
     requests: list[dg.RunRequest],
     left: int,
+    complete: bool = True,
 ) -> str:
     parts = [
         f"{len(taken)} file(s) in {len(requests)} run(s)",
         f"{inbox.settling} still being written (written in the last "
         f"{folders.quiet_seconds:.0f} s or since the last look)",
         f"{inbox.waiting} waiting for their run or its retry",
-        f"{left} left for the next tick",
+        f"{left} left for the next tick"
+        if complete
+        else f"at least {left} left for the next tick (this look stopped reading the inbox at "
+        f"{SCAN_READY_LIMIT:,} files ready; the counts are of the {len(inbox.current):,} "
+        "files it read)",
     ]
     if inbox.truncated:
+        words = [item[2] for item in inbox.truncated]
         parts.append(
-            f"{len(inbox.truncated)} end early and wait for the rest of their upload, else are "
-            f"quarantined: {_names(inbox.truncated)}"
+            f"{len(words)} end early and wait for the rest of their upload, else are "
+            f"quarantined: {_names(words)}"
         )
     if changed.ready or changed.settling or changed.waiting:
         parts.append(
@@ -477,6 +625,7 @@ def _fit_free_space(
 def photo_inbox_sensor(context: dg.SensorEvaluationContext, folders: PhotoFolders):
     max_runs = pacing.allowed_runs(MAX_RUNS_PER_TICK)
     cursor = context.cursor
+    book = TableBook(breaker.engine_for(context.instance), folders.root)
 
     def look_now() -> Look:
         nonlocal cursor
@@ -487,6 +636,8 @@ def photo_inbox_sensor(context: dg.SensorEvaluationContext, folders: PhotoFolder
             now,
             runs=lambda key: run_outcome(context.instance, key, now),
             max_runs=max_runs,
+            book=book,
+            waiting_runs=waiting_runs(context.instance),
         )
         cursor = found.cursor
         return found

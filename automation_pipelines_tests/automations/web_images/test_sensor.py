@@ -24,6 +24,7 @@ import dagster as dg
 import pytest
 
 from automation_pipelines.automations.web_images import sensors
+from automation_pipelines.automations.web_images.book import TableBook
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
 from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability import breaker
@@ -229,6 +230,11 @@ def tick(instance, folders, cursor):
     return sensors.photo_inbox_sensor(context), context.cursor
 
 
+def book_of(instance, folders: PhotoFolders) -> TableBook:
+    """The sensor's per-file state of these folders, in the instance's project database."""
+    return TableBook(breaker.engine_for(instance), folders.root)
+
+
 def requested(result) -> list[dg.RunRequest]:
     assert isinstance(result, list), f"expected run requests, got {result}"
     return result
@@ -312,8 +318,9 @@ def test_a_failed_run_is_requested_again_after_backoff_under_a_new_run_key(
     assert "2 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
     (folders.inbox / "b.jpg").unlink()  # b left the inbox after all
     _, cursor = tick(instance, folders, cursor)
-    assert list(json.loads(cursor)["requested"]) == ["a.jpg"]  # only files still in the inbox
-    assert json.loads(cursor)["requested"]["a.jpg"][3:] == [again.run_key, 1]
+    asked = book_of(instance, folders).load()["requested"]
+    assert list(asked) == ["a.jpg"]  # only files still in the inbox
+    assert asked["a.jpg"][3:] == [again.run_key, 1]
 
 
 def test_every_backoff_is_capped_and_jittered() -> None:
@@ -337,7 +344,11 @@ def test_a_run_not_started_yet_or_running_is_not_requested_again(folders, sqlite
     # Not even after the long fallback: the run exists and has not finished.
     later = time.time() + 10 * sensors.REQUEST_AGAIN_AFTER_SECONDS
     requests, _, _ = look_once(
-        folders, cursor, later, runs=lambda key: sensors.run_outcome(instance, key, later)
+        folders,
+        cursor,
+        later,
+        runs=lambda key: sensors.run_outcome(instance, key, later),
+        book=book_of(instance, folders),
     )
     assert requests == []
 
@@ -398,7 +409,7 @@ def test_low_free_space_requests_nothing_until_space_is_back(
     assert asked[-1] == Path(folders.root)  # web/ does not exist yet: the root's volume
     result, cursor = tick(sqlite_instance, folders, cursor)
     skipped(result)
-    assert json.loads(cursor)["requested"] == {}  # nothing counts as asked for
+    assert book_of(sqlite_instance, folders).load()["requested"] == {}  # nothing asked for
 
     folders.output.mkdir()
     disk["free"] = 3_000_000  # room for one photo and the margin
@@ -406,7 +417,7 @@ def test_low_free_space_requests_nothing_until_space_is_back(
     assert files_of([one]) == [["a.jpg"]] and asked[-1] == folders.output
     disk["free"] = 100_000_000
     result, cursor = tick(sqlite_instance, folders, cursor)
-    assert files_of(requested(result)) == [["a.jpg", "b.jpg"]]
+    assert files_of(requested(result)) == [["b.jpg"]]  # a.jpg's run is asked for already
 
 
 def test_after_a_disk_full_failure_files_go_on_the_first_tick_with_space(

@@ -1,0 +1,118 @@
+"""What the inbox sensor remembers of files between looks, kept in the project database.
+
+Dagster stores a sensor's cursor with every tick record, so a cursor that names every waiting
+file makes each tick cost, and the tick history grow by, the size of the backlog. The per-file
+memory lives here instead, one row per file the last look examined or a run was asked for,
+and the cursor keeps only where the quarantine sweep goes on. The look examines a bounded
+number of files per tick and forgets the rows of files that left the inbox, so the table holds
+the files in flight and those the last look examined, whatever the backlog.
+
+A row holds what the sensor's state held for the file: `seen` ([size, mtime_ns] as the last
+look saw it) and `requested` ([size, mtime_ns, requested_at, run_key, attempt] when a run was
+asked for it). Rows are keyed by the photos root, so two roots sharing a database never mix.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import sqlalchemy as sa
+
+from automation_pipelines.reliability import store
+
+files_table = sa.Table(
+    "ap_web_images_files",
+    store.metadata,
+    sa.Column("root", sa.String(1024), primary_key=True),
+    #: "inbox" or "quarantine".
+    sa.Column("area", sa.String(16), primary_key=True),
+    sa.Column("rel", sa.String(1024), primary_key=True),
+    sa.Column("seen", sa.JSON(none_as_null=True)),
+    sa.Column("requested", sa.JSON(none_as_null=True)),
+)
+
+#: Names per DELETE … IN (…): well inside every database's limit on bound parameters.
+_CHUNK = 500
+#: The state's maps, by area: (seen, requested).
+AREAS = {"inbox": ("seen", "requested"), "quarantine": ("quarantine_seen", "quarantine_requested")}
+
+
+def empty_state() -> dict[str, dict[str, list]]:
+    return {name: {} for names in AREAS.values() for name in names}
+
+
+class Book(Protocol):
+    """Where a look's state comes from and goes to."""
+
+    def load(self) -> dict[str, dict[str, list]]: ...
+
+    def save(self, state: dict[str, dict[str, list]]) -> None: ...
+
+
+class TableBook:
+    """The state of one photos root in `ap_web_images_files`. `save` writes only the rows that
+    changed since `load`, in one transaction."""
+
+    def __init__(self, engine: sa.Engine, root: str) -> None:
+        self.engine = engine
+        self.root = root
+        self._loaded: dict[tuple[str, str], tuple] = {}
+
+    def load(self) -> dict[str, dict[str, list]]:
+        table = files_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(table.c.area, table.c.rel, table.c.seen, table.c.requested).where(
+                    table.c.root == self.root
+                )
+            ).all()
+        state = empty_state()
+        self._loaded = {}
+        for area, rel, seen, requested in rows:
+            if area not in AREAS:
+                continue
+            seen_name, requested_name = AREAS[area]
+            if seen is not None:
+                state[seen_name][rel] = seen
+            if requested is not None:
+                state[requested_name][rel] = requested
+            self._loaded[(area, rel)] = (seen, requested)
+        return state
+
+    def save(self, state: dict[str, dict[str, list]]) -> None:
+        rows: dict[tuple[str, str], tuple] = {}
+        for area, (seen_name, requested_name) in AREAS.items():
+            seen, requested = state.get(seen_name, {}), state.get(requested_name, {})
+            for rel in seen.keys() | requested.keys():
+                rows[(area, rel)] = (seen.get(rel), requested.get(rel))
+        gone = [key for key in self._loaded if key not in rows]
+        changed = [key for key, row in rows.items() if self._loaded.get(key) != row]
+        if not gone and not changed:
+            return
+        table = files_table
+        with self.engine.begin() as conn:
+            for area in AREAS:
+                rels = [rel for where, rel in gone + changed if where == area]
+                for start in range(0, len(rels), _CHUNK):
+                    conn.execute(
+                        table.delete().where(
+                            (table.c.root == self.root)
+                            & (table.c.area == area)
+                            & table.c.rel.in_(rels[start : start + _CHUNK])
+                        )
+                    )
+            if changed:
+                conn.execute(
+                    table.insert(),
+                    [
+                        {
+                            "root": self.root,
+                            "area": area,
+                            "rel": rel,
+                            "seen": rows[(area, rel)][0],
+                            "requested": rows[(area, rel)][1],
+                        }
+                        for area, rel in changed
+                    ],
+                )
+        self._loaded = rows
