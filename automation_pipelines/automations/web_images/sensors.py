@@ -30,7 +30,10 @@ busy, and the files in flight stay few.
 Environmental failures recover by themselves. A file whose run finished without taking it out of
 the inbox (a full disk, an unreadable folder) is requested again under a new run key, with
 exponential backoff and jitter counted from that run's end (15-30 s, then 30-60 s, … at most
-180 s), unless Dagster is still retrying that run. Before requesting, the sensor checks free
+180 s), unless Dagster is still retrying that run. A file asked for under a run key no run
+carries (the daemon died between the look and recording its runs, or the run was deleted) is
+asked for again a minute later under the same key, which Dagster drops should the run turn up
+after all. Before requesting, the sensor checks free
 space on the output volume: while it is short of the batch's photos plus a margin, it requests
 nothing (so a full disk does not burn through the circuit breaker) and says what it waits for,
 and the photos go within one tick of space being freed.
@@ -83,8 +86,12 @@ MAX_RUNS_PER_TICK = 4
 #: at most the cap, times a jitter in [0.5, 1] fixed per run key.
 RE_REQUEST_BASE_SECONDS = 30.0
 RE_REQUEST_MAX_SECONDS = 180.0
-#: A file whose run cannot be found (deleted) is requested again this long after its request.
+#: How long after a finished run that Dagster will retry its retry may take to appear.
 REQUEST_AGAIN_AFTER_SECONDS = 2 * AUTOMATION.max_runtime_seconds
+#: A file asked for under a run key no run carries (the daemon died between this look and
+#: recording its runs, or the run was deleted) is asked for again this long after, under the
+#: same run key: Dagster drops the request should that run turn up after all.
+MISSING_RUN_SECONDS = 60.0
 _MB = 1_000_000
 #: A look stops reading the inbox once it holds this many files ready to request: more than a
 #: tick takes (MAX_RUNS_PER_TICK x max_files_per_run), so the counts a tick shows are exact
@@ -298,6 +305,8 @@ class _Area:
     settling: int = 0
     waiting: int = 0
     in_flight: int = 0  # of `waiting`: their run is queued or working
+    #: Ready files whose run key no run carries: asked for again under that key.
+    unrecorded: dict[str, str] = field(default_factory=dict)
     #: (mtime, rel, words) of files that end early and wait out their grace period.
     truncated: list[tuple[int, str, str]] = field(default_factory=list)
 
@@ -350,7 +359,7 @@ def look(
             outcomes[run_key] = runs(run_key)
         outcome = outcomes.get(run_key) if run_key is not None else None
         if outcome is None:
-            return requested_at + REQUEST_AGAIN_AFTER_SECONDS
+            return requested_at + MISSING_RUN_SECONDS
         if not outcome.done:
             return None
         return (outcome.ended_at or requested_at) + re_request_delay(attempt, run_key)
@@ -372,6 +381,9 @@ def look(
                 area.in_flight += 1
                 return False
             attempt = (asked[4] if len(asked) > 4 else 0) + 1
+            if len(asked) > 3 and outcomes.get(asked[3]) is None:
+                attempt -= 1  # never recorded: the same request again, under its own key
+                area.unrecorded[rel] = asked[3]
         note = read_waiting_note(folders, rel) if waiting_notes else None
         if note and [note.get("size"), note.get("mtime_ns")] == [entry.size, entry.mtime]:
             if now < float(note.get("until", 0)):
@@ -403,13 +415,19 @@ def look(
     if waiting_runs >= MAX_WAITING_RUNS:
         max_runs = 0
     per_run = files_per_run(len(inbox.ready), max_runs, folders.max_files_per_run)
-    taken, space_note = _fit_free_space(folders, inbox.ready[: per_run * max_runs], per_run)
+    fitting, space_note = _fit_free_space(folders, inbox.ready[: per_run * max_runs], per_run)
+    requests, taken = _requests(fitting, inbox, "files", "photos", now, per_run, max_runs)
     left = len(inbox.ready) - len(taken)
-    requests = _requests(taken, inbox.requested, "files", "photos", now, per_run)
-    room = MAX_FILES_PER_RUN * (max_runs - len(requests))
+    runs_left = max_runs - len(requests)
     requests += _requests(
-        changed.ready[:room], changed.requested, "revisit", "revisit", now, MAX_FILES_PER_RUN
-    )
+        changed.ready[: MAX_FILES_PER_RUN * runs_left],
+        changed,
+        "revisit",
+        "revisit",
+        now,
+        MAX_FILES_PER_RUN,
+        runs_left,
+    )[0]
     seen, requested = _kept(inbox, folders.inbox, set(inbox.current), complete)
     quarantine_seen, quarantine_requested = _kept(
         changed,
@@ -494,16 +512,31 @@ def files_per_run(ready: int, runs: int, most: int = DEFAULT_MAX_FILES_PER_RUN) 
 
 def _requests(
     taken: list[tuple[str, int, int, int]],
-    requested: dict[str, list],
+    area: _Area,
     field_name: str,
     prefix: str,
     now: float,
     per_run: int,
-) -> list[dg.RunRequest]:
-    requests = []
-    for start in range(0, len(taken), per_run):
-        batch = taken[start : start + per_run]
-        run_key = batch_run_key(batch, prefix)
+    most: int,
+) -> tuple[list[dg.RunRequest], list[tuple[str, int, int, int]]]:
+    """Requests for the `taken` files, `per_run` a run, at most `most` runs, and the files
+    they take; files asked for under a run key no run carries are asked for again under that
+    key, together."""
+    again: dict[str, list[tuple[str, int, int, int]]] = {}
+    fresh = []
+    for item in taken:
+        key = area.unrecorded.get(item[0])
+        if key is None:
+            fresh.append(item)
+        else:
+            again.setdefault(key, []).append(item)
+    batches = [(key, batch) for key, batch in again.items()]
+    for start in range(0, len(fresh), per_run):
+        batch = fresh[start : start + per_run]
+        batches.append((batch_run_key(batch, prefix), batch))
+    requests, requested = [], []
+    for run_key, batch in batches[: max(0, most)]:
+        requested += batch
         config = {field_name: [b[0] for b in batch]}
         requests.append(
             dg.RunRequest(
@@ -513,8 +546,8 @@ def _requests(
             )
         )
         for rel, size, mtime, attempt in batch:
-            requested[rel] = [size, mtime, now, run_key, attempt]
-    return requests
+            area.requested[rel] = [size, mtime, now, run_key, attempt]
+    return requests, requested
 
 
 #: At most this many names per reason in a tick's sentence.

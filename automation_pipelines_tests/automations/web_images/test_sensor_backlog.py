@@ -230,3 +230,43 @@ def test_a_big_quarantine_is_read_a_part_per_tick_and_a_changed_file_found_in_tu
         ]
         assert ticks <= 4
     assert revisited == ["q23.jpg"]
+
+
+def test_requests_the_daemon_never_recorded_are_made_again_under_their_own_run_key(
+    folders, events_db_url
+) -> None:
+    # The book is written when the look ends; the daemon records the runs after. Killed in
+    # between, it leaves files asked for under run keys no run carries: they are asked for
+    # again, under the same keys (Dagster drops a key that turns up after all), within a
+    # minute rather than after the wait for a run deleted long after it ran.
+    for n in range(3):
+        drop(folders, f"{n}.jpg", mtime=n + 1)
+    book = TableBook(store.engine(events_db_url), folders.root)
+    first, cursor, _ = look_once(folders, None, NOW, book=book)
+    assert [len(files_of([r])) for r in first] == [3]
+
+    soon, cursor, sentence = look_once(folders, cursor, NOW + 30, book=book)
+    assert soon == [] and "3 waiting for their run" in sentence
+
+    later = NOW + sensors.MISSING_RUN_SECONDS + 1
+    again, cursor, _ = look_once(folders, cursor, later, book=book)
+    assert [(r.run_key, sorted(files_of([r]))) for r in again] == [
+        (first[0].run_key, ["0.jpg", "1.jpg", "2.jpg"])
+    ]
+    assert {asked[3] for asked in book.load()["requested"].values()} == {first[0].run_key}
+
+
+def test_requests_made_again_keep_to_the_tick_s_run_cap(folders) -> None:
+    book = _memory_book()
+    cursor, keys = None, []
+    for n in range(6):  # six ticks, a photo each, none of their runs recorded
+        drop(folders, f"{n}.jpg", mtime=n + 1)
+        [request], cursor, _ = look_once(folders, cursor, NOW + n, book=book)
+        keys.append(request.run_key)
+
+    later = NOW + sensors.MISSING_RUN_SECONDS + 10
+    again, cursor, sentence = look_once(folders, cursor, later, book=book)
+    rest, _, _ = look_once(folders, cursor, later + 1, book=book)
+
+    assert len(again) == sensors.MAX_RUNS_PER_TICK and "2 left for the next tick" in sentence
+    assert sorted(r.run_key for r in again + rest) == sorted(keys)
