@@ -181,7 +181,9 @@ def test_parts_spread_over_two_workers_and_a_killed_one_loses_nothing(
             "a worker in the middle of a part", a_worker_mid_part, 240, seen, 0.05
         )
         killed_at = time.time()
-        workers[worker.split("@")[0]].kill()
+        dead = workers[worker.split("@")[0]]
+        dead.kill()
+        assert dead.group.members() == [], "a process of the killed worker lives on"
         assert step not in succeeded(instance, run_id), f"{step} ended before the kill"
 
         wait_for(
@@ -218,6 +220,7 @@ def test_parts_spread_over_two_workers_and_a_killed_one_loses_nothing(
         assert parts >= PHOTOS // FILES_PER_STEP
 
         support.check_every_photo_delivered_once(root, processes.home, names)
+        assert not (root / ".steps" / run_id).exists()  # the run's step outputs were cleared
         manifest_outputs = {
             output["path"]
             for entry in json.loads((root / "web" / "manifest.json").read_text()).values()

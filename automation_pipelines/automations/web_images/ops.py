@@ -22,7 +22,9 @@ the green status) and its materialization's description names the files.
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import dagster as dg
 
@@ -182,16 +184,17 @@ def render_web_images_part(
     return {"files": part["files"], "outcome": outcome, "started": part["started"]}
 
 
-@reliable_op(LOCAL_IO, out=dg.Out(dict, io_manager_key=execution.STEP_OUTPUTS_KEY))
+@reliable_op(LOCAL_IO)
 def publish_web_images_batch(
     context: dg.OpExecutionContext,
     parts: list[dict],
     folders: PhotoFolders,
     alerts: AlertRouter,
-) -> dict:
+) -> None:
     """The batch's last phase once every part is rendered: the manifest moves to the new sets,
     replaced renditions go, and the UI gets the run's materialization; quarantined files are
-    flagged and alerted as by `render_web_images`."""
+    flagged and alerted as by `render_web_images`. Then the run's step outputs are deleted:
+    nothing reads them any more, and the shared folder would otherwise grow with every run."""
     outcome = BatchOutcome()
     files: list[str] = []
     for part in parts:
@@ -209,7 +212,8 @@ def publish_web_images_batch(
         flag_run(context, quarantined=len(outcome.quarantined))
         _alert_quarantine(context, alerts, folders, outcome.quarantined)
     started = min((part["started"] for part in parts), default=time.time())
-    return _report(context, outcome, time.time() - started)
+    _report(context, outcome, time.time() - started)
+    shutil.rmtree(Path(execution.step_outputs_dir(folders.root)) / context.run_id, True)
 
 
 def _report(context: dg.OpExecutionContext, outcome: BatchOutcome, seconds: float) -> dict:

@@ -36,6 +36,8 @@ def test_a_batch_in_parts_delivers_every_photo_once(
     tmp_path: Path, sqlite_instance, alert_router, monkeypatch
 ) -> None:
     monkeypatch.setenv(execution.FILES_PER_STEP_ENV, "3")
+    steps = tmp_path / "steps"
+    monkeypatch.setenv(execution.STEP_OUTPUTS_ENV, str(steps))
     folders = PhotoFolders(root=str(tmp_path / "photos"), truncated_grace_seconds=0.0)
     names = [f"p{n}.jpg" for n in range(7)]
     for name in names:
@@ -46,7 +48,7 @@ def test_a_batch_in_parts_delivers_every_photo_once(
         resources={
             "folders": folders,
             "alerts": alert_router,
-            execution.STEP_OUTPUTS_KEY: dg.FilesystemIOManager(base_dir=str(tmp_path / "steps")),
+            execution.STEP_OUTPUTS_KEY: dg.FilesystemIOManager(base_dir=str(steps)),
         },
         run_config={
             "ops": {split_web_images_batch.name: {"config": {"files": [*names, "broken.jpg"]}}}
@@ -65,9 +67,11 @@ def test_a_batch_in_parts_delivers_every_photo_once(
     manifest = json.loads(folders.manifest.read_text())
     assert manifest == records.manifest_from_records(engine, folders.root)
     assert sorted(manifest) == sorted(names)
-    summary = result.output_for_node(publish_web_images_batch.name)
-    assert (summary["images_processed"], summary["images_quarantined"]) == (7, 1)
+    [materialization] = result.asset_materializations_for_node(publish_web_images_batch.name)
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    assert (metadata["images_processed"], metadata["images_quarantined"]) == (7, 1)
     assert list(folders.output.rglob(".*.tmp")) == []
+    assert steps.is_dir() and not (steps / result.run_id).exists()  # the outputs were read
 
 
 def test_parts_share_the_lock_and_the_exclusive_phase_waits(tmp_path: Path) -> None:
