@@ -1,4 +1,4 @@
-"""An exclusive advisory lock on a file, released by the kernel when its holder dies.
+"""An advisory lock on a file, exclusive or shared, released by the kernel when its holder dies.
 
 `flock` belongs to the open file, not to a name on disk: a holder killed with SIGKILL can never
 leave a stale lock behind, and there is no PID file to guess about. The holder writes who it is
@@ -62,13 +62,38 @@ def exclusive_lock(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        _acquire(fd, path, on_wait, timeout, poll_seconds, report_every_seconds)
+        _acquire(fd, path, on_wait, timeout, poll_seconds, report_every_seconds, fcntl.LOCK_EX)
         _write_holder(fd, holder)
         try:
             yield
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def shared_lock(
+    path: Path,
+    *,
+    on_wait: Callable[[str], None] | None = None,
+    timeout: float | None = None,
+    poll_seconds: float = 0.2,
+    report_every_seconds: float = 30.0,
+) -> Iterator[None]:
+    """Hold a shared lock on `path` for the `with` block: any number of holders at once, none
+    while someone holds `exclusive_lock` on it. Waiting works as there; a shared holder writes
+    no note (the file names the last exclusive holder, whose note is gone when it let go)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        _acquire(fd, path, on_wait, timeout, poll_seconds, report_every_seconds, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -81,12 +106,13 @@ def _acquire(
     timeout: float | None,
     poll_seconds: float,
     report_every_seconds: float,
+    mode: int,
 ) -> None:
     started = time.monotonic()
     reported_at: float | None = None
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             if reported_at is not None and on_wait is not None:
                 on_wait(f"got the lock {path} after {time.monotonic() - started:.1f}s")
             return

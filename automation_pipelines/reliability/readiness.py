@@ -240,9 +240,15 @@ def _concurrency(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None
 
 
+#: Executors whose steps are not children of the run worker: the multiprocess executor's are.
+#: Celery's run on long-lived workers fed by a broker; an automation that chooses it makes a
+#: step of an ended run do nothing (web_images checks under its tree's lock).
+STEP_EXECUTORS = frozenset({dg.in_process_executor.name, "celery"})
+
+
 @rule("in_process", "its ops run inside the run worker, so a killed worker leaves no step behind")
 def _in_process(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
-    if job.executor_def.name != dg.in_process_executor.name:
+    if job.executor_def.name not in STEP_EXECUTORS:
         return (
             f"executor {job.executor_def.name!r} runs steps in processes of their own, which "
             "outlive a killed run worker and overlap the next run: use dg.in_process_executor"

@@ -15,6 +15,12 @@ renditions no row lists (left by a run killed mid-rename) are deleted, in the ba
 
 Quarantined files that changed since they were judged (an uploader that kept writing into one)
 come back into the inbox first (`revisit`) and are judged again in the same batch.
+
+With steps on several workers (the Celery executor) the same batch is three phases:
+`open_batch` (exclusive lock: stale temp files, revisits), `render_files` for each part of the
+batch, side by side under a shared lock (each photo is one part's alone), and `close_batch`
+(exclusive lock: manifest, superseded and unlisted renditions). A run that holds the lock
+exclusively, in any phase or executor, never overlaps another's writes.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from automation_pipelines.reliability.files import (
     quarantine,
     read_note,
 )
-from automation_pipelines.reliability.locks import exclusive_lock
+from automation_pipelines.reliability.locks import exclusive_lock, shared_lock
 
 _log = logging.getLogger(__name__)
 
@@ -77,6 +83,13 @@ class BatchOutcome:
     revisited: list[str] = field(default_factory=list)  # brought back from quarantine
     removed_outputs: list[str] = field(default_factory=list)
     manifest_entries: int = 0
+    superseded: list[str] = field(default_factory=list)  # outputs of replaced sets
+
+    def merge(self, other: BatchOutcome) -> None:
+        """Add what another part of the same batch did."""
+        for name in ("delivered", "quarantined", "waiting", "missing", "repaired", "revisited"):
+            getattr(self, name).extend(getattr(other, name))
+        self.superseded.extend(other.superseded)
 
 
 def manifest_entry(relative: str, result: ImageResult) -> dict:
@@ -128,9 +141,7 @@ def process_batch(
     `revisit`: relative to the quarantine), holding the automation's lock throughout."""
     files, revisit = list(files), list(revisit)
     settings = settings or ImageSettings()
-    outside = [rel for rel in files + revisit if Path(rel).is_absolute() or ".." in Path(rel).parts]
-    if outside:
-        raise ValueError(f"files must be paths inside the inbox, got {outside}")
+    _refuse_outside(files + revisit)
     outcome = BatchOutcome()
     batch = _Batch(folders, engine, settings, run_id, now, log, outcome)
     with exclusive_lock(folders.lock, holder={"run_id": run_id}, on_wait=on_wait):
@@ -157,6 +168,83 @@ def process_batch(
         _forget_waiting_notes_of_gone_files(folders)
     log.info(LOCK_RELEASED)
     return outcome
+
+
+def open_batch(
+    folders: PhotoFolders,
+    engine: sa.Engine,
+    files: Iterable[str],
+    *,
+    run_id: str | None = None,
+    revisit: Iterable[str] = (),
+    on_wait: Callable[[str], None] | None = None,
+    log: Any = _log,
+) -> BatchOutcome:
+    """The first phase of a batch split over steps, under the exclusive lock: remove temp files
+    a killed step left and bring changed quarantined files back; `revisited` names those."""
+    files, revisit = list(files), list(revisit)
+    _refuse_outside(files + revisit)
+    outcome = BatchOutcome()
+    batch = _Batch(folders, engine, ImageSettings(), run_id, time.time, log, outcome)
+    with exclusive_lock(folders.lock, holder={"run_id": run_id}, on_wait=on_wait):
+        _remove_stale_temp_files(folders, files)
+        batch.bring_back(revisit)
+    return outcome
+
+
+def render_files(
+    folders: PhotoFolders,
+    engine: sa.Engine,
+    files: Iterable[str],
+    settings: ImageSettings,
+    *,
+    run_id: str | None = None,
+    before: Callable[[], None] | None = None,
+    now: Callable[[], float] = time.time,
+    on_wait: Callable[[str], None] | None = None,
+    log: Any = _log,
+) -> BatchOutcome:
+    """One part of a batch split over steps: every file as `process_batch` takes it, under the
+    shared lock, so parts render side by side but never while a phase holds it exclusively.
+    `before` runs once the lock is held (a step of a run that already ended raises there)."""
+    files = list(files)
+    _refuse_outside(files)
+    outcome = BatchOutcome()
+    batch = _Batch(folders, engine, settings, run_id, now, log, outcome)
+    with shared_lock(folders.lock, on_wait=on_wait):
+        if before is not None:
+            before()
+        for relative in files:
+            batch.one(relative)
+    outcome.superseded = sorted(batch.superseded)
+    return outcome
+
+
+def close_batch(
+    folders: PhotoFolders,
+    engine: sa.Engine,
+    files: Iterable[str],
+    superseded: Iterable[str],
+    *,
+    run_id: str | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> tuple[int, list[str]]:
+    """The last phase, under the exclusive lock: temp files of a killed part, the manifest from
+    the rows, then the superseded and unlisted renditions; returns the manifest's size and the
+    renditions removed."""
+    files = list(files)
+    with exclusive_lock(folders.lock, holder={"run_id": run_id}, on_wait=on_wait):
+        _remove_stale_temp_files(folders, files)
+        manifest = regenerate_manifest(engine, folders.root, folders.manifest)
+        removed = _remove_unlisted(folders, files, set(superseded), listed_outputs(manifest))
+        _forget_waiting_notes_of_gone_files(folders)
+    return len(manifest), removed
+
+
+def _refuse_outside(files: list[str]) -> None:
+    outside = [rel for rel in files if Path(rel).is_absolute() or ".." in Path(rel).parts]
+    if outside:
+        raise ValueError(f"files must be paths inside the inbox, got {outside}")
 
 
 #: What a run's log says when it takes and releases the photo tree's lock.

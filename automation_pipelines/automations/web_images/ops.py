@@ -11,21 +11,31 @@ the first instead of overlapping. The kernel drops the lock when its holder dies
 lock a run also repairs what a killed run left: stale temp files, photos rendered and recorded
 but not yet moved, renditions no row lists, and a manifest that missed the last rows.
 
+With the Celery executor (`execution.py`) the batch is three steps instead, which may run on
+different workers: `split_web_images_batch` (the batch's first phase, then one part per
+`WEB_IMAGES_FILES_PER_STEP` photos), `render_web_images_part` for each part, side by side, and
+`publish_web_images_batch` (the last phase, and what the UI shows). See `batch.py`.
+
 A run that quarantined files is tagged `result/quarantined=N` (the run list shows it next to
 the green status) and its materialization's description names the files.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import dagster as dg
 
-from automation_pipelines.automations.web_images import AUTOMATION
+from automation_pipelines.automations.web_images import AUTOMATION, execution
 from automation_pipelines.automations.web_images.batch import (
     BatchOutcome,
+    close_batch,
     manifest_entry,
+    open_batch,
     process_batch,
+    render_files,
 )
 from automation_pipelines.automations.web_images.images import ImageSettings
 from automation_pipelines.automations.web_images.resources import PhotoFolders
@@ -35,7 +45,16 @@ from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
 
 ASSET_KEY = dg.AssetKey("web_images")
 
-__all__ = ["ASSET_KEY", "RenderConfig", "manifest_entry", "render_web_images", "settings_key"]
+__all__ = [
+    "ASSET_KEY",
+    "RenderConfig",
+    "manifest_entry",
+    "publish_web_images_batch",
+    "render_web_images",
+    "render_web_images_part",
+    "settings_key",
+    "split_web_images_batch",
+]
 
 
 class RenderConfig(dg.Config):
@@ -55,6 +74,15 @@ def settings_key(settings: ImageSettings) -> str:
     return settings.key()
 
 
+def image_settings(config: RenderConfig) -> ImageSettings:
+    return ImageSettings(
+        widths=tuple(config.widths),
+        webp_quality=config.webp_quality,
+        jpeg_quality=config.jpeg_quality,
+        max_pixels=int(config.max_megapixels * 1_000_000),
+    )
+
+
 @reliable_op(LOCAL_IO)
 def render_web_images(
     context: dg.OpExecutionContext,
@@ -67,18 +95,12 @@ def render_web_images(
     errors retry the op, which is safe: finished files have left the inbox, a file rendered and
     recorded but not moved is only moved, and outputs are rewritten identically."""
     started = time.monotonic()
-    settings = ImageSettings(
-        widths=tuple(config.widths),
-        webp_quality=config.webp_quality,
-        jpeg_quality=config.jpeg_quality,
-        max_pixels=int(config.max_megapixels * 1_000_000),
-    )
     engine = alerts.outbox(context.instance).engine
     outcome = process_batch(
         folders,
         engine,
         config.files,
-        settings,
+        image_settings(config),
         run_id=context.run_id,
         revisit=config.revisit,
         on_wait=context.log.warning,
@@ -88,6 +110,110 @@ def render_web_images(
         flag_run(context, quarantined=len(outcome.quarantined))
         _alert_quarantine(context, alerts, folders, outcome.quarantined)
     return _report(context, outcome, time.monotonic() - started)
+
+
+@reliable_op(LOCAL_IO, out=dg.DynamicOut(dict, io_manager_key=execution.STEP_OUTPUTS_KEY))
+def split_web_images_batch(
+    context: dg.OpExecutionContext,
+    config: RenderConfig,
+    folders: PhotoFolders,
+    alerts: AlertRouter,
+):
+    """The batch's first phase, then one part per `WEB_IMAGES_FILES_PER_STEP` files, so that
+    workers render parts side by side. Always at least one part: the last step then still
+    repairs the manifest."""
+    outcome = open_batch(
+        folders,
+        alerts.outbox(context.instance).engine,
+        config.files,
+        run_id=context.run_id,
+        revisit=config.revisit,
+        on_wait=context.log.warning,
+        log=context.log,
+    )
+    files = [*config.files, *outcome.revisited]
+    size = execution.files_per_step()
+    settings = config.model_dump(exclude={"files", "revisit"})
+    for number, start in enumerate(range(0, max(len(files), 1), size)):
+        yield dg.DynamicOutput(
+            {
+                "files": files[start : start + size],
+                "settings": settings,
+                "revisited": outcome.revisited if number == 0 else [],
+                "started": time.time(),
+            },
+            mapping_key=f"part_{number}",
+        )
+
+
+@reliable_op(LOCAL_IO, out=dg.Out(dict, io_manager_key=execution.STEP_OUTPUTS_KEY))
+def render_web_images_part(
+    context: dg.OpExecutionContext,
+    part: dict,
+    folders: PhotoFolders,
+    alerts: AlertRouter,
+) -> dict:
+    """Render one part of the batch under the tree's shared lock. A step whose run has ended
+    (its run worker died, and a retry of the run took over the batch) does nothing: it checks
+    once it holds the lock, and the retry's first step holds the lock exclusively."""
+
+    def run_still_going() -> None:
+        run = context.instance.get_run_by_id(context.run_id)
+        if run is None or run.is_finished:
+            raise dg.Failure(
+                f"run {context.run_id} ended before this step started; its batch is left to "
+                "the run that retries it",
+                allow_retries=False,
+            )
+
+    outcome = render_files(
+        folders,
+        alerts.outbox(context.instance).engine,
+        part["files"],
+        image_settings(RenderConfig(**part["settings"])),
+        run_id=context.run_id,
+        before=run_still_going,
+        on_wait=context.log.warning,
+        log=context.log,
+    )
+    outcome.revisited = list(part["revisited"])
+    context.log.info(
+        f"rendered {len(outcome.delivered)} of {len(part['files'])} file(s) in this part "
+        f"on {execution.worker_name()}"
+    )
+    return {"files": part["files"], "outcome": outcome, "started": part["started"]}
+
+
+@reliable_op(LOCAL_IO)
+def publish_web_images_batch(
+    context: dg.OpExecutionContext,
+    parts: list[dict],
+    folders: PhotoFolders,
+    alerts: AlertRouter,
+) -> None:
+    """The batch's last phase once every part is rendered: the manifest moves to the new sets,
+    replaced renditions go, and the UI gets the run's materialization; quarantined files are
+    flagged and alerted as by `render_web_images`. Then the run's step outputs are deleted:
+    nothing reads them any more, and the shared folder would otherwise grow with every run."""
+    outcome = BatchOutcome()
+    files: list[str] = []
+    for part in parts:
+        outcome.merge(part["outcome"])
+        files.extend(part["files"])
+    outcome.manifest_entries, outcome.removed_outputs = close_batch(
+        folders,
+        alerts.outbox(context.instance).engine,
+        files,
+        outcome.superseded,
+        run_id=context.run_id,
+        on_wait=context.log.warning,
+    )
+    if outcome.quarantined:
+        flag_run(context, quarantined=len(outcome.quarantined))
+        _alert_quarantine(context, alerts, folders, outcome.quarantined)
+    started = min((part["started"] for part in parts), default=time.time())
+    _report(context, outcome, time.time() - started)
+    shutil.rmtree(Path(execution.step_outputs_dir(folders.root)) / context.run_id, True)
 
 
 def _report(context: dg.OpExecutionContext, outcome: BatchOutcome, seconds: float) -> dict:

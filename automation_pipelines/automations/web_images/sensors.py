@@ -59,7 +59,10 @@ from automation_pipelines.automations.web_images import AUTOMATION
 from automation_pipelines.automations.web_images.batch import read_waiting_note
 from automation_pipelines.automations.web_images.book import Book, TableBook, empty_state
 from automation_pipelines.automations.web_images.images import IMAGE_SUFFIXES
-from automation_pipelines.automations.web_images.jobs import render_web_images_job
+from automation_pipelines.automations.web_images.jobs import (
+    batch_run_config,
+    render_web_images_job,
+)
 from automation_pipelines.automations.web_images.resources import (
     DEFAULT_MAX_FILES_PER_RUN,
     PhotoFolders,
@@ -541,7 +544,7 @@ def _requests(
         requests.append(
             dg.RunRequest(
                 run_key=run_key,
-                run_config={"ops": {"render_web_images": {"config": config}}},
+                run_config=batch_run_config(config),
                 tags={f"web_images/{field_name}": str(len(batch))},
             )
         )
