@@ -10,6 +10,8 @@ the files in flight and those the last look examined, whatever the backlog.
 A row holds what the sensor's state held for the file: `seen` ([size, mtime_ns] as the last
 look saw it) and `requested` ([size, mtime_ns, requested_at, run_key, attempt] when a run was
 asked for it). Rows are keyed by the photos root, so two roots sharing a database never mix.
+A run the sensor asks for names its batch by run key (`batch_files`) rather than listing its
+files: Dagster keeps every run request in its tick record too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ files_table = sa.Table(
     sa.Column("rel", sa.String(1024), primary_key=True),
     sa.Column("seen", sa.JSON(none_as_null=True)),
     sa.Column("requested", sa.JSON(none_as_null=True)),
+    #: The run key the file was last asked for under (`requested`'s fourth field): a run
+    #: configured with `batch` reads its files here.
+    sa.Column("run_key", sa.String(128), index=True),
 )
 
 #: Names per DELETE … IN (…): well inside every database's limit on bound parameters.
@@ -111,8 +116,31 @@ class TableBook:
                             "rel": rel,
                             "seen": rows[(area, rel)][0],
                             "requested": rows[(area, rel)][1],
+                            "run_key": _run_key(rows[(area, rel)][1]),
                         }
                         for area, rel in changed
                     ],
                 )
         self._loaded = rows
+
+
+def _run_key(requested: list | None) -> str | None:
+    return requested[3] if requested and len(requested) > 3 else None
+
+
+def batch_files(engine: sa.Engine, root: str, run_key: str) -> tuple[list[str], list[str]]:
+    """The files the sensor asked for under `run_key`: (inbox files, quarantined files to look
+    at again), oldest first. Empty once they left (a run took them, or they were asked for
+    again under another key)."""
+    table = files_table
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table.c.area, table.c.rel, table.c.requested).where(
+                (table.c.root == root) & (table.c.run_key == run_key)
+            )
+        ).all()
+    ordered = sorted(rows, key=lambda row: (row.requested[1], row.rel))
+    return (
+        [row.rel for row in ordered if row.area == "inbox"],
+        [row.rel for row in ordered if row.area == "quarantine"],
+    )

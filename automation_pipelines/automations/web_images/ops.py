@@ -28,7 +28,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from automation_pipelines.automations.web_images import AUTOMATION, execution
+from automation_pipelines.automations.web_images import AUTOMATION, book, execution
 from automation_pipelines.automations.web_images.batch import (
     BatchOutcome,
     close_batch,
@@ -39,6 +39,7 @@ from automation_pipelines.automations.web_images.batch import (
 )
 from automation_pipelines.automations.web_images.images import ImageSettings
 from automation_pipelines.automations.web_images.resources import PhotoFolders
+from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import flag_run
 from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
@@ -59,10 +60,14 @@ __all__ = [
 
 class RenderConfig(dg.Config):
     """The batch (paths relative to the inbox), quarantined files to look at again (relative to
-    quarantine/) and the output settings."""
+    quarantine/) and the output settings. The inbox sensor names its batch by run key (`batch`)
+    instead of listing the files: Dagster keeps each run request in its tick record as well."""
 
     files: list[str] = []
     revisit: list[str] = []
+    #: The run key of a batch the inbox sensor asked for; its files are read from the sensor's
+    #: book (ap_web_images_files), beside any `files` and `revisit` named here.
+    batch: str = ""
     widths: list[int] = [1600, 800, 400]
     webp_quality: int = 80
     jpeg_quality: int = 82
@@ -72,6 +77,23 @@ class RenderConfig(dg.Config):
 def settings_key(settings: ImageSettings) -> str:
     """The output settings a row was rendered with: outputs of other settings are not reused."""
     return settings.key()
+
+
+def batch_files_of(
+    context: dg.OpExecutionContext, config: RenderConfig, folders: PhotoFolders
+) -> tuple[list[str], list[str]]:
+    """(files, revisit): those the config names, and those of its `batch`, which the op log
+    lists (the run config names only the batch)."""
+    files, revisit = list(config.files), list(config.revisit)
+    if config.batch:
+        named, again = book.batch_files(
+            breaker.engine_for(context.instance), folders.root, config.batch
+        )
+        files += [rel for rel in named if rel not in files]
+        revisit += [rel for rel in again if rel not in revisit]
+        listed = ", ".join([*named, *(f"quarantine/{rel}" for rel in again)]) or "none left"
+        context.log.info(f"batch {config.batch}: {listed}")
+    return files, revisit
 
 
 def image_settings(config: RenderConfig) -> ImageSettings:
@@ -96,13 +118,14 @@ def render_web_images(
     recorded but not moved is only moved, and outputs are rewritten identically."""
     started = time.monotonic()
     engine = alerts.outbox(context.instance).engine
+    files, revisit = batch_files_of(context, config, folders)
     outcome = process_batch(
         folders,
         engine,
-        config.files,
+        files,
         image_settings(config),
         run_id=context.run_id,
-        revisit=config.revisit,
+        revisit=revisit,
         on_wait=context.log.warning,
         log=context.log,
     )
@@ -122,18 +145,19 @@ def split_web_images_batch(
     """The batch's first phase, then one part per `WEB_IMAGES_FILES_PER_STEP` files, so that
     workers render parts side by side. Always at least one part: the last step then still
     repairs the manifest."""
+    batch, revisit = batch_files_of(context, config, folders)
     outcome = open_batch(
         folders,
         alerts.outbox(context.instance).engine,
-        config.files,
+        batch,
         run_id=context.run_id,
-        revisit=config.revisit,
+        revisit=revisit,
         on_wait=context.log.warning,
         log=context.log,
     )
-    files = [*config.files, *outcome.revisited]
+    files = [*batch, *outcome.revisited]
     size = execution.files_per_step()
-    settings = config.model_dump(exclude={"files", "revisit"})
+    settings = config.model_dump(exclude={"files", "revisit", "batch"})
     for number, start in enumerate(range(0, max(len(files), 1), size)):
         yield dg.DynamicOutput(
             {

@@ -419,7 +419,8 @@ def look(
         max_runs = 0
     per_run = files_per_run(len(inbox.ready), max_runs, folders.max_files_per_run)
     fitting, space_note = _fit_free_space(folders, inbox.ready[: per_run * max_runs], per_run)
-    requests, taken = _requests(fitting, inbox, "files", "photos", now, per_run, max_runs)
+    by_key = book is not None
+    requests, taken = _requests(fitting, inbox, "files", "photos", now, per_run, max_runs, by_key)
     left = len(inbox.ready) - len(taken)
     runs_left = max_runs - len(requests)
     requests += _requests(
@@ -430,6 +431,7 @@ def look(
         now,
         MAX_FILES_PER_RUN,
         runs_left,
+        by_key,
     )[0]
     seen, requested = _kept(inbox, folders.inbox, set(inbox.current), complete)
     quarantine_seen, quarantine_requested = _kept(
@@ -521,10 +523,12 @@ def _requests(
     now: float,
     per_run: int,
     most: int,
+    by_key: bool = False,
 ) -> tuple[list[dg.RunRequest], list[tuple[str, int, int, int]]]:
     """Requests for the `taken` files, `per_run` a run, at most `most` runs, and the files
     they take; files asked for under a run key no run carries are asked for again under that
-    key, together."""
+    key, together. `by_key`: a run's config names its batch by run key (the book lists its
+    files), so the tick record that keeps the request stays small."""
     again: dict[str, list[tuple[str, int, int, int]]] = {}
     fresh = []
     for item in taken:
@@ -540,7 +544,7 @@ def _requests(
     requests, requested = [], []
     for run_key, batch in batches[: max(0, most)]:
         requested += batch
-        config = {field_name: [b[0] for b in batch]}
+        config = {"batch": run_key} if by_key else {field_name: [b[0] for b in batch]}
         requests.append(
             dg.RunRequest(
                 run_key=run_key,

@@ -30,7 +30,7 @@ from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.listening import POLL_SECONDS
 from automation_pipelines.reliability.tags import WILL_RETRY_TAG
-from automation_pipelines_tests.automations.web_images.ticks import look_once
+from automation_pipelines_tests.automations.web_images.ticks import batch_of, look_once
 
 NOW = 1_800_000_000.0
 
@@ -53,8 +53,10 @@ def drop(folders: PhotoFolders, relative: str, data: bytes = b"\xff\xd8jpeg", mt
     return path
 
 
-def files_of(requests) -> list[list[str]]:
-    return [r.run_config["ops"]["render_web_images"]["config"]["files"] for r in requests]
+def files_of(requests, book=None) -> list[list[str]]:
+    """Each request's files: listed in its config, or (the real sensor's) those `book` holds
+    for its batch."""
+    return [batch_of(r, book)[0] for r in requests]
 
 
 def test_quiet_files_are_taken_on_the_first_look(folders) -> None:
@@ -217,7 +219,9 @@ def test_real_sensor_honours_the_breaker(folders, sqlite_instance) -> None:
     assert isinstance(result, dg.SkipReason) and "web_images is paused" in result.skip_message
     breaker.resume(breaker.engine_for(sqlite_instance), "web_images")
     result, _ = tick(cursor)
-    assert [r.run_key for r in result] and files_of(result) == [["a.jpg"]]
+    assert [r.run_key for r in result] and files_of(result, book_of(sqlite_instance, folders)) == [
+        ["a.jpg"]
+    ]
 
 
 # -- the real sensor on a real instance ----------------------------------------------------------
@@ -306,7 +310,7 @@ def test_a_failed_run_is_requested_again_after_backoff_under_a_new_run_key(
     end(instance, run_b, seconds_ago=0)
     result, cursor = tick(instance, folders, cursor)
     [again] = requested(result)
-    assert files_of([again]) == [["a.jpg"]]
+    assert files_of([again], book_of(instance, folders)) == [["a.jpg"]]
     assert again.run_key not in (request_a.run_key, request_b.run_key)
     assert again.run_key.endswith("-try2")
     assert "2 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
@@ -364,7 +368,10 @@ def test_a_run_dagster_will_retry_is_not_requested_again(folders, sqlite_instanc
     assert "1 waiting for their run" in skipped(tick(instance, folders, cursor)[0])
     end(instance, retry, seconds_ago=sensors.RE_REQUEST_MAX_SECONDS + 1, will_retry=False)
     [again] = requested(tick(instance, folders, cursor)[0])
-    assert files_of([again]) == [["a.jpg"]] and again.run_key != request.run_key
+    assert (
+        files_of([again], book_of(instance, folders)) == [["a.jpg"]]
+        and again.run_key != request.run_key
+    )
 
 
 def test_a_canceled_run_is_requested_again_too(folders, sqlite_instance) -> None:
@@ -414,10 +421,15 @@ def test_low_free_space_requests_nothing_until_space_is_back(
     folders.output.mkdir()
     disk["free"] = 3_000_000  # room for one photo and the margin
     [one] = requested(tick(sqlite_instance, folders, cursor)[0])
-    assert files_of([one]) == [["a.jpg"]] and asked[-1] == folders.output
+    assert (
+        files_of([one], book_of(sqlite_instance, folders)) == [["a.jpg"]]
+        and asked[-1] == folders.output
+    )
     disk["free"] = 100_000_000
     result, cursor = tick(sqlite_instance, folders, cursor)
-    assert files_of(requested(result)) == [["b.jpg"]]  # a.jpg's run is asked for already
+    assert files_of(requested(result), book_of(sqlite_instance, folders)) == [
+        ["b.jpg"]
+    ]  # a.jpg's run is asked for already
 
 
 def test_after_a_disk_full_failure_files_go_on_the_first_tick_with_space(
@@ -433,7 +445,10 @@ def test_after_a_disk_full_failure_files_go_on_the_first_tick_with_space(
         assert message.startswith("waiting for disk space: 0.0 MB free")
     disk["free"] = 10**10
     [again] = requested(tick(instance, folders, cursor)[0])
-    assert files_of([again]) == [["a.jpg"]] and again.run_key != request.run_key
+    assert (
+        files_of([again], book_of(instance, folders)) == [["a.jpg"]]
+        and again.run_key != request.run_key
+    )
 
 
 def test_an_unreadable_folder_is_named_and_looked_at_again(
@@ -451,13 +466,13 @@ def test_an_unreadable_folder_is_named_and_looked_at_again(
 
     monkeypatch.setattr(os, "scandir", scandir)
     result, cursor = tick(sqlite_instance, folders, None)
-    assert files_of(requested(result)) == [["ok.jpg"]]
+    assert files_of(requested(result), book_of(sqlite_instance, folders)) == [["ok.jpg"]]
     assert "unreadable, looked at again next tick" in skipped(
         tick(sqlite_instance, folders, cursor)[0]
     )
     locked["now"] = False
     result, cursor = tick(sqlite_instance, folders, cursor)
-    assert files_of(requested(result)) == [["locked/a.jpg"]]
+    assert files_of(requested(result), book_of(sqlite_instance, folders)) == [["locked/a.jpg"]]
 
 
 # -- listening ticks -----------------------------------------------------------------------------
@@ -475,7 +490,7 @@ def test_a_listening_tick_takes_a_photo_renamed_in_during_the_tick(tmp_path, sql
     staged.write_bytes(b"\xff\xd8jpeg")
     threading.Timer(0.4, os.replace, (staged, folders.inbox / "late.jpg")).start()
     result, cursor = tick(sqlite_instance, folders, None)
-    assert files_of(requested(result)) == [["late.jpg"]]
+    assert files_of(requested(result), book_of(sqlite_instance, folders)) == [["late.jpg"]]
     message = skipped(tick(sqlite_instance, folders, cursor)[0])
     assert "0 file(s) in 0 run(s)" in message and "1 waiting for their run" in message
     listened = re.search(r"listened ([0-9.]+) s, 1 look", message)
@@ -501,7 +516,7 @@ def test_a_pause_during_a_listening_tick_stops_it_before_it_takes_anything(
     breaker.resume(switches, "web_images")
     time.sleep(0.3)  # quiet
     result, _ = tick(sqlite_instance, folders, cursor)
-    assert files_of(requested(result)) == [["late.jpg"]]
+    assert files_of(requested(result), book_of(sqlite_instance, folders)) == [["late.jpg"]]
 
 
 def test_a_listening_tick_leaves_a_file_still_written_at_its_end(tmp_path, sqlite_instance):

@@ -30,7 +30,8 @@ from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability import breaker, store
 from automation_pipelines.reliability.files import quarantine
 from automation_pipelines.reliability.tags import RUN_KEY_TAG
-from automation_pipelines_tests.automations.web_images.ticks import look_once
+from automation_pipelines_tests.automations.web_images.photos import photo
+from automation_pipelines_tests.automations.web_images.ticks import batch_of, look_once
 
 NOW = 1_800_000_000.0
 
@@ -49,10 +50,8 @@ def drop(folders: PhotoFolders, relative: str, mtime: int) -> None:
     os.utime(path, ns=(mtime, mtime))
 
 
-def files_of(requests) -> list[str]:
-    return [
-        f for r in requests for f in r.run_config["ops"]["render_web_images"]["config"]["files"]
-    ]
+def files_of(requests, book) -> list[str]:
+    return [f for r in requests for f in batch_of(r, book)[0]]
 
 
 def rows(engine: sa.Engine, root: str) -> int:
@@ -74,7 +73,7 @@ def test_a_backlog_drains_each_file_once_with_a_cursor_of_a_few_bytes(
     cursor = None
     for tick in range(total // 400 + 2):
         requests, cursor, sentence = look_once(folders, cursor, NOW + tick, book=book)
-        names = files_of(requests)
+        names = files_of(requests, book)
         asked += names
         assert len(cursor) <= 40, cursor
         # The table: the files just asked for, and those this look read (at most the limit
@@ -97,9 +96,10 @@ def test_a_tick_stops_reading_a_big_inbox_early(folders, monkeypatch) -> None:
     real = sensors._entry
     monkeypatch.setattr(sensors, "_entry", lambda rel, e: stats.append(rel) or real(rel, e))
 
-    requests, cursor, _ = look_once(folders, None, NOW, book=_memory_book())
+    book = _memory_book()
+    requests, cursor, _ = look_once(folders, None, NOW, book=book)
 
-    assert len(stats) == sensors.SCAN_READY_LIMIT and len(files_of(requests)) == 400
+    assert len(stats) == sensors.SCAN_READY_LIMIT and len(files_of(requests, book)) == 400
     assert json.loads(cursor) == {}
 
 
@@ -195,8 +195,8 @@ def test_runs_waiting_to_start_hold_the_sensor_back(folders, sqlite_instance) ->
     [waiting, *_] = sqlite_instance.get_runs()
     sqlite_instance.report_run_canceled(waiting)  # one of them will never start
     [request] = tick()
-    assert files_of([request]) == ["a.jpg"]
     book = TableBook(breaker.engine_for(sqlite_instance), folders.root)
+    assert files_of([request], book) == ["a.jpg"]
     assert book.load()["requested"]["a.jpg"][3] == request.run_key
 
 
@@ -217,17 +217,13 @@ def test_a_big_quarantine_is_read_a_part_per_tick_and_a_changed_file_found_in_tu
         sensors, "changed_since_quarantine", lambda p: notes_read.append(p) or real(p)
     )
 
-    cursor, revisited, ticks = None, [], 0
+    cursor, revisited, ticks, book = None, [], 0, _memory_book()
     while not revisited:
         ticks += 1
         before = len(notes_read)
-        requests, cursor, _ = look_once(folders, cursor, NOW + ticks, book=_memory_book())
+        requests, cursor, _ = look_once(folders, cursor, NOW + ticks, book=book)
         assert len(notes_read) - before <= 10
-        revisited = [
-            f
-            for r in requests
-            for f in r.run_config["ops"]["render_web_images"]["config"].get("revisit", [])
-        ]
+        revisited = [f for r in requests for f in batch_of(r, book)[1]]
         assert ticks <= 4
     assert revisited == ["q23.jpg"]
 
@@ -243,14 +239,14 @@ def test_requests_the_daemon_never_recorded_are_made_again_under_their_own_run_k
         drop(folders, f"{n}.jpg", mtime=n + 1)
     book = TableBook(store.engine(events_db_url), folders.root)
     first, cursor, _ = look_once(folders, None, NOW, book=book)
-    assert [len(files_of([r])) for r in first] == [3]
+    assert [len(files_of([r], book)) for r in first] == [3]
 
     soon, cursor, sentence = look_once(folders, cursor, NOW + 30, book=book)
     assert soon == [] and "3 waiting for their run" in sentence
 
     later = NOW + sensors.MISSING_RUN_SECONDS + 1
     again, cursor, _ = look_once(folders, cursor, later, book=book)
-    assert [(r.run_key, sorted(files_of([r]))) for r in again] == [
+    assert [(r.run_key, sorted(files_of([r], book))) for r in again] == [
         (first[0].run_key, ["0.jpg", "1.jpg", "2.jpg"])
     ]
     assert {asked[3] for asked in book.load()["requested"].values()} == {first[0].run_key}
@@ -270,3 +266,41 @@ def test_requests_made_again_keep_to_the_tick_s_run_cap(folders) -> None:
 
     assert len(again) == sensors.MAX_RUNS_PER_TICK and "2 left for the next tick" in sentence
     assert sorted(r.run_key for r in again + rest) == sorted(keys)
+
+
+def test_a_run_of_the_sensor_s_request_renders_its_batch_from_the_book(
+    tmp_path, sqlite_instance, alert_router, monkeypatch, json_receiver
+) -> None:
+    # The request names the batch by run key: its tick record stays small whatever the names
+    # or the batch's size, and the run reads the files where the sensor wrote them.
+    monkeypatch.setenv("TEST_DEFAULT_URLS", json_receiver.url)
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.0)
+    folders.inbox.mkdir(parents=True)
+    for name in ("a long holiday name with spaces.jpg", "trip/b.jpg"):
+        photo(folders.inbox / name, width=900)
+        os.utime(folders.inbox / name, (NOW - 60, NOW - 60))
+    context = dg.build_sensor_context(
+        instance=sqlite_instance, cursor=None, resources={"folders": folders}
+    )
+    [request] = sensors.photo_inbox_sensor(context)
+    assert request.run_config == {
+        "ops": {"render_web_images": {"config": {"batch": request.run_key}}}
+    }
+
+    result = render_web_images_job.execute_in_process(
+        instance=sqlite_instance,
+        resources={"folders": folders, "alerts": alert_router},
+        run_config=request.run_config,
+    )
+
+    assert result.success
+    assert sorted(
+        p.relative_to(folders.processed).as_posix() for p in folders.processed.rglob("*.jpg")
+    ) == [
+        "a long holiday name with spaces.jpg",
+        "trip/b.jpg",
+    ]
+    assert list(folders.inbox.rglob("*.jpg")) == []
+    logged = [e.user_message for e in sqlite_instance.all_logs(result.run_id)]
+    listed = f"batch {request.run_key}: a long holiday name with spaces.jpg, trip/b.jpg"
+    assert listed in logged, logged
