@@ -9,7 +9,8 @@ run is executed in this part). Figures: the median evaluation time and the curso
 Part 2, through the real daemon: `make run`'s definitions on a fresh instance home, the inbox
 holding the biggest backlog; the daemon's ticks of the sensor for BENCH_BACKLOG_TICKS ticks
 (default 6) while the first runs render. Figure: how much the instance's own tick storage
-(the tick records of the sensor in its schedule storage) grows per tick.
+(the tick records of the sensor in its schedule storage) grows per tick: the mean, and the
+largest tick, which the target is held to (a tick that requests runs keeps their requests).
 
 Targets (issue "Scale"): at 100,000 waiting files one evaluation <= 0.5 s, the cursor <= 10 KB,
 tick storage growth per tick <= 10 KB. The photos live in bench/.data/backlog, removed after.
@@ -129,9 +130,9 @@ def sensor_ticks(home: Path) -> list[tuple[float, int, int]]:
     return ticks
 
 
-def daemon_ticks(root: Path, count: int) -> tuple[int, float, int]:
-    """(ticks, mean tick record growth in bytes per tick, the largest cursor in a tick) of the
-    daemon's ticks of the sensor with `count` photos waiting."""
+def daemon_ticks(root: Path, count: int) -> tuple[int, float, int, int]:
+    """(ticks, mean and largest tick record growth in bytes per tick, the largest cursor in a
+    tick) of the daemon's ticks of the sensor with `count` photos waiting."""
     fill_inbox(root / "photos", count)
     processes = DagsterProcesses(root, "automation_pipelines.definitions", env=project_env(root))
     try:
@@ -148,24 +149,26 @@ def daemon_ticks(root: Path, count: int) -> tuple[int, float, int]:
     # The first tick is the one that finds the backlog; the growth is of the ticks after it.
     later = ticks[1 : TICKS + 1]
     growth = statistics.mean(size for _, size, _ in later)
+    largest = max(size for _, size, _ in later)
     largest_cursor = max(cursor for _, _, cursor in ticks[: TICKS + 1])
     print(
         f"  daemon, {count:,} files: {len(later)} ticks after the first stored "
         f"{', '.join(f'{size:,}' for _, size, _ in later)} bytes; {runs} run(s) requested",
         flush=True,
     )
-    return len(later), growth, largest_cursor
+    return len(later), growth, largest, largest_cursor
 
 
-def print_report(rows, growth: tuple[int, float, int], biggest: int) -> None:
+def print_report(rows, growth: tuple[int, float, int, int], biggest: int) -> None:
     print_columns(
         ["waiting photos", "evaluation, s (median of 3)", "cursor, bytes", "runs requested"],
         [[f"{n:,}", f"{s:.3f}", f"{c:,}", str(r)] for n, s, c, r in rows],
     )
-    ticks, per_tick, cursor = growth
+    ticks, per_tick, largest, cursor = growth
     print(
         f"\ndaemon ticks with {biggest:,} waiting: {per_tick:,.0f} bytes of tick record per tick "
-        f"(mean of {ticks}); the largest cursor in them {cursor:,} bytes\n"
+        f"(mean of {ticks}), the largest {largest:,}; the largest cursor in them {cursor:,} "
+        "bytes\n"
     )
     _, seconds, size, _ = next(row for row in rows if row[0] == biggest)
     print(
@@ -177,8 +180,9 @@ def print_report(rows, growth: tuple[int, float, int], biggest: int) -> None:
         f"{verdict(size <= CURSOR_TARGET)}"
     )
     print(
-        f"tick storage growth per tick at {biggest:,}: {per_tick:,.0f} bytes, target <= "
-        f"{TICK_GROWTH_TARGET:,}: {verdict(per_tick <= TICK_GROWTH_TARGET)}"
+        f"tick storage growth per tick at {biggest:,}: the largest tick {largest:,} bytes (mean "
+        f"{per_tick:,.0f}), target <= {TICK_GROWTH_TARGET:,}: "
+        f"{verdict(largest <= TICK_GROWTH_TARGET)}"
     )
     print(f"load average at the end: {load_average()}")
 
