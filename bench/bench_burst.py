@@ -77,7 +77,17 @@ def in_one_process(sources: list[Path], out: Path) -> float:
     return time.perf_counter() - start
 
 
-def through_the_daemon(sources: list[Path], root: Path) -> tuple[float, int, int]:
+def through_the_daemon(
+    sources: list[Path],
+    root: Path,
+    *,
+    timeout: float = TIMEOUT,
+    poll: float = 0.1,
+    env: dict[str, str] | None = None,
+) -> tuple[float, int, int]:
+    """Seconds from the photos renamed into the inbox to the last one published, runs of the
+    job, and how many of them overlapped another, through `make run`'s definitions and a
+    real daemon (`env` adds settings)."""
     photos_root, staging = root / "photos", root / "staging"
     inbox = photos_root / "inbox"
     inbox.mkdir(parents=True)
@@ -90,6 +100,7 @@ def through_the_daemon(sources: list[Path], root: Path) -> tuple[float, int, int
         "AUTOMATION_DB_URL": "",
         "AUTOMATION_INSTANCE_CONFIG": "",
         "DAGSTER_PG_HOST": "",
+        **(env or {}),
     }
     processes = DagsterProcesses(root, "automation_pipelines.definitions", env=env)
     try:
@@ -99,11 +110,11 @@ def through_the_daemon(sources: list[Path], root: Path) -> tuple[float, int, int
         for source in sources:
             (staging / source.name).rename(inbox / source.name)
         processed, manifest = photos_root / "processed", photos_root / "web" / "manifest.json"
-        deadline = start + TIMEOUT
+        deadline = start + timeout
         while not _all_published(processed, manifest, len(sources)):
             if time.time() > deadline:
-                raise TimeoutError(f"the burst was not published within {TIMEOUT:.0f} s")
-            time.sleep(0.1)
+                raise TimeoutError(f"the photos were not published within {timeout:.0f} s")
+            time.sleep(poll)
         elapsed = time.time() - start
         records = processes.instance.get_run_records(
             dg.RunsFilter(job_name="render_web_images_job")
