@@ -16,6 +16,7 @@ files: Dagster keeps every run request in its tick record too.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -28,7 +29,9 @@ files_table = sa.Table(
     sa.Column("root", sa.String(1024), primary_key=True),
     #: "inbox" or "quarantine".
     sa.Column("area", sa.String(16), primary_key=True),
-    sa.Column("rel", sa.String(1024), primary_key=True),
+    #: SHA-256 of `rel`: a path may be 4,096 bytes, more than an index entry may hold.
+    sa.Column("rel_key", sa.String(64), primary_key=True),
+    sa.Column("rel", sa.Text, nullable=False),
     sa.Column("seen", sa.JSON(none_as_null=True)),
     sa.Column("requested", sa.JSON(none_as_null=True)),
     #: The run key the file was last asked for under (`requested`'s fourth field): a run
@@ -97,13 +100,13 @@ class TableBook:
         table = files_table
         with self.engine.begin() as conn:
             for area in AREAS:
-                rels = [rel for where, rel in gone + changed if where == area]
-                for start in range(0, len(rels), _CHUNK):
+                keys = [_key(rel) for where, rel in gone + changed if where == area]
+                for start in range(0, len(keys), _CHUNK):
                     conn.execute(
                         table.delete().where(
                             (table.c.root == self.root)
                             & (table.c.area == area)
-                            & table.c.rel.in_(rels[start : start + _CHUNK])
+                            & table.c.rel_key.in_(keys[start : start + _CHUNK])
                         )
                     )
             if changed:
@@ -113,6 +116,7 @@ class TableBook:
                         {
                             "root": self.root,
                             "area": area,
+                            "rel_key": _key(rel),
                             "rel": rel,
                             "seen": rows[(area, rel)][0],
                             "requested": rows[(area, rel)][1],
@@ -122,6 +126,10 @@ class TableBook:
                     ],
                 )
         self._loaded = rows
+
+
+def _key(rel: str) -> str:
+    return hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _run_key(requested: list | None) -> str | None:

@@ -304,3 +304,22 @@ def test_a_run_of_the_sensor_s_request_renders_its_batch_from_the_book(
     logged = [e.user_message for e in sqlite_instance.all_logs(result.run_id)]
     listed = f"batch {request.run_key}: a long holiday name with spaces.jpg, trip/b.jpg"
     assert listed in logged, logged
+
+
+def test_a_file_deep_in_folders_with_a_long_path_is_remembered_like_any_other(
+    folders, events_db_url
+) -> None:
+    # Each name may have 255 bytes and a path 4,096: the book keys a file by a hash of its
+    # path, so no path is too long for its key (nor one bad name able to stop every tick).
+    deep = "/".join(["a folder with a rather long name, as people make them é"] * 30)
+    rel = f"{deep}/IMG_0001.jpg"
+    assert len(rel.encode()) > 1400
+    drop(folders, rel, mtime=5)
+    drop(folders, "short.jpg", mtime=6)
+    book = TableBook(store.engine(events_db_url), folders.root)
+
+    requests, cursor, _ = look_once(folders, None, NOW, book=book)
+
+    assert sorted(files_of(requests, book)) == sorted([rel, "short.jpg"])
+    again, _, sentence = look_once(folders, cursor, NOW + 5, book=book)
+    assert again == [] and "2 waiting for their run" in sentence
