@@ -36,6 +36,7 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
+from automation_pipelines.automations.web_images.ops import files_of_run
 from automation_pipelines.automations.webhook_events.warehouse import events_table
 from automation_pipelines.local_stack import DagsterProcesses, free_port
 from automation_pipelines.webhooks.inbox import inbox_table
@@ -202,7 +203,7 @@ def drop_photo(processes, source: Path, root: Path, staging: Path, n: int, rng) 
     sensor, launch, work = parts(
         processes.instance,
         "render_web_images_job",
-        lambda run: name in run.run_config["ops"]["render_web_images"]["config"].get("files", []),
+        lambda run: name in (files_of_run(processes.instance, run) or []),
         start,
         end,
     )

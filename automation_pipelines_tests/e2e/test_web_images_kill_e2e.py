@@ -39,8 +39,8 @@ SEED = 1_306
 WIDTH = 640  # one size of renditions (400 px): a batch of 25 takes about a second
 
 
-def first_output_written(web: Path, run: dg.DagsterRun) -> bool:
-    names = support.batch_files(run)
+def first_output_written(instance: dg.DagsterInstance, web: Path, run: dg.DagsterRun) -> bool:
+    names = support.batch_files(instance, run)
     return any(next(web.glob(f"{name}-400.*"), None) for name in names)
 
 
@@ -56,8 +56,9 @@ def step_succeeded(instance: dg.DagsterInstance, run_id: str) -> bool:
     return bool(records)
 
 
-def delivered(root: Path, run: dg.DagsterRun) -> int:
-    return sum((root / "processed" / name).exists() for name in support.batch_files(run))
+def delivered(instance: dg.DagsterInstance, root: Path, run: dg.DagsterRun) -> int:
+    names = support.batch_files(instance, run)
+    return sum((root / "processed" / name).exists() for name in names)
 
 
 @pytest.mark.timeout(600)
@@ -104,7 +105,7 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
             )
             if run.run_id not in killed_at and run.parent_run_id is None
         ]
-        run = next((r for r in candidates if first_output_written(web, r)), None)
+        run = next((r for r in candidates if first_output_written(instance, web, r)), None)
         pid = worker_pid(instance, run.run_id) if run else None
         if run is None or pid is None:
             time.sleep(0.05)
@@ -122,7 +123,7 @@ def test_killed_run_workers_leave_no_orphan_no_overlap_and_no_lost_record(
             late += 1  # the batch was done before the kill: not a kill
             spare_batch()
             continue
-        done = delivered(root, run)
+        done = delivered(instance, root, run)
         psutil.wait_procs([worker], timeout=5)
         ended = wait_for(
             "the killed run to be marked finished",
@@ -218,7 +219,7 @@ def test_a_run_whose_worker_and_code_server_die_together_is_ended_and_retried(
             dg.RunsFilter(job_name=support.JOB, statuses=[dg.DagsterRunStatus.STARTED])
         ):
             pid = worker_pid(instance, run.run_id)
-            if pid and run.parent_run_id is None and first_output_written(web, run):
+            if pid and run.parent_run_id is None and first_output_written(instance, web, run):
                 return run, pid
         return None
 

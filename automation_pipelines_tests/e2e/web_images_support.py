@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from automation_pipelines.automations.web_images import records
 from automation_pipelines.automations.web_images.batch import LOCK_RELEASED, LOCK_TAKEN
+from automation_pipelines.automations.web_images.ops import files_of_run
 from automation_pipelines.reliability import store
 from automation_pipelines_tests.automations.web_images.photos import photo
 
@@ -48,8 +49,17 @@ def stage_photos(root: Path, sources: list[Path], names: list[str]) -> None:
         (staging / name).rename(root / "inbox" / name)
 
 
-def batch_files(run: dg.DagsterRun) -> list[str]:
-    return run.run_config["ops"]["render_web_images"]["config"]["files"]
+_BATCHES: dict[str, list[str]] = {}
+
+
+def batch_files(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
+    """The photos of a run, as its config or its first log lines list them ([] until then)."""
+    if run.run_id not in _BATCHES:
+        found = files_of_run(instance, run)
+        if found is None:
+            return []
+        _BATCHES[run.run_id] = found
+    return _BATCHES[run.run_id]
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:

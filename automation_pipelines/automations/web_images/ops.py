@@ -91,9 +91,29 @@ def batch_files_of(
         )
         files += [rel for rel in named if rel not in files]
         revisit += [rel for rel in again if rel not in revisit]
-        listed = ", ".join([*named, *(f"quarantine/{rel}" for rel in again)]) or "none left"
-        context.log.info(f"batch {config.batch}: {listed}")
+        listed = ", ".join([*named, *(f"quarantine/{rel}" for rel in again)]) or _NONE_LEFT
+        context.log.info(f"{_BATCH_SAID}{config.batch}: {listed}")
     return files, revisit
+
+
+_BATCH_SAID = "batch "
+_NONE_LEFT = "none left"
+
+
+def files_of_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str] | None:
+    """The inbox photos of a run of the job: those its config lists, or, for a batch the sensor
+    named by run key, those the run's log listed as it started (None before it has)."""
+    config = next(iter(run.run_config.get("ops", {}).values()), {}).get("config", {})
+    if not config.get("batch"):
+        return list(config.get("files", []))
+    said = f"{_BATCH_SAID}{config['batch']}: "
+    for record in instance.get_records_for_run(run.run_id, limit=500).records:
+        entry = record.event_log_entry
+        if entry.dagster_event is None and entry.user_message.startswith(said):
+            listed = entry.user_message[len(said) :]
+            names = [] if listed == _NONE_LEFT else listed.split(", ")
+            return [name for name in names if not name.startswith("quarantine/")]
+    return None
 
 
 def image_settings(config: RenderConfig) -> ImageSettings:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from automation_pipelines.automations.web_images import sensors
 from automation_pipelines.automations.web_images.book import TableBook, empty_state, files_table
 from automation_pipelines.automations.web_images.jobs import render_web_images_job
+from automation_pipelines.automations.web_images.ops import files_of_run
 from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability import breaker, store
 from automation_pipelines.reliability.files import quarantine
@@ -304,6 +305,11 @@ def test_a_run_of_the_sensor_s_request_renders_its_batch_from_the_book(
     logged = [e.user_message for e in sqlite_instance.all_logs(result.run_id)]
     listed = f"batch {request.run_key}: a long holiday name with spaces.jpg, trip/b.jpg"
     assert listed in logged, logged
+    run = sqlite_instance.get_run_by_id(result.run_id)
+    assert files_of_run(sqlite_instance, run) == [
+        "a long holiday name with spaces.jpg",
+        "trip/b.jpg",
+    ]
 
 
 def test_a_file_deep_in_folders_with_a_long_path_is_remembered_like_any_other(
