@@ -1,13 +1,15 @@
-"""A throwaway Dagster deployment on a temporary instance home: the daemon, the webserver and
-the webhook receiver serving one workspace, each in a session of its own under a
+"""A throwaway Dagster deployment on a temporary instance home: the daemon, the webserver, the
+webhook receiver and Celery workers serving one workspace, each in a session of its own under a
 `ProcessGroup` that always stops them (SIGINT, then SIGTERM, then SIGKILL of the whole group).
 The benchmarks measure the automations on it, and the end-to-end tests drive it; each process
 logs to a file that a failure can show."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import dagster as dg
+import psutil
 import yaml
 
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
@@ -25,6 +28,12 @@ from automation_pipelines.paths import PACKAGE_ROOT, PROJECT_ROOT
 from automation_pipelines.reliability.processes import ProcessGroup, write_bytecode
 
 T = TypeVar("T")
+
+#: This machine's RabbitMQ, as it is installed (loopback only, its default account).
+LOCAL_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+CELERY_WORKER_CONFIG = PROJECT_ROOT / "deploy" / "celery" / "worker.yaml"
+#: What dagster-celery reports when a worker takes a step (an engine event per attempt).
+CELERY_EXECUTING = "Executing steps "
 
 
 def free_port() -> int:
@@ -196,3 +205,59 @@ class DagsterProcesses:
         finally:
             if self._instance is not None:
                 self._instance.dispose()
+
+
+class CeleryWorker:
+    """`dagster-celery worker start` as an operator runs it (deploy/celery/worker.yaml, the
+    venv's `celery` first on PATH, one step at a time), in a process group of its own: the CLI,
+    Celery's main process and its pool process. Its log is `log`; `env` must name the instance
+    home (DAGSTER_HOME), where dagster-celery writes the worker's config."""
+
+    def __init__(self, name: str, env: dict[str, str], queue: str, log: Path) -> None:
+        self.name, self.log = f"{name}@{socket.gethostname()}", log  # dagster-celery adds @%h
+        self.group = ProcessGroup()
+        argv = [venv_script("dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
+        argv += ["-y", str(CELERY_WORKER_CONFIG), "-q", queue, "-n", name, "--loglevel", "INFO"]
+        argv += ["--", "--concurrency=1", "--without-gossip", "--without-mingle"]
+        path = f"{Path(venv_script('celery')).parent}{os.pathsep}{env.get('PATH', '')}"
+        with log.open("wb") as handle:
+            self.group.start(
+                argv, env={**env, "PATH": path}, cwd=PROJECT_ROOT, stdout=handle, stderr=handle
+            )
+
+    def ready(self) -> bool:
+        return "ready." in self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL of every process of the worker at once: a machine that died."""
+        members = self.group.members()
+        for process in members:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGKILL)
+        psutil.wait_procs(members, timeout=10)
+
+    def stop(self) -> None:
+        self.group.stop()
+
+
+def celery_attempts(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, str, str]]:
+    """(when, step, worker) for every step a Celery worker took in a run, in order, from
+    dagster-celery's engine events."""
+    found = []
+    for record in instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=5000
+    ).records:
+        entry = record.event_log_entry
+        if CELERY_EXECUTING not in entry.message:  # "… Executing steps … in celery worker"
+            continue
+        metadata = entry.dagster_event.engine_event_data.metadata
+        found.append((entry.timestamp, entry.step_key, metadata["Celery worker"].value))
+    return sorted(found)
+
+
+def delete_queue(broker: str, queue: str) -> None:
+    """Delete `queue` from the broker, if it can be reached; a queue left behind only waits."""
+    from kombu import Connection
+
+    with contextlib.suppress(Exception), Connection(broker, connect_timeout=5) as connection:
+        connection.default_channel.queue_delete(queue)

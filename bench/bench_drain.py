@@ -21,20 +21,17 @@ took and how many overlapped another. Everything but the kept sources is removed
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import dagster as dg
-
 from automation_pipelines.automations.web_images import AUTOMATION
 from automation_pipelines.automations.web_images.images import ImageSettings, render_image
 from bench.bench_burst import through_the_daemon
 from bench.photos import camera_photos
-from bench.tables import load_average, verdict
+from bench.tables import dagster_machine, load_average, photo_set, verdict
 
 PHOTOS = int(os.environ.get("BENCH_DRAIN_PHOTOS", "20000"))
 SIZE = tuple(int(n) for n in os.environ.get("BENCH_DRAIN_SIZE", "640x480").split("x"))
@@ -47,11 +44,8 @@ PROCESSES = AUTOMATION.side_by_side
 
 def main() -> None:
     sources = camera_photos(SOURCES, PHOTOS, size=SIZE)
-    megabytes = sum(p.stat().st_size for p in sources) / 1e6
     print(
-        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, Dagster "
-        f"{dg.__version__}; load average at start: {load_average()}\n"
-        f"{len(sources):,} photos of {SIZE[0]}x{SIZE[1]} px, {megabytes:,.0f} MB in all; "
+        f"{dagster_machine()}\n{photo_set(sources, SIZE)}; "
         f"web_images runs side by side: {PROCESSES}",
         flush=True,
     )

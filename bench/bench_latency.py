@@ -23,7 +23,6 @@ import hashlib
 import http.client
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -43,7 +42,7 @@ from automation_pipelines.webhooks.inbox import inbox_table
 from automation_pipelines.webhooks.senders import github_headers
 from bench.photos import camera_photo
 from bench.plain_sensor_location import INBOX_ENV, OUTPUT_ENV
-from bench.tables import load_average, print_columns, verdict
+from bench.tables import dagster_machine, load_average, print_columns, verdict
 
 ROUNDS = int(os.environ.get("BENCH_LATENCY_ROUNDS", "2"))
 EVENTS = int(os.environ.get("BENCH_LATENCY_EVENTS", "5"))
@@ -97,8 +96,7 @@ def main() -> None:
 
 def describe_machine() -> str:
     return (
-        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, Dagster "
-        f"{dg.__version__}; load average at start: {load_average()}\n"
+        f"{dagster_machine()}\n"
         f"{ROUNDS} round(s) of {EVENTS} event(s) per figure, each after a random 0-5 s pause"
     )
 

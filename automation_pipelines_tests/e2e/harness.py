@@ -16,8 +16,12 @@ from pathlib import Path
 import psutil
 
 from automation_pipelines.local_stack import (
+    LOCAL_BROKER,
+    CeleryWorker,
     DagsterProcesses,
     WaitTimedOut,
+    celery_attempts,
+    delete_queue,
     free_port,
     http_get,
     http_ok,
@@ -27,8 +31,12 @@ from automation_pipelines.local_stack import (
 from automation_pipelines.reliability.processes import ProcessGroup
 
 __all__ = [
+    "LOCAL_BROKER",
+    "CeleryWorker",
     "DagsterProcesses",
     "WaitTimedOut",
+    "celery_attempts",
+    "delete_queue",
     "free_port",
     "http_get",
     "http_ok",

@@ -15,33 +15,32 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import socket
 import time
 import uuid
 from pathlib import Path
 
 import dagster as dg
-import psutil
 import pytest
-from kombu import Connection
 
 from automation_pipelines.automations.web_images import execution
 from automation_pipelines.automations.web_images.ops import render_web_images_part
-from automation_pipelines.paths import PROJECT_ROOT
-from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines_tests.e2e import web_images_support as support
-from automation_pipelines_tests.e2e.harness import graphql, venv_script, wait_for
+from automation_pipelines_tests.e2e.harness import (
+    LOCAL_BROKER,
+    CeleryWorker,
+    celery_attempts,
+    delete_queue,
+    graphql,
+    venv_script,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 PHOTOS = 24
 FILES_PER_STEP = 3
 WIDTH = 1600
-WORKER_CONFIG = PROJECT_ROOT / "deploy" / "celery" / "worker.yaml"
-#: What dagster-celery reports when a worker takes a step (an engine event per attempt).
-EXECUTING = "Executing steps "
 
 
 def port_in_range(first: int = 3400, last: int = 3499) -> int:
@@ -64,44 +63,6 @@ def postgres_storage() -> dict:
     return {"postgres": {"postgres_db": {key: {"env": env} for key, env in names.items()}}}
 
 
-class Worker:
-    """`dagster-celery worker start` as an operator runs it, in a process group of its own."""
-
-    def __init__(self, name: str, env: dict[str, str], queue: str, log: Path) -> None:
-        self.name, self.log = f"{name}@{socket.gethostname()}", log  # dagster-celery adds @%h
-        self.group = ProcessGroup()
-        argv = [venv_script("dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
-        argv += ["-y", str(WORKER_CONFIG), "-q", queue, "-n", name, "--loglevel", "INFO"]
-        argv += ["--", "--concurrency=1", "--without-gossip", "--without-mingle"]
-        with log.open("wb") as handle:
-            self.group.start(argv, env=env, cwd=PROJECT_ROOT, stdout=handle, stderr=handle)
-
-    def ready(self) -> bool:
-        return "ready." in self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL of every process of the worker at once: a machine that died."""
-        members = self.group.members()
-        for process in members:
-            with contextlib.suppress(psutil.Error):
-                process.send_signal(signal.SIGKILL)
-        psutil.wait_procs(members, timeout=10)
-
-
-def attempts(instance: dg.DagsterInstance, run_id: str) -> list[tuple[float, str, str]]:
-    """(when, step, worker) for every step a worker took, from dagster-celery's engine events."""
-    found = []
-    for record in instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=5000
-    ).records:
-        entry = record.event_log_entry
-        if EXECUTING not in entry.message:  # "[CeleryExecutor] Executing steps … in celery worker"
-            continue
-        metadata = entry.dagster_event.engine_event_data.metadata
-        found.append((entry.timestamp, entry.step_key, metadata["Celery worker"].value))
-    return sorted(found)
-
-
 def succeeded(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
     """step -> when it succeeded."""
     records = instance.get_records_for_run(
@@ -113,7 +74,7 @@ def succeeded(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
 def finished_by(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
     """step -> the worker of its last attempt, for the steps that succeeded."""
     done = succeeded(instance, run_id)
-    last = {step: worker for _, step, worker in attempts(instance, run_id)}
+    last = {step: worker for _, step, worker in celery_attempts(instance, run_id)}
     return {step: worker for step, worker in last.items() if step in done}
 
 
@@ -131,15 +92,19 @@ def test_parts_spread_over_two_workers_and_a_killed_one_loses_nothing(
         env={
             "WEB_IMAGES_ROOT": str(root),
             execution.EXECUTOR_ENV: execution.CELERY,
-            execution.BROKER_ENV: BROKER,
+            execution.BROKER_ENV: LOCAL_BROKER,
             execution.QUEUE_ENV: queue,
             execution.FILES_PER_STEP_ENV: str(FILES_PER_STEP),
             "PATH": f"{Path(venv_script('celery')).parent}:/usr/bin:/bin",
         },
         instance_overrides={"storage": postgres_storage()},
     )
+    # The instance's tables are made once, here: two workers starting on a fresh database
+    # would both try to create them, and the loser dies on the duplicate.
+    processes.instance.get_runs_count()
     workers = {
-        name: Worker(name, processes.env, queue, tmp_path / f"{name}.log") for name in ("w1", "w2")
+        name: CeleryWorker(name, processes.env, queue, tmp_path / f"{name}.log")
+        for name in ("w1", "w2")
     }
     processes.log_files += [worker.log for worker in workers.values()]
     try:
@@ -162,7 +127,7 @@ def test_parts_spread_over_two_workers_and_a_killed_one_loses_nothing(
                 done = succeeded(instance, run.run_id)
                 finished = set(finished_by(instance, run.run_id).values())
                 current = {}
-                for _, step, worker in attempts(instance, run.run_id):
+                for _, step, worker in celery_attempts(instance, run.run_id):
                     current[worker] = step
                 for worker, step in current.items():
                     in_part = step.startswith(render_web_images_part.name)
@@ -173,7 +138,9 @@ def test_parts_spread_over_two_workers_and_a_killed_one_loses_nothing(
         def seen() -> str:
             lines = [processes.logs()]
             for run in instance.get_runs(dg.RunsFilter(job_name=support.JOB)):
-                lines.append(f"run {run.run_id} {run.status}: {attempts(instance, run.run_id)}")
+                lines.append(
+                    f"run {run.run_id} {run.status}: {celery_attempts(instance, run.run_id)}"
+                )
                 lines.append(f"succeeded: {succeeded(instance, run.run_id)}")
             return "\n".join(lines)
 
@@ -204,9 +171,11 @@ def test_parts_spread_over_two_workers_and_a_killed_one_loses_nothing(
         # The killed worker's part went back to the queue and the other worker finished it.
         survivor = next(w.name for w in workers.values() if w.name != worker)
         retaken = [
-            (when, w) for when, s, w in attempts(instance, run_id) if s == step and when > killed_at
+            (when, w)
+            for when, s, w in celery_attempts(instance, run_id)
+            if s == step and when > killed_at
         ]
-        assert [w for _, w in retaken] == [survivor], attempts(instance, run_id)
+        assert [w for _, w in retaken] == [survivor], celery_attempts(instance, run_id)
         assert finished_by(instance, run_id)[step] == survivor
 
         # Both workers finished steps (the killed one before its death).
@@ -246,6 +215,5 @@ def test_parts_spread_over_two_workers_and_a_killed_one_loses_nothing(
         )
     finally:
         for worker in workers.values():
-            worker.group.stop()
-        with contextlib.suppress(Exception), Connection(BROKER, connect_timeout=5) as broker:
-            broker.default_channel.queue_delete(queue)
+            worker.stop()
+        delete_queue(LOCAL_BROKER, queue)
