@@ -24,13 +24,8 @@ from typing import BinaryIO
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart", "~")
 
 
-def is_temporary(path: Path) -> bool:
-    """Hidden files and the in-progress names browsers, rsync, scp and editors use."""
-    return is_temporary_name(path.name)
-
-
 def is_temporary_name(name: str) -> bool:
-    """`is_temporary` of a bare file name."""
+    """Hidden files and the in-progress names browsers, rsync, scp and editors use."""
     return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
 
 

@@ -572,24 +572,14 @@ class Repository:
     def check(self, read_data_subset: str | None = None) -> list[str]:
         """What `restic check` found wrong, one line each (empty when clean)."""
         args = ["check"] + ([f"--read-data-subset={read_data_subset}"] if read_data_subset else [])
-        try:
-            subprocess_done = subprocess.run(
-                self.command(*args),
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout_seconds,
-            )
-        except FileNotFoundError:
-            raise ResticError(f"{self.binary} is not installed") from None
-        if subprocess_done.returncode == 0:
+        done, _count = self._execute(args)
+        if done.returncode == 0:
             return []
-        text = subprocess_done.stdout + "\n" + subprocess_done.stderr
+        text = done.stdout + "\n" + done.stderr
         if "unable to create lock" in text or "repository is already locked" in text:
-            raise self.error(subprocess_done.stderr)
+            raise self.error(done.stderr)
         if "wrong password" in text or "Is there a repository" in text:
-            raise self.error(subprocess_done.stderr)
+            raise self.error(done.stderr)
         return _check_problems(text)
 
     def locks(self) -> list[Lock]:

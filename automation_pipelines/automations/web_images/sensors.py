@@ -242,13 +242,6 @@ def scan(
             yield entry
 
 
-def scan_quarantine(quarantine: Path) -> Iterator[Entry]:
-    """Quarantined files that differ from what their note recorded when they were judged."""
-    for entry, changed in sweep_quarantine(quarantine, 0, None)[0]:
-        if changed:
-            yield entry
-
-
 def sweep_quarantine(
     quarantine: Path, start: int, budget: int | None
 ) -> tuple[list[tuple[Entry, bool | None]], int]:
