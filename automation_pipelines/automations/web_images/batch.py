@@ -13,6 +13,10 @@ Then the manifest is regenerated from the rows: the commit point at which reader
 new sets. Only after it the files of superseded sets (a re-dropped photo's old renditions) and
 renditions no row lists (left by a run killed mid-rename) are deleted, in the batch's folders.
 
+Several photos render at once (`PhotoFolders.render_threads`); everything else above happens
+in the batch's own thread, photo after photo in the batch's order, the rows of photos rendered
+meanwhile written in one transaction before their originals move.
+
 Quarantined files that changed since they were judged (an uploader that kept writing into one)
 come back into the inbox first (`revisit`) and are judged again in the same batch.
 
@@ -25,6 +29,7 @@ exclusively, in any phase or executor, never overlaps another's writes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -32,6 +37,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +55,18 @@ from automation_pipelines.automations.web_images.images import (
     render_image,
 )
 from automation_pipelines.automations.web_images.records import (
-    get_record,
+    get_records,
     listed_outputs,
     outputs_present,
-    record_photo,
+    record_photos,
     regenerate_manifest,
 )
 from automation_pipelines.automations.web_images.resources import PhotoFolders
-from automation_pipelines.reliability.deadletters import record_dead_letter, resolve_items
+from automation_pipelines.reliability.deadletters import (
+    open_items,
+    record_dead_letter,
+    resolve_items,
+)
 from automation_pipelines.reliability.errors import classify, for_item
 from automation_pipelines.reliability.files import (
     atomic_write_bytes,
@@ -150,8 +160,7 @@ def process_batch(
         _remove_stale_temp_files(folders, files)
         files += batch.bring_back(revisit)
         try:
-            for relative in files:
-                batch.one(relative)
+            batch.handle(files)
         except Exception:
             # The rows written so far are safe; the manifest is the next run's to repair if
             # this write fails too (a full disk), or if the run is being terminated.
@@ -214,8 +223,7 @@ def render_files(
     with shared_lock(folders.lock, on_wait=on_wait):
         if before is not None:
             before()
-        for relative in files:
-            batch.one(relative)
+        batch.handle(files)
     outcome.superseded = sorted(batch.superseded)
     return outcome
 
@@ -252,30 +260,96 @@ LOCK_TAKEN = "took the photo tree's lock"
 LOCK_RELEASED = "released the photo tree's lock"
 
 
+#: Files read and handed to the pool, per thread, before the older half of them is finished
+#: together: the pool keeps the younger half to render meanwhile, and rendered files are
+#: recorded several to a transaction. Never more than `_READ_AHEAD_BYTES` of sources held.
+_READ_AHEAD = 8
+_READ_AHEAD_BYTES = 256 * 1024 * 1024
+
+
+def _bytes(pending: collections.deque[_Job]) -> int:
+    return sum(job.read.size for job in pending)
+
+
+def _rendered(pending: collections.deque[_Job]) -> list[_Job]:
+    """The older half of `pending` (at least one), once rendered, and the jobs after it whose
+    rendering ended too, taken off `pending`."""
+    half = max(1, len(pending) // 2)
+    wait([pending[index].rendering for index in range(half)])
+    taken = [pending.popleft() for _ in range(half)]
+    while pending and pending[0].rendering.done():
+        taken.append(pending.popleft())
+    return taken
+
+
+@dataclass
+class _Job:
+    """A file whose rendering is under way."""
+
+    relative: str
+    read: SourceFile
+    row: Any  # its record before this batch, if it had one
+    rendering: Future
+
+
 class _Batch:
     def __init__(self, folders, engine, settings, run_id, now, log, outcome: BatchOutcome):
         self.folders, self.engine, self.settings = folders, engine, settings
         self.run_id, self.now, self.log, self.outcome = run_id, now, log, outcome
+        self.threads = folders.threads()
         self.superseded: set[str] = set()
+        #: Files of the batch with an open dead letter (an earlier try quarantined them).
+        self.open_letters: set[str] = set()
 
-    def one(self, relative: str) -> None:
+    def handle(self, files: list[str]) -> None:
+        """Every file of `files` once, in order, `threads` of them rendering at once.
+
+        Only the rendering runs on the pool (Pillow lets go of the interpreter lock while it
+        decodes, resizes and encodes WebP); reading, rows, moves, quarantine and logs stay in
+        this thread, so the database and the run's log see one writer. Rendered files are
+        finished in order, those done together in one transaction. A file whose rendering
+        fails the run (a full disk) stops the batch: the files before it are finished, nothing
+        new starts, the renderings under way end (their renditions stay unlisted until a run
+        removes them), and the error is raised."""
+        files = list(dict.fromkeys(files))
+        rows = get_records(self.engine, self.folders.root, files)
+        self.open_letters = open_items(self.engine, AUTOMATION.name, files)
+        window = self.threads * _READ_AHEAD
+        pending: collections.deque[_Job] = collections.deque()
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="render") as pool:
+            try:
+                for relative in files:
+                    job = self.prepare(relative, rows.get(relative), pool)
+                    if job is not None:
+                        pending.append(job)
+                    if len(pending) >= window or _bytes(pending) >= _READ_AHEAD_BYTES:
+                        self.finish(_rendered(pending))
+                while pending:
+                    self.finish(_rendered(pending))
+            except BaseException:
+                for job in pending:
+                    job.rendering.cancel()
+                raise
+
+    def prepare(self, relative: str, row: Any, pool: ThreadPoolExecutor) -> _Job | None:
+        """Read the file and settle what needs no rendering (gone, a folder, unreadable,
+        rendered already); else start its rendering and return it. `row`: its record."""
         folders = self.folders
         source = folders.inbox / relative
         try:
             info = os.lstat(source)
         except FileNotFoundError:
             self.outcome.missing.append(relative)  # already handled by an earlier attempt
-            return
+            return None
         if stat.S_ISDIR(info.st_mode):
             self.log.warning(f"{relative} is a folder, not a photo: its files are taken one by one")
-            return
+            return None
         with for_item(relative):
             try:
                 read = read_source(source, relative)
             except BadImage as exc:
                 self.set_aside(relative, exc.reason, (info.st_size, info.st_mtime_ns))
-                return
-            row = get_record(self.engine, folders.root, relative)
+                return None
             if (
                 row is not None
                 and row.source_sha256 == read.sha256
@@ -284,34 +358,64 @@ class _Batch:
             ):
                 # Rendered and recorded by a run that died before moving the original.
                 move_into(source, folders.processed, Path(relative))
-                self.done(relative)
+                self.done([relative])
                 self.outcome.repaired.append(relative)
-                return
+                return None
+            rendering = pool.submit(
+                render_image, read, folders.output, Path(relative), self.settings
+            )
+            return _Job(relative, read, row, rendering)
+
+    def finish(self, jobs: list[_Job]) -> None:
+        """Record, move and report the rendered files of `jobs`, judge those that did not
+        render; an error that fails the run is raised once the files before it are done."""
+        rendered: list[tuple[_Job, dict]] = []
+        failed: tuple[_Job, Exception] | None = None
+        for job in jobs:
             try:
-                result = render_image(read, folders.output, Path(relative), self.settings)
+                result = job.rendering.result()
             except Exception as exc:
                 # Disk and I/O errors (a full or read-only output volume) are not the photo's
                 # fault: they fail the run for the owner instead of quarantining a good photo.
                 if classify(exc).transient or (
                     isinstance(exc, OSError) and not isinstance(exc, BadImage)
                 ):
-                    raise
-                self.judge(relative, read, exc)
-                return
-            entry = manifest_entry(relative, result)
-            if row is not None:
-                self.superseded.update(output["path"] for output in row.outputs)
-            record_photo(
-                self.engine,
-                folders.root,
-                entry,
-                source_sha256=read.sha256,
-                settings=self.settings.key(),
-                run_id=self.run_id,
-            )
-            move_into(source, folders.processed, Path(relative))
-            self.done(relative)
-            self.outcome.delivered.append(entry)
+                    failed = (job, exc)
+                    break
+                with for_item(job.relative):
+                    self.judge(job.relative, job.read, exc)
+                continue
+            rendered.append((job, manifest_entry(job.relative, result)))
+        self.deliver(rendered)
+        if failed is not None:
+            with for_item(failed[0].relative):
+                raise failed[1]
+
+    def deliver(self, rendered: list[tuple[_Job, dict]]) -> None:
+        """Rows first (one transaction), then the originals move: a run killed between the two
+        leaves photos the next run only moves."""
+        if not rendered:
+            return
+        folders = self.folders
+        for job, _ in rendered:
+            if job.row is not None:
+                self.superseded.update(output["path"] for output in job.row.outputs)
+        record_photos(
+            self.engine,
+            folders.root,
+            [(entry, job.read.sha256) for job, entry in rendered],
+            settings=self.settings.key(),
+            run_id=self.run_id,
+        )
+        moved = []
+        try:
+            for job, entry in rendered:
+                with for_item(job.relative):
+                    move_into(folders.inbox / job.relative, folders.processed, Path(job.relative))
+                moved.append(job.relative)
+                self.outcome.delivered.append(entry)
+        finally:
+            self.done(moved)
 
     def judge(self, relative: str, read: SourceFile, exc: Exception) -> None:
         """A file that did not render: wait out the grace period if it ends early, else
@@ -343,10 +447,13 @@ class _Batch:
         self.outcome.quarantined.append((relative, reason))
         self.log.warning(f"quarantined {relative}: {reason}")
 
-    def done(self, relative: str) -> None:
-        """Delivered: a dead letter of an earlier try (a fixed photo moved back) is resolved."""
-        resolve_items(self.engine, AUTOMATION.name, [relative])
-        waiting_note(self.folders, relative).unlink(missing_ok=True)
+    def done(self, relatives: list[str]) -> None:
+        """Delivered: dead letters of earlier tries (a fixed photo moved back) are resolved."""
+        letters = [relative for relative in relatives if relative in self.open_letters]
+        if letters:
+            resolve_items(self.engine, AUTOMATION.name, letters)
+        for relative in relatives:
+            waiting_note(self.folders, relative).unlink(missing_ok=True)
 
     def bring_back(self, revisit: list[str]) -> list[str]:
         """Move quarantined files that changed since they were judged back into the inbox,

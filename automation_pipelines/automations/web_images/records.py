@@ -106,34 +106,67 @@ def record_photo(
 ) -> None:
     """Insert or replace the row of one photo (`entry` as the manifest shows it), in one
     transaction: a reader sees the old row or the new one."""
+    record_photos(engine, root, [(entry, source_sha256)], settings=settings, run_id=run_id)
+
+
+def record_photos(
+    engine: sa.Engine,
+    root: str | Path,
+    entries: list[tuple[Mapping, str | None]],
+    *,
+    settings: str | None,
+    run_id: str | None,
+) -> None:
+    """`record_photo` for several photos ((entry, source_sha256) each) in one transaction: a
+    batch renders many photos a second, and a commit per photo would cost more than one."""
+    if not entries:
+        return
     ensure_schema(engine)
-    details = {name: entry[name] for name in DETAIL_FIELDS if name in entry}
-    values = {
-        "root": root_key(root),
-        "path": entry["source"],
-        "source_sha256": source_sha256,
-        "settings": settings,
-        **{name: entry[name] for name in _ENTRY_FIELDS},
-        "run_id": run_id,
-        "rendered_at": time.time(),
-        "details": details or None,
-    }
-    statement = _insert(engine)(web_images_table).values(**values)
+    key, now = root_key(root), time.time()
+    rows = []
+    for entry, source_sha256 in entries:
+        details = {name: entry[name] for name in DETAIL_FIELDS if name in entry}
+        rows.append(
+            {
+                "root": key,
+                "path": entry["source"],
+                "source_sha256": source_sha256,
+                "settings": settings,
+                **{name: entry[name] for name in _ENTRY_FIELDS},
+                "run_id": run_id,
+                "rendered_at": now,
+                "details": details or None,
+            }
+        )
+    statement = _insert(engine)(web_images_table)
     statement = statement.on_conflict_do_update(
         index_elements=["root", "path"],
-        set_={name: statement.excluded[name] for name in values if name not in ("root", "path")},
+        set_={name: statement.excluded[name] for name in rows[0] if name not in ("root", "path")},
     )
     with engine.begin() as conn:
-        conn.execute(statement)
+        conn.execute(statement, rows)
 
 
 def get_record(engine: sa.Engine, root: str | Path, relative: str) -> sa.Row | None:
+    return get_records(engine, root, [relative]).get(relative)
+
+
+#: Paths per query of `get_records`: well under every database's limit of bound values.
+_PATHS_PER_QUERY = 500
+
+
+def get_records(engine: sa.Engine, root: str | Path, paths: list[str]) -> dict[str, sa.Row]:
+    """The rows of these photos of `root` that exist, by path, in a query per 500."""
     ensure_schema(engine)
-    table = web_images_table
+    table, key, found = web_images_table, root_key(root), {}
     with engine.connect() as conn:
-        return conn.execute(
-            sa.select(table).where(table.c.root == root_key(root), table.c.path == relative)
-        ).first()
+        for start in range(0, len(paths), _PATHS_PER_QUERY):
+            chunk = paths[start : start + _PATHS_PER_QUERY]
+            for row in conn.execute(
+                sa.select(table).where(table.c.root == key, table.c.path.in_(chunk))
+            ):
+                found[row.path] = row
+    return found
 
 
 def manifest_entry_of(row: sa.Row) -> dict:

@@ -17,8 +17,15 @@ QUIET_ENV = "WEB_IMAGES_QUIET_SECONDS"
 DEFAULT_QUIET_SECONDS = 1.0
 LISTEN_ENV = "WEB_IMAGES_LISTEN_SECONDS"
 BATCH_ENV = "WEB_IMAGES_MAX_FILES_PER_RUN"
-#: Under load a run takes up to this many files (a trickle: 25 per run, see the sensor).
-DEFAULT_MAX_FILES_PER_RUN = 100
+#: Under load a run takes up to this many files (a trickle: 25 per run, see the sensor): a
+#: killed run's retry redoes only the photos not yet moved, so a big batch costs little, and at
+#: 1 s a 60 MP photo it still ends well within the run's `max_runtime_seconds`.
+DEFAULT_MAX_FILES_PER_RUN = 500
+THREADS_ENV = "WEB_IMAGES_RENDER_THREADS"
+#: With no setting a run renders this many photos at once per CPU it may use, plus one (it
+#: keeps the cores busy while one photo is read or recorded), and never more than
+#: `MAX_AUTO_THREADS`: every photo under way holds its decoded pixels.
+MAX_AUTO_THREADS = 8
 GRACE_ENV = "WEB_IMAGES_TRUNCATED_GRACE_SECONDS"
 DEFAULT_GRACE_SECONDS = 300.0
 
@@ -43,13 +50,18 @@ class PhotoFolders(dg.ConfigurableResource):
     #: The most files one run takes when a backlog is spread over a tick's runs: bigger batches
     #: cost fewer run starts, smaller ones redo less after a killed worker.
     max_files_per_run: int = DEFAULT_MAX_FILES_PER_RUN
+    #: Photos a run (or a Celery step) renders at once; 0: one per CPU the process may use,
+    #: plus one, at most `MAX_AUTO_THREADS`. Each holds its decoded pixels, up to 60 MP x 4
+    #: bytes, so a small-memory worker sets fewer.
+    render_threads: int = 0
 
     @classmethod
     def from_env(cls) -> PhotoFolders:
         """$WEB_IMAGES_ROOT, else `data/web_images` in the project (git-ignored);
         $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB; $WEB_IMAGES_QUIET_SECONDS, else 1 s;
         $WEB_IMAGES_TRUNCATED_GRACE_SECONDS, else 300 s; $WEB_IMAGES_LISTEN_SECONDS, else
-        3.5 s (0 turns listening off); $WEB_IMAGES_MAX_FILES_PER_RUN, else 100."""
+        3.5 s (0 turns listening off); $WEB_IMAGES_MAX_FILES_PER_RUN, else 500;
+        $WEB_IMAGES_RENDER_THREADS, else one per CPU plus one."""
         return cls(
             root=os.environ.get(ROOT_ENV) or str(PROJECT_ROOT / "data" / "web_images"),
             free_space_margin_mb=float(os.environ.get(MARGIN_ENV) or DEFAULT_MARGIN_MB),
@@ -57,7 +69,14 @@ class PhotoFolders(dg.ConfigurableResource):
             truncated_grace_seconds=float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_SECONDS),
             listen_seconds=float(os.environ.get(LISTEN_ENV) or listening.DEFAULT_WINDOW_SECONDS),
             max_files_per_run=int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_FILES_PER_RUN),
+            render_threads=int(os.environ.get(THREADS_ENV) or 0),
         )
+
+    def threads(self) -> int:
+        """How many photos to render at once (see `render_threads`)."""
+        if self.render_threads > 0:
+            return self.render_threads
+        return min(MAX_AUTO_THREADS, len(os.sched_getaffinity(0)) + 1)
 
     @property
     def inbox(self) -> Path:

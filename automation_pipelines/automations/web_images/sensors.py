@@ -75,10 +75,10 @@ from automation_pipelines.reliability.files import (
 )
 from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
-#: A run's files while the inbox is quiet. Under load runs batch more: a backlog bigger than a
-#: tick's runs take at this size is spread over them, up to `PhotoFolders.max_files_per_run`
-#: (`DEFAULT_MAX_FILES_PER_RUN`, 100) per run, so a burst costs fewer run starts (each about 3 s
-#: of a new process) for the same photos. A trickle still gets a run per photo.
+#: A run's files while the inbox is quiet. Under load runs batch more: a backlog is spread over
+#: as many runs as go side by side, up to `PhotoFolders.max_files_per_run`
+#: (`DEFAULT_MAX_FILES_PER_RUN`, 500) per run, so a burst costs few run starts (each about 3 s
+#: of CPU for a new process) for the same photos. A trickle still gets a run per photo.
 MAX_FILES_PER_RUN = 25
 #: Dagster's sensor daemon goes round every 5 s (a constant of its loop) and evaluates a sensor
 #: whose interval has passed. An interval of 5 s would be missed by a hair every other round (a
@@ -500,11 +500,14 @@ def inbox_stamp(folders: PhotoFolders) -> int | None:
 
 
 def files_per_run(ready: int, runs: int, most: int = DEFAULT_MAX_FILES_PER_RUN) -> int:
-    """`MAX_FILES_PER_RUN`, or under load the `ready` files spread over the `runs` a tick may
-    request; never more than `most`."""
+    """`MAX_FILES_PER_RUN`, or under load the `ready` files spread over as many runs as render
+    side by side (`AUTOMATION.side_by_side`, fewer if the tick may request fewer); never more
+    than `most`. A run renders its photos several at once, and its start costs a new process
+    seconds of CPU beside the run rendering: the fewer starts a backlog costs, the more of the
+    machine renders."""
     if runs < 1:
         return max(1, min(most, MAX_FILES_PER_RUN))
-    spread = -(-ready // runs)  # ceiling
+    spread = -(-ready // min(runs, AUTOMATION.side_by_side))  # ceiling
     return max(1, min(most, max(MAX_FILES_PER_RUN, spread)))
 
 
@@ -649,10 +652,10 @@ def _fit_free_space(
     minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
     description=(
         f"Watches the photo inbox and requests runs for complete new files, {MAX_FILES_PER_RUN} "
-        f"per run (more under load, up to $WEB_IMAGES_MAX_FILES_PER_RUN, 100) and at most "
-        f"{MAX_RUNS_PER_TICK} runs per tick; files whose run "
-        "failed are requested again with backoff, and nothing is requested while the output "
-        "volume lacks space."
+        "per run (more under load, up to $WEB_IMAGES_MAX_FILES_PER_RUN, "
+        f"{DEFAULT_MAX_FILES_PER_RUN}) and at most {MAX_RUNS_PER_TICK} runs per tick; files "
+        "whose run failed are requested again with backoff, and nothing is requested while "
+        "the output volume lacks space."
     ),
 )
 def photo_inbox_sensor(context: dg.SensorEvaluationContext, folders: PhotoFolders):

@@ -151,14 +151,13 @@ def test_a_file_seen_different_on_the_last_look_waits_for_the_next(folders) -> N
 
 
 def test_burst_above_the_cap_is_split_across_ticks(folders) -> None:
-    per_tick = sensors.DEFAULT_MAX_FILES_PER_RUN * sensors.MAX_RUNS_PER_TICK
+    folders = PhotoFolders(root=folders.root, quiet_seconds=0.0, max_files_per_run=100)
+    per_tick = 100 * sensors.MAX_RUNS_PER_TICK
     total = per_tick + 30
     for n in range(total):
         drop(folders, f"burst/{n:04d}.jpg", mtime=n + 1)
     first, cursor, sentence = look_once(folders, None, NOW)
-    assert [len(f) for f in files_of(first)] == [
-        sensors.DEFAULT_MAX_FILES_PER_RUN
-    ] * sensors.MAX_RUNS_PER_TICK
+    assert [len(f) for f in files_of(first)] == [100] * sensors.MAX_RUNS_PER_TICK
     assert "30 left for the next tick" in sentence
     second, cursor, _ = look_once(folders, cursor, NOW + 30)
     assert [len(f) for f in files_of(second)] == [sensors.MAX_FILES_PER_RUN, 5]
@@ -554,15 +553,18 @@ def test_a_tick_does_not_listen_while_a_run_of_its_files_is_in_flight(tmp_path, 
     [
         (1, 4, [1]),
         (25, 4, [25]),
-        (90, 4, [25, 25, 25, 15]),
-        (200, 4, [50, 50, 50, 50]),
-        (200, 1, [100]),  # paced to one run: the run takes more, not the tick fewer
-        (1000, 4, [100, 100, 100, 100]),
+        (40, 4, [25, 15]),
+        (90, 4, [45, 45]),
+        (200, 4, [100, 100]),
+        (200, 1, [200]),  # paced to one run: the run takes more, not the tick fewer
+        (1000, 4, [500, 500]),
+        (1500, 4, [500, 500]),  # the look stops at SCAN_READY_LIMIT ready files
     ],
 )
 def test_under_load_runs_batch_more(folders, waiting, allowed, sizes) -> None:
-    """A trickle gets a run per photo; a backlog is spread over the tick's runs, up to 100
-    files each, so a burst costs fewer run starts."""
+    """A trickle gets a run per photo; a backlog is spread over as many runs as go side by
+    side, up to 500 files each, so a burst costs few run starts."""
+    assert sensors.AUTOMATION.side_by_side == 2
     for n in range(waiting):
         drop(folders, f"{n:04d}.jpg", mtime=n + 1)
     requests, _, _ = look_once(folders, None, NOW, max_runs=allowed)

@@ -39,7 +39,8 @@ NOW = 1_800_000_000.0
 
 @pytest.fixture
 def folders(tmp_path: Path) -> PhotoFolders:
-    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.0)
+    """Runs of 100 files, so a tick takes 400 of the 1,000 ready files a look reads."""
+    folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.0, max_files_per_run=100)
     folders.inbox.mkdir(parents=True)
     return folders
 
