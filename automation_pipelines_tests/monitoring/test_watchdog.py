@@ -193,14 +193,8 @@ def noop() -> None:
 
 
 @dg.job(
-    tags={
-        "automation": "watched",
-        "owner": "team:test",
-        **{
-            "expect/success_within_seconds": str(int(26 * HOUR)),
-            "expect/max_runs_per_hour": "2",
-        },
-    }
+    tags={"automation": "watched", "owner": "team:test"},
+    metadata={"expect/success_within_seconds": int(26 * HOUR), "expect/max_runs_per_hour": 2},
 )
 def watched_job():
     noop()
