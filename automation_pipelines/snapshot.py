@@ -1,5 +1,5 @@
 """What the code location shows in the UI, as data: every job with its tags and its metadata
-(the declaration's settings), every schedule and sensor with its target, cadence
+(the declaration's settings, the runbook link), every schedule and sensor with its target, cadence
 and default status, every asset with its owners and group, and every asset check. A test holds it
 to `definitions.snapshot.json` at the project root, so an accidental change to what people see (a
 renamed job, a schedule that no longer starts running, a lost owner) fails `make test`; a

@@ -1,10 +1,11 @@
 """What the UI shows of every job: its runs carry only the tags that identify them or that
 Dagster acts on, so the run list reads at a glance, and the declaration's settings (expectation,
-breaker) are the job's metadata, shown once on its page."""
+breaker, runbook link) are the job's metadata, shown once on its page."""
 
 from __future__ import annotations
 
 import importlib
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pytest
@@ -18,6 +19,7 @@ from automation_pipelines.reliability.tags import (
     EXPECT_MAX_RUNS_KEY,
     EXPECT_SUCCESS_KEY,
     EXPECT_TRIGGER_KEY,
+    RUNBOOK_KEY,
 )
 
 #: Tags of our own a run may carry before the run list stops reading at a glance.
@@ -53,6 +55,10 @@ def test_the_settings_are_on_the_job_page(job: dg.JobDefinition) -> None:
     assert job_setting(job, EXPECT_TRIGGER_KEY) == automation.expect.trigger_stale_minutes * 60
     if automation.expect.max_runs_per_hour is not None:
         assert job_setting(job, EXPECT_MAX_RUNS_KEY) == automation.expect.max_runs_per_hour
+    runbook = job.metadata[RUNBOOK_KEY]
+    assert isinstance(runbook, dg.UrlMetadataValue)
+    assert urlsplit(runbook.value).scheme in ("http", "https")
+    assert runbook.value.endswith(automation.runbook_path)
 
 
 def test_settings_given_to_one_job_go_to_its_metadata(tmp_path) -> None:

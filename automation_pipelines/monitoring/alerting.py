@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import dagster as dg
 
+from automation_pipelines import settings
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import job_setting, unguarded
@@ -128,7 +129,7 @@ def run_facts(
     if repository is not None and repository.has_job(run.job_name):
         description = repository.get_job(run.job_name).description or ""
         match = re.search(re.escape(RUNBOOK_PREFIX) + r"(\S+)", description)
-        runbook = match.group(1) if match else None
+        runbook = settings.runbook_url(match.group(1)) if match else None
         pause = pause_hint(run.job_name, repository)
     return RunFacts(
         run_id=run.run_id,

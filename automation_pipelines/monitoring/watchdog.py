@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -21,7 +21,12 @@ from croniter import croniter
 
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.automation import job_setting, unguarded
+from automation_pipelines.reliability.automation import (
+    finding_runbook,
+    job_setting,
+    runbook_links,
+    unguarded,
+)
 from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
@@ -280,10 +285,12 @@ def report(
     findings: Sequence[Finding],
     kinds: Iterable[str] = KINDS,
     held_subjects: Iterable[str] = (),
+    runbooks: Mapping[str, str] | None = None,
 ) -> int:
-    """`report_findings` for the watchdog's kinds: one alert per new finding, a recovery notice
-    per cleared one; paused subjects are held as they are."""
-    return report_findings(outbox, findings, kinds, held_subjects)
+    """`report_findings` for the watchdog's kinds: one alert per new finding (with its
+    automation's runbook link, from `runbooks`), a recovery notice per cleared one; paused
+    subjects are held as they are."""
+    return report_findings(outbox, findings, kinds, held_subjects, finding_runbook(runbooks or {}))
 
 
 @dg.sensor(
@@ -309,7 +316,8 @@ def watchdog_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
     findings = evaluate(jobs, triggers, now)
     outbox = alerts.outbox(context.instance)
     paused = [view.subject for view in (*jobs, *triggers) if view.paused]
-    opened = report(outbox, findings, held_subjects=paused)  # alert_outbox_sensor delivers
+    links = runbook_links(context.repository_def)
+    opened = report(outbox, findings, held_subjects=paused, runbooks=links)  # the outbox sends
     context.update_cursor(json.dumps({"first_seen": first_seen}))
     summary = "; ".join(f.sentence for f in findings[:3])
     return dg.SkipReason(

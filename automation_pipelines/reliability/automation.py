@@ -3,7 +3,7 @@
 One `Automation` per automation folder is the single source for the tags, job metadata and
 descriptions the readiness check looks for, so an automation cannot forget one of them. Runs carry
 only the tags that identify them or that Dagster acts on; the declaration's settings (expectation,
-breaker) are job metadata, shown once on the job's page. Its schedules and sensors
+breaker, runbook link) are job metadata, shown once on the job's page. Its schedules and sensors
 check the pause switch and circuit breaker, and say so in their metadata (`GUARDED_BY_KEY`), so
 the readiness check can tell them from a plain `dg.ScheduleDefinition` that would bypass both.
 `Automation.definitions` builds the folder's `defs` from what these methods made, refuses
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from automation_pipelines import settings
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import breaker, pacing
 from automation_pipelines.reliability.alerts import AlertRouter
@@ -36,6 +37,7 @@ from automation_pipelines.reliability.tags import (
     MAX_RUNTIME_TAG,
     OWNER_TAG,
     RETRY_ON_OP_FAILURE_TAG,
+    RUNBOOK_KEY,
     RUNBOOK_PREFIX,
     SERIAL_TAG,
 )
@@ -72,6 +74,22 @@ def job_setting(job: dg.JobDefinition, key: str) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def runbook_links(repository: dg.RepositoryDefinition) -> dict[str, str]:
+    """Each automation's runbook URL, from its jobs' metadata: for alerts about a trigger or an
+    asset, which name the automation rather than a job."""
+    links = {}
+    for job in repository.get_all_jobs():
+        automation, link = job.tags.get(AUTOMATION_TAG), (job.metadata or {}).get(RUNBOOK_KEY)
+        if automation and link is not None:
+            links.setdefault(automation, str(getattr(link, "value", link)))
+    return links
+
+
+def finding_runbook(links: Mapping[str, str]) -> Callable[[object], list[str]]:
+    """`report_findings`'s `details`: the runbook line of the finding's automation, if any."""
+    return lambda f: [f"Runbook: {links[f.automation]}"] if f.automation in links else []
 
 
 def trigger_guard_problem(trigger: Trigger, automation: str | None = None) -> str | None:
@@ -156,12 +174,19 @@ class Automation:
         return self.folder / "README.md"
 
     @property
-    def runbook_ref(self) -> str:
-        """The runbook path as a reader of the repository sees it."""
+    def runbook_path(self) -> str:
+        """The runbook path as a reader of the repository sees it (the readiness check opens
+        it from the descriptions)."""
         try:
             return self.runbook.relative_to(PROJECT_ROOT).as_posix()
         except ValueError:
             return self.runbook.as_posix()
+
+    @property
+    def runbook_ref(self) -> str:
+        """The runbook as alerts and the job's page link it: its URL at `RUNBOOK_BASE_URL`, which
+        opens from Slack or e-mail where a repository path does not."""
+        return settings.runbook_url(self.runbook_path)
 
     def job_tags(self, **extra: str) -> dict[str, str]:
         """Tags every run of this automation carries: who owns it and which automation it is,
@@ -177,17 +202,18 @@ class Automation:
         }
 
     def job_metadata(self, **extra) -> dict:
-        """Metadata every job of this automation carries, shown once on its page: the breaker's
-        threshold and what healthy means."""
+        """Metadata every job of this automation carries, shown once on its page: the runbook
+        link, the breaker's threshold and what healthy means."""
         return {
+            RUNBOOK_KEY: dg.MetadataValue.url(self.runbook_ref),
             BREAKER_KEY: self.breaker_after_failures,
             **(self.expect.metadata() if self.expect else {}),
             **extra,
         }
 
     def describe(self, text: str) -> str:
-        """A description for a job, schedule or sensor that ends with the runbook link."""
-        return f"{text.strip()}\n\n{RUNBOOK_PREFIX}{self.runbook_ref} (owner: {self.owner})"
+        """A description for a job, schedule or sensor that ends with the runbook's path."""
+        return f"{text.strip()}\n\n{RUNBOOK_PREFIX}{self.runbook_path} (owner: {self.owner})"
 
     def job(self, **kwargs):
         """`dg.job` with this automation's tags and metadata, the alerting hook and the
@@ -300,7 +326,7 @@ class Automation:
         """A check made around `multi_asset_check` lacks the runbook link, and its retries (if
         any) would not be classified."""
         description = checks.op.description or ""
-        linked = f"{RUNBOOK_PREFIX}{self.runbook_ref}" in description
+        linked = f"{RUNBOOK_PREFIX}{self.runbook_path}" in description
         if not linked or not is_classified(checks.op):
             return (
                 f"asset check {checks.op.name} lacks the runbook link or classified retries: make "

@@ -28,5 +28,7 @@ EXPECT_MAX_RUNS_KEY = "expect/max_runs_per_hour"
 EXPECT_TRIGGER_KEY = "expect/trigger_stale_seconds"
 #: Job metadata: consecutive failed runs after which the circuit breaker stops the triggers.
 BREAKER_KEY = "breaker/after_failures"
+#: Job metadata: the runbook's URL, a link on the job's page.
+RUNBOOK_KEY = "runbook"
 #: The line in a job description that points a reader at the runbook.
 RUNBOOK_PREFIX = "Runbook: "
