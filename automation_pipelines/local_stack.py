@@ -26,6 +26,7 @@ import yaml
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
 from automation_pipelines.paths import PACKAGE_ROOT, PROJECT_ROOT
 from automation_pipelines.reliability.processes import ProcessGroup, write_bytecode
+from automation_pipelines.topology import LOCATION, MODULE
 
 T = TypeVar("T")
 
@@ -87,7 +88,10 @@ def http_ok(url: str) -> bool:
 
 
 class DagsterProcesses:
-    """A temp instance home plus the daemon / webserver processes serving one workspace."""
+    """A temp instance home plus the daemon / webserver processes serving one workspace. The
+    project's module is the code location named as configured (`topology.LOCATION`, as `make
+    run` names it), so what the tests see and screenshot is what people see; a test-only module
+    is a location named after itself."""
 
     def __init__(
         self,
@@ -115,6 +119,7 @@ class DagsterProcesses:
                         {
                             "python_module": {
                                 "module_name": module,
+                                "location_name": LOCATION if module == MODULE else module,
                                 "working_directory": str(PROJECT_ROOT),
                             }
                         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from automation_pipelines.paths import PROJECT_ROOT
 
@@ -88,3 +89,26 @@ def integer(name: str, default: int, *, minimum: int = 0, maximum: int | None = 
 def port(name: str, default: int) -> int:
     """A TCP port setting (1-65535)."""
     return integer(name, default, minimum=1, maximum=65535)
+
+
+def http_url(name: str, default: str) -> str:
+    """An http(s) URL setting without its trailing slash; anything else names the variable."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default.rstrip("/")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"{name}={raw!r} is not an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+#: Where a browser opens the repository's files: a runbook's link is this plus its path, so an
+#: alert read in Slack or e-mail and the job's page in the UI link a page that opens.
+RUNBOOK_BASE_URL_ENV = "RUNBOOK_BASE_URL"
+DEFAULT_RUNBOOK_BASE_URL = "https://git.example.com/team/automation_pipelines/blob/main"
+
+
+def runbook_url(path: str) -> str:
+    """The runbook at `path` (relative to the project root) as a link that opens in a browser."""
+    base = http_url(RUNBOOK_BASE_URL_ENV, DEFAULT_RUNBOOK_BASE_URL)
+    return f"{base}/{quote(path.lstrip('/'))}"

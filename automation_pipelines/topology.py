@@ -54,6 +54,9 @@ from automation_pipelines.reliability.supervisor import (
 )
 
 MODULE = "automation_pipelines.definitions"
+#: The code location's name wherever it is served (workspace.yaml, the code server, the Docker
+#: image, the Helm values, the test harness, pyproject's [tool.dg]); a location loaded from the
+#: module without a name would show as the module's path instead.
 LOCATION = "automation_pipelines"
 #: Who hears about the processes themselves (as about the watchdog).
 PLATFORM_OWNER = "team:platform"

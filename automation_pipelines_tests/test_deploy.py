@@ -73,9 +73,27 @@ def test_helm_runs_each_run_as_a_kubernetes_job_on_external_postgres() -> None:
     assert VALUES["postgresql"]["enabled"] is False
     assert VALUES["generatePostgresqlPasswordSecret"] is False
     [deployment] = VALUES["dagster-user-deployments"]["deployments"]
-    assert deployment["codeServerArgs"] == ["-m", topology.MODULE]
+    assert deployment["codeServerArgs"] == [
+        "-m",
+        topology.MODULE,
+        "--location-name",
+        topology.LOCATION,
+    ]
     assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
     assert deployment["image"]["tag"] != "latest"
+
+
+def test_helm_names_the_code_location_as_everywhere_else() -> None:
+    """The chart names a location after its deployment (a Kubernetes name, with a hyphen) unless
+    the webserver's workspace names it: the UI, the daemon and run launches use this name."""
+    [deployment] = VALUES["dagster-user-deployments"]["deployments"]
+    workspace = VALUES["dagsterWebserver"]["workspace"]
+    assert workspace["enabled"] is True
+    assert workspace["servers"] == [
+        {"host": deployment["name"], "port": deployment["port"], "name": topology.LOCATION}
+    ]
+    grpc = yaml.safe_load((DEPLOY / "workspace.grpc.yaml").read_text())["load_from"]
+    assert [entry["grpc_server"]["location_name"] for entry in grpc] == [topology.LOCATION]
 
 
 def test_every_secret_named_in_deploy_files_is_in_the_example() -> None:

@@ -71,6 +71,24 @@ def test_bad_port_names_the_variable(clean, raw: str, message: str) -> None:
         settings.port("WEBHOOKS_PORT", 3001)
 
 
+def test_runbook_links_follow_the_base_url_from_the_env_file(clean, tmp_path: Path) -> None:
+    clean.delenv(settings.RUNBOOK_BASE_URL_ENV, raising=False)
+    path = "automation_pipelines/automations/disk_space/README.md"
+    assert settings.runbook_url(path) == f"{settings.DEFAULT_RUNBOOK_BASE_URL}/{path}"
+    (tmp_path / ".env").write_text("RUNBOOK_BASE_URL=https://git.team.example/ops/src/main/\n")
+    settings.load_project_env()
+
+    assert settings.runbook_url(path) == f"https://git.team.example/ops/src/main/{path}"
+    clean.delenv(settings.RUNBOOK_BASE_URL_ENV)
+
+
+@pytest.mark.parametrize("raw", ["git.team.example/ops", "file:///srv/repo", "https://"])
+def test_a_runbook_base_url_that_would_not_open_names_the_variable(clean, raw: str) -> None:
+    clean.setenv(settings.RUNBOOK_BASE_URL_ENV, raw)
+    with pytest.raises(ConfigurationError, match=r"RUNBOOK_BASE_URL=.* is not an http"):
+        settings.runbook_url("README.md")
+
+
 def test_postgres_settings_choose_the_postgres_instance(clean) -> None:
     assert instance.instance_config_path() == DEFAULT_CONFIG
     clean.setenv("DAGSTER_PG_HOST", "db.example.org")

@@ -73,6 +73,7 @@ from automation_pipelines.local_stack import (
     wait_for,
 )
 from automation_pipelines.reliability.processes import ProcessGroup
+from automation_pipelines.topology import LOCATION
 from automation_pipelines.webhooks.app import DEFAULT_WORKERS
 from automation_pipelines.webhooks.inbox import DEAD, PENDING, inbox_table
 from automation_pipelines.webhooks.senders import github_signature
@@ -572,7 +573,7 @@ def launch_params(number: int) -> dict:
     return {
         "params": {
             "selector": {
-                "repositoryLocationName": MODULE,
+                "repositoryLocationName": LOCATION,
                 "repositoryName": "__repository__",
                 "jobName": LOAD_JOB,
             },

@@ -16,15 +16,16 @@ from typing import NamedTuple
 
 import dagster as dg
 
+from automation_pipelines import settings
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.automation import unguarded
+from automation_pipelines.reliability.automation import job_setting, unguarded
 from automation_pipelines.reliability.deadletters import set_aside_of
 from automation_pipelines.reliability.messages import FailureDetail, RunFacts
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
-    BREAKER_TAG,
+    BREAKER_KEY,
     OWNER_TAG,
     ROOT_RUN_TAG,
     RUNBOOK_PREFIX,
@@ -128,7 +129,7 @@ def run_facts(
     if repository is not None and repository.has_job(run.job_name):
         description = repository.get_job(run.job_name).description or ""
         match = re.search(re.escape(RUNBOOK_PREFIX) + r"(\S+)", description)
-        runbook = match.group(1) if match else None
+        runbook = settings.runbook_url(match.group(1)) if match else None
         pause = pause_hint(run.job_name, repository)
     return RunFacts(
         run_id=run.run_id,
@@ -142,13 +143,27 @@ def run_facts(
     )
 
 
-def trip_breaker(instance: dg.DagsterInstance, outbox, run: dg.DagsterRun, facts: RunFacts) -> None:
+def breaker_threshold(repository: dg.RepositoryDefinition | None, job: str) -> int | None:
+    """The consecutive failures after which `job`'s automation is stopped, as its definition
+    declares it now (None for a job this code location does not know)."""
+    if repository is None or not repository.has_job(job):
+        return None
+    return job_setting(repository.get_job(job), BREAKER_KEY)
+
+
+def trip_breaker(
+    instance: dg.DagsterInstance,
+    outbox,
+    run: dg.DagsterRun,
+    facts: RunFacts,
+    repository: dg.RepositoryDefinition | None,
+) -> None:
     """Stop the automation's triggers after its declared number of consecutive failures."""
     automation = run.tags.get(AUTOMATION_TAG)
-    threshold = run.tags.get(BREAKER_TAG)
-    if not automation or not threshold or not threshold.isdigit():
+    threshold = breaker_threshold(repository, run.job_name)
+    if not automation or not threshold or threshold < 1:
         return
-    reason = breaker.trip_if_due(instance, automation, int(threshold))
+    reason = breaker.trip_if_due(instance, automation, threshold)
     if reason is None:
         return
     outbox.enqueue_message(
@@ -208,7 +223,7 @@ def process_finished_runs(context: dg.SensorEvaluationContext, alerts: AlertRout
                 facts = run_facts(instance, run, repository, details)
                 if outbox.process_failure(facts):
                     failures += 1
-                trip_breaker(instance, outbox, run, facts)
+                trip_breaker(instance, outbox, run, facts, repository)
         else:
             if outbox.process_success(run_facts(instance, run, repository, [])):
                 successes += 1

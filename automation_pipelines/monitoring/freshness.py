@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
@@ -24,7 +24,7 @@ from croniter import croniter
 from automation_pipelines.monitoring.watchdog import MONITORING_OWNER
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.automation import unguarded
+from automation_pipelines.reliability.automation import finding_runbook, runbook_links, unguarded
 from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG
 
@@ -194,16 +194,21 @@ def report_stale(
     findings: Sequence[Finding],
     ui_base_url: str,
     held_subjects: Iterable[str] = (),
+    runbooks: Mapping[str, str] | None = None,
 ) -> int:
-    """Open an incident per newly stale asset (with a link to it) and close those that are fresh
-    again with a recovery notice; `held_subjects` (paused) stay as they are. Return how many
-    alerts were opened."""
+    """Open an incident per newly stale asset (with a link to it and to its automation's
+    runbook) and close those that are fresh again with a recovery notice; `held_subjects`
+    (paused) stay as they are. Return how many alerts were opened."""
+    runbook = finding_runbook(runbooks or {})
     return report_findings(
         outbox,
         findings,
         kinds={STALE_KIND},
         held_subjects=held_subjects,
-        details=lambda f: [f"Asset: {asset_url(ui_base_url, f.subject.removeprefix('asset:'))}"],
+        details=lambda f: [
+            f"Asset: {asset_url(ui_base_url, f.subject.removeprefix('asset:'))}",
+            *runbook(f),
+        ],
     )
 
 
@@ -230,7 +235,8 @@ def freshness_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertRou
     findings = evaluate_freshness(assets, now)
     outbox = alerts.outbox(context.instance)
     paused = [asset.subject for asset in assets if asset.paused]
-    opened = report_stale(outbox, findings, alerts.ui_base_url, held_subjects=paused)
+    links = runbook_links(context.repository_def)
+    opened = report_stale(outbox, findings, alerts.ui_base_url, paused, links)
     context.update_cursor(json.dumps({"first_seen": first_seen}))
     summary = "; ".join(f.sentence for f in findings[:3])
     return dg.SkipReason(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -21,13 +21,18 @@ from croniter import croniter
 
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.automation import unguarded
+from automation_pipelines.reliability.automation import (
+    finding_runbook,
+    job_setting,
+    runbook_links,
+    unguarded,
+)
 from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
-    EXPECT_MAX_RUNS_TAG,
-    EXPECT_SUCCESS_TAG,
-    EXPECT_TRIGGER_TAG,
+    EXPECT_MAX_RUNS_KEY,
+    EXPECT_SUCCESS_KEY,
+    EXPECT_TRIGGER_KEY,
     OWNER_TAG,
 )
 
@@ -182,13 +187,6 @@ def evaluate(jobs: Sequence[JobView], triggers: Sequence[TriggerView], now: floa
     return findings
 
 
-def _int_tag(tags: dict, key: str) -> int | None:
-    try:
-        return int(tags[key]) if key in tags else None
-    except ValueError:
-        return None
-
-
 def observe(
     instance: dg.DagsterInstance,
     repository: dg.RepositoryDefinition,
@@ -204,21 +202,23 @@ def observe(
     def since(subject: str) -> float:
         return first_seen.setdefault(subject, now)
 
-    def job_tags(job_name: str | None) -> dict:
+    def job_of(job_name: str | None) -> dg.JobDefinition | None:
         if job_name and repository.has_job(job_name):
-            return dict(repository.get_job(job_name).tags)
-        return {}
+            return repository.get_job(job_name)
+        return None
 
     triggers: list[TriggerView] = []
-    definitions: list[tuple[str, object, dict]] = [
-        ("schedule", schedule, job_tags(schedule.job_name)) for schedule in repository.schedule_defs
+    definitions: list[tuple[str, object, dg.JobDefinition | None]] = [
+        ("schedule", schedule, job_of(schedule.job_name)) for schedule in repository.schedule_defs
     ]
     for sensor in repository.sensor_defs:
         if sensor.name == WATCHDOG_SENSOR:
             continue
         names = [target.job_name for target in sensor.targets]
-        definitions.append(("sensor", sensor, job_tags(names[0] if names else None)))
-    for kind, definition, tags in definitions:
+        definitions.append(("sensor", sensor, job_of(names[0] if names else None)))
+    for kind, definition, job in definitions:
+        tags = dict(job.tags) if job else {}
+        stale_after = job_setting(job, EXPECT_TRIGGER_KEY) if job else None
         state = states.get(definition.name)
         default_running = definition.default_status.value == "RUNNING"
         running = (state.status.value != "STOPPED") if state else default_running
@@ -244,7 +244,7 @@ def observe(
                 cron=getattr(definition, "cron_schedule", None) if kind == "schedule" else None,
                 timezone=getattr(definition, "execution_timezone", None) or "UTC",
                 min_interval=float(getattr(definition, "minimum_interval_seconds", None) or 30),
-                stale_after=float(_int_tag(tags, EXPECT_TRIGGER_TAG) or DEFAULT_STALE_SECONDS),
+                stale_after=float(stale_after or DEFAULT_STALE_SECONDS),
             )
         )
 
@@ -252,7 +252,9 @@ def observe(
     hour_ago = datetime.fromtimestamp(now - 3600, tz=UTC)
     for job in repository.get_all_jobs():
         tags = dict(job.tags)
-        if EXPECT_SUCCESS_TAG not in tags and EXPECT_MAX_RUNS_TAG not in tags:
+        success_within = job_setting(job, EXPECT_SUCCESS_KEY)
+        max_runs_per_hour = job_setting(job, EXPECT_MAX_RUNS_KEY)
+        if success_within is None and max_runs_per_hour is None:
             continue
         success = instance.get_run_records(
             filters=dg.RunsFilter(job_name=job.name, statuses=[dg.DagsterRunStatus.SUCCESS]),
@@ -267,8 +269,8 @@ def observe(
                 owner=tags.get(OWNER_TAG) or MONITORING_OWNER,
                 paused=automation in open_switches,
                 watched_since=since(f"job:{job.name}"),
-                success_within=_int_tag(tags, EXPECT_SUCCESS_TAG),
-                max_runs_per_hour=_int_tag(tags, EXPECT_MAX_RUNS_TAG),
+                success_within=success_within,
+                max_runs_per_hour=max_runs_per_hour,
                 last_success_at=float(ended) if ended else None,
                 runs_last_hour=instance.get_runs_count(
                     filters=dg.RunsFilter(job_name=job.name, created_after=hour_ago)
@@ -283,10 +285,12 @@ def report(
     findings: Sequence[Finding],
     kinds: Iterable[str] = KINDS,
     held_subjects: Iterable[str] = (),
+    runbooks: Mapping[str, str] | None = None,
 ) -> int:
-    """`report_findings` for the watchdog's kinds: one alert per new finding, a recovery notice
-    per cleared one; paused subjects are held as they are."""
-    return report_findings(outbox, findings, kinds, held_subjects)
+    """`report_findings` for the watchdog's kinds: one alert per new finding (with its
+    automation's runbook link, from `runbooks`), a recovery notice per cleared one; paused
+    subjects are held as they are."""
+    return report_findings(outbox, findings, kinds, held_subjects, finding_runbook(runbooks or {}))
 
 
 @dg.sensor(
@@ -312,7 +316,8 @@ def watchdog_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
     findings = evaluate(jobs, triggers, now)
     outbox = alerts.outbox(context.instance)
     paused = [view.subject for view in (*jobs, *triggers) if view.paused]
-    opened = report(outbox, findings, held_subjects=paused)  # alert_outbox_sensor delivers
+    links = runbook_links(context.repository_def)
+    opened = report(outbox, findings, held_subjects=paused, runbooks=links)  # the outbox sends
     context.update_cursor(json.dumps({"first_seen": first_seen}))
     summary = "; ".join(f.sentence for f in findings[:3])
     return dg.SkipReason(

@@ -1,7 +1,9 @@
 """The declaration every automation makes: who owns it, where its runbook is, and its limits.
 
-One `Automation` per automation folder is the single source for the tags and descriptions the
-readiness check looks for, so an automation cannot forget one of them. Its schedules and sensors
+One `Automation` per automation folder is the single source for the tags, job metadata and
+descriptions the readiness check looks for, so an automation cannot forget one of them. Runs carry
+only the tags that identify them or that Dagster acts on; the declaration's settings (expectation,
+breaker, runbook link) are job metadata, shown once on the job's page. Its schedules and sensors
 check the pause switch and circuit breaker, and say so in their metadata (`GUARDED_BY_KEY`), so
 the readiness check can tell them from a plain `dg.ScheduleDefinition` that would bypass both.
 `Automation.definitions` builds the folder's `defs` from what these methods made, refuses
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from automation_pipelines import settings
 from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability import breaker, pacing
 from automation_pipelines.reliability.alerts import AlertRouter
@@ -27,13 +30,14 @@ from automation_pipelines.reliability.hooks import HOOK_NAME, alert_on_failure_h
 from automation_pipelines.reliability.signatures import keep_signature
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
-    BREAKER_TAG,
-    EXPECT_MAX_RUNS_TAG,
-    EXPECT_SUCCESS_TAG,
-    EXPECT_TRIGGER_TAG,
+    BREAKER_KEY,
+    EXPECT_MAX_RUNS_KEY,
+    EXPECT_SUCCESS_KEY,
+    EXPECT_TRIGGER_KEY,
     MAX_RUNTIME_TAG,
     OWNER_TAG,
     RETRY_ON_OP_FAILURE_TAG,
+    RUNBOOK_KEY,
     RUNBOOK_PREFIX,
     SERIAL_TAG,
 )
@@ -59,6 +63,33 @@ def metadata_text(trigger: Trigger, key: str) -> str:
     """A trigger's metadata value under `key` as plain text ('' when absent)."""
     value = (trigger.metadata or {}).get(key)
     return str(getattr(value, "value", value) or "").strip()
+
+
+def job_setting(job: dg.JobDefinition, key: str) -> int | None:
+    """A declaration's setting from a job's metadata (`EXPECT_*_KEY`, `BREAKER_KEY`), None when
+    the job declares none or something that is not a whole number."""
+    value = (job.metadata or {}).get(key)
+    value = getattr(value, "value", value)
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def runbook_links(repository: dg.RepositoryDefinition) -> dict[str, str]:
+    """Each automation's runbook URL, from its jobs' metadata: for alerts about a trigger or an
+    asset, which name the automation rather than a job."""
+    links = {}
+    for job in repository.get_all_jobs():
+        automation, link = job.tags.get(AUTOMATION_TAG), (job.metadata or {}).get(RUNBOOK_KEY)
+        if automation and link is not None:
+            links.setdefault(automation, str(getattr(link, "value", link)))
+    return links
+
+
+def finding_runbook(links: Mapping[str, str]) -> Callable[[object], list[str]]:
+    """`report_findings`'s `details`: the runbook line of the finding's automation, if any."""
+    return lambda f: [f"Runbook: {links[f.automation]}"] if f.automation in links else []
 
 
 def trigger_guard_problem(trigger: Trigger, automation: str | None = None) -> str | None:
@@ -94,13 +125,14 @@ class Expectation:
     #: A sensor of the automation must have ticked within this many minutes.
     trigger_stale_minutes: float = 10.0
 
-    def tags(self) -> dict[str, str]:
-        tags = {EXPECT_TRIGGER_TAG: str(int(self.trigger_stale_minutes * 60))}
+    def metadata(self) -> dict[str, int]:
+        """The expectation as job metadata, in seconds and runs."""
+        metadata = {EXPECT_TRIGGER_KEY: int(self.trigger_stale_minutes * 60)}
         if self.success_within_hours is not None:
-            tags[EXPECT_SUCCESS_TAG] = str(int(self.success_within_hours * 3600))
+            metadata[EXPECT_SUCCESS_KEY] = int(self.success_within_hours * 3600)
         if self.max_runs_per_hour is not None:
-            tags[EXPECT_MAX_RUNS_TAG] = str(self.max_runs_per_hour)
-        return tags
+            metadata[EXPECT_MAX_RUNS_KEY] = self.max_runs_per_hour
+        return metadata
 
 
 @dataclass(frozen=True)
@@ -142,35 +174,53 @@ class Automation:
         return self.folder / "README.md"
 
     @property
-    def runbook_ref(self) -> str:
-        """The runbook path as a reader of the repository sees it."""
+    def runbook_path(self) -> str:
+        """The runbook path as a reader of the repository sees it (the readiness check opens
+        it from the descriptions)."""
         try:
             return self.runbook.relative_to(PROJECT_ROOT).as_posix()
         except ValueError:
             return self.runbook.as_posix()
 
+    @property
+    def runbook_ref(self) -> str:
+        """The runbook as alerts and the job's page link it: its URL at `RUNBOOK_BASE_URL`, which
+        opens from Slack or e-mail where a repository path does not."""
+        return settings.runbook_url(self.runbook_path)
+
     def job_tags(self, **extra: str) -> dict[str, str]:
-        """Tags every job of this automation carries (owner, concurrency key, max runtime)."""
+        """Tags every run of this automation carries: who owns it and which automation it is,
+        and what Dagster acts on (the concurrency key, the max runtime, no run retry after an op
+        failure). Settings go to `job_metadata`, so the run list stays readable."""
         return {
             OWNER_TAG: self.owner,
             AUTOMATION_TAG: self.name,
             **({SERIAL_TAG: self.name} if self.side_by_side == 1 else {}),
             MAX_RUNTIME_TAG: str(self.max_runtime_seconds),
             RETRY_ON_OP_FAILURE_TAG: "false",
-            BREAKER_TAG: str(self.breaker_after_failures),
-            **(self.expect.tags() if self.expect else {}),
+            **extra,
+        }
+
+    def job_metadata(self, **extra) -> dict:
+        """Metadata every job of this automation carries, shown once on its page: the runbook
+        link, the breaker's threshold and what healthy means."""
+        return {
+            RUNBOOK_KEY: dg.MetadataValue.url(self.runbook_ref),
+            BREAKER_KEY: self.breaker_after_failures,
+            **(self.expect.metadata() if self.expect else {}),
             **extra,
         }
 
     def describe(self, text: str) -> str:
-        """A description for a job, schedule or sensor that ends with the runbook link."""
-        return f"{text.strip()}\n\n{RUNBOOK_PREFIX}{self.runbook_ref} (owner: {self.owner})"
+        """A description for a job, schedule or sensor that ends with the runbook's path."""
+        return f"{text.strip()}\n\n{RUNBOOK_PREFIX}{self.runbook_path} (owner: {self.owner})"
 
     def job(self, **kwargs):
-        """`dg.job` with this automation's tags, the alerting hook and the in-process executor;
-        the description gets the runbook link."""
+        """`dg.job` with this automation's tags and metadata, the alerting hook and the
+        in-process executor; the description gets the runbook link."""
         kwargs.setdefault("executor_def", dg.in_process_executor)
         kwargs["tags"] = {**self.job_tags(), **kwargs.get("tags", {})}
+        kwargs["metadata"] = self.job_metadata(**kwargs.get("metadata", {}))
         kwargs["hooks"] = {alert_on_failure_hook, *kwargs.get("hooks", ())}
         if "description" in kwargs:
             kwargs["description"] = self.describe(kwargs["description"])
@@ -183,13 +233,15 @@ class Automation:
         selection: dg.AssetSelection | Iterable[dg.AssetKey],
         description: str,
         tags: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
     ):
-        """`dg.define_asset_job` with what `job` adds: this automation's tags, the alerting
-        hook, the in-process executor and the runbook link."""
+        """`dg.define_asset_job` with what `job` adds: this automation's tags and metadata, the
+        alerting hook, the in-process executor and the runbook link."""
         return dg.define_asset_job(
             name,
             selection=selection,
             tags=self.job_tags(**(tags or {})),
+            metadata=self.job_metadata(**(metadata or {})),
             hooks={alert_on_failure_hook},
             executor_def=dg.in_process_executor,
             description=self.describe(description),
@@ -274,7 +326,8 @@ class Automation:
         """A check made around `multi_asset_check` lacks the runbook link, and its retries (if
         any) would not be classified."""
         description = checks.op.description or ""
-        if f"{RUNBOOK_PREFIX}{self.runbook_ref}" not in description or not is_classified(checks.op):
+        linked = f"{RUNBOOK_PREFIX}{self.runbook_path}" in description
+        if not linked or not is_classified(checks.op):
             return (
                 f"asset check {checks.op.name} lacks the runbook link or classified retries: make "
                 "it with AUTOMATION.multi_asset_check"

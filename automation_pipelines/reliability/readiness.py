@@ -30,6 +30,7 @@ from automation_pipelines.reliability.automation import (
     OWNER_TAG,
     RUNBOOK_PREFIX,
     Trigger,
+    job_setting,
     metadata_text,
     trigger_guard_problem,
 )
@@ -40,8 +41,8 @@ from automation_pipelines.reliability.routes import Routes
 from automation_pipelines.reliability.secrets import literal_secrets
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
-    EXPECT_MAX_RUNS_TAG,
-    EXPECT_TRIGGER_TAG,
+    EXPECT_MAX_RUNS_KEY,
+    EXPECT_TRIGGER_KEY,
     SERIAL_TAG,
 )
 
@@ -273,7 +274,7 @@ def _alert_route(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
 
 @rule("silence", "an Expectation says what healthy means (silence is a failure)")
 def _silence(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
-    if EXPECT_TRIGGER_TAG not in job.tags:
+    if job_setting(job, EXPECT_TRIGGER_KEY) is None:
         return (
             "no expectation: declare Automation(expect=Expectation(success_within_hours=…)) so "
             "the watchdog notices when it stops running"
@@ -346,13 +347,13 @@ def trigger_rate_problem(trigger: Trigger, declared: int) -> str | None:
 
 @rule("paced", "its triggers cannot start more runs an hour than its max_runs_per_hour")
 def _paced(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
-    declared = job.tags.get(EXPECT_MAX_RUNS_TAG)
+    declared = job_setting(job, EXPECT_MAX_RUNS_KEY)
     if declared is None:
         return None
     problems = [
         problem
         for trigger in _triggers_of(job.name, ctx.repository)
-        if (problem := trigger_rate_problem(trigger, int(declared)))
+        if (problem := trigger_rate_problem(trigger, declared))
     ]
     return "; ".join(problems) or None
 

@@ -1,4 +1,10 @@
-"""Tag names the layers agree on: declared on jobs, read back from runs by the monitoring."""
+"""Tag and job-metadata names the layers agree on.
+
+Tags land on every run, so they are kept to what identifies a run (owner, automation), what
+Dagster's run queue and run monitoring act on, and what the run did. The declaration's settings
+are job metadata instead: the job's page shows them once, and the monitoring reads them from
+the definitions, never from runs.
+"""
 
 #: The automation a run belongs to.
 AUTOMATION_TAG = "automation"
@@ -16,11 +22,13 @@ WILL_RETRY_TAG = "dagster/will_retry"
 ROOT_RUN_TAG = "dagster/root_run_id"
 #: Dagster's own tag: the run key a sensor or schedule requested the run under.
 RUN_KEY_TAG = "dagster/run_key"
-#: What healthy means (see Expectation): read by the watchdog sensor.
-EXPECT_SUCCESS_TAG = "expect/success_within_seconds"
-EXPECT_MAX_RUNS_TAG = "expect/max_runs_per_hour"
-EXPECT_TRIGGER_TAG = "expect/trigger_stale_seconds"
-#: Consecutive failed runs after which the circuit breaker stops the automation's triggers.
-BREAKER_TAG = "breaker/after_failures"
+#: Job metadata: what healthy means (see Expectation), read by the watchdog and the checklist.
+EXPECT_SUCCESS_KEY = "expect/success_within_seconds"
+EXPECT_MAX_RUNS_KEY = "expect/max_runs_per_hour"
+EXPECT_TRIGGER_KEY = "expect/trigger_stale_seconds"
+#: Job metadata: consecutive failed runs after which the circuit breaker stops the triggers.
+BREAKER_KEY = "breaker/after_failures"
+#: Job metadata: the runbook's URL, a link on the job's page.
+RUNBOOK_KEY = "runbook"
 #: The line in a job description that points a reader at the runbook.
 RUNBOOK_PREFIX = "Runbook: "

@@ -277,7 +277,7 @@ def test_dead_letters_alert_and_replay_then_backfill(
         """mutation { launchPartitionBackfill(backfillParams: {
               selector: {partitionSetName: "webhook_daily_report_job_partition_set",
                 repositorySelector: {repositoryName: "__repository__",
-                  repositoryLocationName: "automation_pipelines.definitions"}},
+                  repositoryLocationName: "automation_pipelines"}},
               partitionNames: ["2026-03-01", "2026-03-02", "2026-03-03"]}) {
             __typename ... on LaunchBackfillSuccess { backfillId }
             ... on PythonError { message } ... on PartitionSetNotFoundError { message } } }""",

@@ -5,10 +5,13 @@ whose alert could not be recorded."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from automation_pipelines import settings
 from automation_pipelines.monitoring.alerting import alert_outbox_sensor, run_failure_alert_sensor
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.alerts import AlertRouter
@@ -122,6 +125,28 @@ def test_permanent_error_runs_once_alerts_once_and_hides_the_secret(world) -> No
         for table in store.metadata.sorted_tables:
             for row in conn.execute(sa.select(table)):
                 assert fx.SECRET not in str(tuple(row)), table.name
+
+
+def _runbook_line(body: str) -> str:
+    [line] = [line for line in body.splitlines() if line.startswith("Runbook: ")]
+    return line.removeprefix("Runbook: ")
+
+
+def test_the_alert_links_the_runbook_at_the_configured_base_url(world, monkeypatch) -> None:
+    """A repository path does not open from Slack or e-mail; a URL at RUNBOOK_BASE_URL does."""
+    runbook = "automation_pipelines_tests/reliability/fixture_runbooks/complete/README.md"
+    monkeypatch.delenv("RUNBOOK_BASE_URL", raising=False)
+    world.run("down")
+    world.tick()
+    monkeypatch.setenv("RUNBOOK_BASE_URL", "https://code.example.org/ops/automations/-/blob/v2/")
+    world.run("permanent")  # another incident, so a second alert
+    world.tick()
+    world.deliver()
+
+    by_default, configured = (_runbook_line(p["message"]) for p in world.receiver.received)
+    assert urlsplit(by_default).scheme == "https" and urlsplit(by_default).netloc
+    assert by_default == f"{settings.DEFAULT_RUNBOOK_BASE_URL}/{runbook}"
+    assert configured == f"https://code.example.org/ops/automations/-/blob/v2/{runbook}"
 
 
 def test_a_retried_run_is_alerted_on_its_last_attempt(world) -> None:

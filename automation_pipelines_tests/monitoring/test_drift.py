@@ -18,6 +18,7 @@ import pytest
 from automation_pipelines import cli
 from automation_pipelines.monitoring import drift
 from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines.settings import runbook_url
 from automation_pipelines_tests.alert_peers import deliver_queued
 
 LOCK_TEXT = drift.LOCK_FILE.read_text(encoding="utf-8")
@@ -332,6 +333,8 @@ def test_one_package_at_another_version_fails_the_check_and_emails_the_owner(
     assert "Owner: team:platform" in body
     assert f"Lock: {environment.lock}" in body
     assert "automation-pipelines drift" in body
+    runbook = runbook_url("automation_pipelines/monitoring/README.md")
+    assert runbook.startswith(("https://", "http://")) and f"Runbook: {runbook}" in body
 
     result, evaluation = environment.check()  # still drifted: the open incident only counts
     assert not evaluation.passed and len(smtp_receiver.messages) == 1

@@ -192,15 +192,16 @@ def noop() -> None:
     return None
 
 
+WATCHED_RUNBOOK = "https://git.example.com/team/watched/blob/main/README.md"
+
+
 @dg.job(
-    tags={
-        "automation": "watched",
-        "owner": "team:test",
-        **{
-            "expect/success_within_seconds": str(int(26 * HOUR)),
-            "expect/max_runs_per_hour": "2",
-        },
-    }
+    tags={"automation": "watched", "owner": "team:test"},
+    metadata={
+        "expect/success_within_seconds": int(26 * HOUR),
+        "expect/max_runs_per_hour": 2,
+        "runbook": dg.MetadataValue.url(WATCHED_RUNBOOK),
+    },
 )
 def watched_job():
     noop()
@@ -239,6 +240,7 @@ def test_sensor_on_real_history_with_time_moved_forward(
         "schedule:watched_every_hour_schedule",
     }
     assert json_receiver.titles()[0].startswith("[TOO MANY RUNS] watched: 3 runs of watched_job")
+    assert f"Runbook: {WATCHED_RUNBOOK}" in json_receiver.received[0]["message"]
 
     clock["now"] += 27 * HOUR
     cursor, message = tick(cursor)

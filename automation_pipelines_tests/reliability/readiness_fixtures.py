@@ -57,6 +57,7 @@ def _make(
     name: str,
     *,
     tags=None,
+    metadata=None,
     description=None,
     retry=True,
     blind=False,
@@ -68,10 +69,12 @@ def _make(
     cron="0 * * * *",
 ) -> dg.Definitions:
     tags = automation.job_tags() if tags is None else tags
+    metadata = automation.job_metadata() if metadata is None else metadata
 
     @dg.job(
         name=name,
         tags=tags,
+        metadata=metadata,
         description=automation.describe("Adds numbers.") if description is None else description,
         hooks=hooks,
         executor_def=executor,
@@ -118,9 +121,9 @@ unlimited = _make("unlimited_job", tags=_without("automation/serial"))
 unhooked = _make("unhooked_job", hooks=frozenset())
 unexpected = _make(
     "unexpected_job",
-    tags={
+    metadata={
         k: v
-        for k, v in GOOD.job_tags().items()
+        for k, v in GOOD.job_metadata().items()
         if k not in ("expect/success_within_seconds", "expect/trigger_stale_seconds")
     },
 )
@@ -130,7 +133,7 @@ unguarded = _make("unguarded_job", guarded=False)
 leaky_settings = _make("leaky_settings_job", automation=LEAKY)
 overrun = _make(
     "overrun_job",
-    tags={**GOOD.job_tags(), "expect/max_runs_per_hour": "30"},
+    metadata={**GOOD.job_metadata(), "expect/max_runs_per_hour": 30},
     cron="* * * * *",
 )
 
@@ -145,6 +148,7 @@ def plain_op() -> int:
 @dg.job(
     name="job_level_retry_job",
     tags=GOOD.job_tags(),
+    metadata=GOOD.job_metadata(),
     description=GOOD.describe("Retries come from the job."),
     op_retry_policy=LOCAL_IO_RETRY,
     hooks={alert_on_failure_hook},

@@ -22,7 +22,7 @@ from automation_pipelines.reliability.errors import DATABASE, TransientError
 if TYPE_CHECKING:  # pandas is imported when a report is made: a run worker of another job
     import pandas as pd  # starts faster without it
 from automation_pipelines.reliability.files import atomic_write_bytes
-from automation_pipelines.reliability.tags import EXPECT_SUCCESS_TAG
+from automation_pipelines.reliability.tags import EXPECT_SUCCESS_KEY
 from automation_pipelines.webhooks.inbox import PENDING, inbox_table
 
 DAILY = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
@@ -190,7 +190,7 @@ def webhook_daily_report(
 webhook_daily_report_job = AUTOMATION.asset_job(
     "webhook_daily_report_job",
     selection=[REPORT_KEY],
-    tags={EXPECT_SUCCESS_TAG: str(int(FRESH_WITHIN.total_seconds()))},
+    metadata={EXPECT_SUCCESS_KEY: int(FRESH_WITHIN.total_seconds())},
     description="Computes the daily webhook report for one UTC day (a partition). Backfill it "
     "from the UI to recompute past days; each day's result depends only on that day's events.",
 )

@@ -21,6 +21,7 @@ from automation_pipelines.automations.backups import assets, engine, health
 from automation_pipelines.automations.backups.jobs import backup_snapshots_job, check_backups_job
 from automation_pipelines.automations.backups.resources import BackupSettings
 from automation_pipelines.monitoring.alerting import run_failure_alert_sensor
+from automation_pipelines.settings import runbook_url
 from automation_pipelines_tests.alert_peers import deliver_queued
 from automation_pipelines_tests.automations.backups.conftest import (
     PASSWORD,
@@ -135,7 +136,8 @@ def test_the_two_week_story(world: World, monkeypatch, tmp_path) -> None:
     assert all(len(a["title"]) <= 120 for a in (destination_alert, too_old_alert))
     assert too_old_alert["title"].startswith(f"[BACKUP TOO OLD] backups: {expected[:60]}")
     assert recent.description in too_old_alert["message"]
-    assert "Runbook: automation_pipelines/automations/backups/README.md" in too_old_alert["message"]
+    runbook = runbook_url("automation_pipelines/automations/backups/README.md")
+    assert f"Runbook: {runbook}" in too_old_alert["message"] and runbook.startswith("http")
 
     # A second look finds the same problems: no new alerts.
     world.check()
