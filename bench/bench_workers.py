@@ -9,7 +9,8 @@ start; made once and kept in bench/.data/workers):
 - this project, as `make run` starts it (its definitions and `dagster.yaml`, the real daemon)
   with `WEB_IMAGES_EXECUTOR=celery` on this machine's RabbitMQ, twice: with 1 and with 2
   `dagster-celery` workers started from deploy/celery/worker.yaml as an operator starts them,
-  each taking one step at a time (`--concurrency=1`). Every photo is renamed into the inbox in
+  each taking one step at a time (`--concurrency=1`) and rendering one photo at a time
+  (`WEB_IMAGES_RENDER_THREADS=1`). Every photo is renamed into the inbox in
   one go; the time runs until the last original is in processed/ and the manifest lists every
   photo.
 
@@ -36,6 +37,7 @@ from pathlib import Path
 import dagster as dg
 
 from automation_pipelines.automations.web_images import execution
+from automation_pipelines.automations.web_images.resources import THREADS_ENV
 from automation_pipelines.local_stack import (
     LOCAL_BROKER,
     CeleryWorker,
@@ -125,6 +127,9 @@ def on_workers(sources: list[Path], root: Path, count: int) -> tuple[float, int,
         execution.BROKER_ENV: LOCAL_BROKER,
         execution.BACKEND_ENV: "",
         execution.QUEUE_ENV: queue,
+        # One photo at a time per worker: the rounds measure spreading over worker processes,
+        # which a worker rendering on every core by itself would hide on this machine.
+        THREADS_ENV: "1",
     }
     try:
         seconds, runs, _ = through_the_daemon(
