@@ -75,11 +75,15 @@ from automation_pipelines.reliability.files import (
 )
 from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
-#: A run's files while the inbox is quiet. Under load runs batch more: a backlog is spread over
-#: as many runs as go side by side, up to `PhotoFolders.max_files_per_run`
-#: (`DEFAULT_MAX_FILES_PER_RUN`, 500) per run, so a burst costs few run starts (each about 3 s
-#: of CPU for a new process) for the same photos. A trickle still gets a run per photo.
+#: A run's files while the inbox is quiet. Under load runs batch more: every ready file goes in
+#: one run, up to `PhotoFolders.max_files_per_run` (`DEFAULT_MAX_FILES_PER_RUN`, 1,000) files
+#: and `MAX_BYTES_PER_RUN` of photos, so a burst costs few run starts (each about 3 s of CPU for
+#: a new process) for the same photos. A trickle still gets a run per photo.
 MAX_FILES_PER_RUN = 25
+#: A run's photos add up to at most this many bytes (one bigger photo goes alone): about two
+#: minutes of rendering for big camera JPEGs on this 2-core machine, well within the run's
+#: `max_runtime_seconds` whatever the photos.
+MAX_BYTES_PER_RUN = 1_000_000_000
 #: Dagster's sensor daemon goes round every 5 s (a constant of its loop) and evaluates a sensor
 #: whose interval has passed. An interval of 5 s would be missed by a hair every other round (a
 #: 10 s cadence); 1 s makes every round evaluate it, so the cadence is the daemon's 5 s.
@@ -500,15 +504,29 @@ def inbox_stamp(folders: PhotoFolders) -> int | None:
 
 
 def files_per_run(ready: int, runs: int, most: int = DEFAULT_MAX_FILES_PER_RUN) -> int:
-    """`MAX_FILES_PER_RUN`, or under load the `ready` files spread over as many runs as render
-    side by side (`AUTOMATION.side_by_side`, fewer if the tick may request fewer); never more
-    than `most`. A run renders its photos several at once, and its start costs a new process
-    seconds of CPU beside the run rendering: the fewer starts a backlog costs, the more of the
-    machine renders."""
+    """`MAX_FILES_PER_RUN`, or under load every `ready` file in one run; never more than
+    `most` (and `_batches` keeps a run's photos under `MAX_BYTES_PER_RUN`). A run renders its
+    photos several at once, and its start costs a new process seconds of CPU beside the run
+    rendering: the fewer starts a backlog costs, the more of the machine renders."""
     if runs < 1:
         return max(1, min(most, MAX_FILES_PER_RUN))
-    spread = -(-ready // min(runs, AUTOMATION.side_by_side))  # ceiling
-    return max(1, min(most, max(MAX_FILES_PER_RUN, spread)))
+    return max(1, min(most, max(MAX_FILES_PER_RUN, ready)))
+
+
+def _batches(
+    items: list[tuple[str, int, int, int]], per_run: int
+) -> list[list[tuple[str, int, int, int]]]:
+    """`items` in order, `per_run` a batch, a batch closed early once its photos reach
+    `MAX_BYTES_PER_RUN` (a photo bigger than that alone is a batch of its own)."""
+    batches: list[list[tuple[str, int, int, int]]] = []
+    size = 0
+    for item in items:
+        if not batches or len(batches[-1]) >= per_run or size + item[1] > MAX_BYTES_PER_RUN:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += item[1]
+    return batches
 
 
 def _requests(
@@ -534,8 +552,7 @@ def _requests(
         else:
             again.setdefault(key, []).append(item)
     batches = [(key, batch) for key, batch in again.items()]
-    for start in range(0, len(fresh), per_run):
-        batch = fresh[start : start + per_run]
+    for batch in _batches(fresh, per_run):
         batches.append((batch_run_key(batch, prefix), batch))
     requests, requested = [], []
     for run_key, batch in batches[: max(0, most)]:

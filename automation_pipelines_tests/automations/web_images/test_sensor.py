@@ -160,7 +160,7 @@ def test_burst_above_the_cap_is_split_across_ticks(folders) -> None:
     assert [len(f) for f in files_of(first)] == [100] * sensors.MAX_RUNS_PER_TICK
     assert "30 left for the next tick" in sentence
     second, cursor, _ = look_once(folders, cursor, NOW + 30)
-    assert [len(f) for f in files_of(second)] == [sensors.MAX_FILES_PER_RUN, 5]
+    assert [len(f) for f in files_of(second)] == [30]
     taken = [name for batch in files_of(first) + files_of(second) for name in batch]
     assert sorted(taken) == sorted(f"burst/{n:04d}.jpg" for n in range(total))
     assert len({r.run_key for r in first + second}) == len(first + second)
@@ -553,22 +553,30 @@ def test_a_tick_does_not_listen_while_a_run_of_its_files_is_in_flight(tmp_path, 
     [
         (1, 4, [1]),
         (25, 4, [25]),
-        (40, 4, [25, 15]),
-        (90, 4, [45, 45]),
-        (200, 4, [100, 100]),
-        (200, 1, [200]),  # paced to one run: the run takes more, not the tick fewer
-        (1000, 4, [500, 500]),
-        (1500, 4, [500, 500]),  # the look stops at SCAN_READY_LIMIT ready files
+        (90, 4, [90]),
+        (200, 4, [200]),
+        (200, 1, [200]),  # paced to one run: the run takes them all
+        (1000, 4, [1000]),
+        (1500, 4, [1000]),  # the look stops at SCAN_READY_LIMIT ready files
     ],
 )
 def test_under_load_runs_batch_more(folders, waiting, allowed, sizes) -> None:
-    """A trickle gets a run per photo; a backlog is spread over as many runs as go side by
-    side, up to 500 files each, so a burst costs few run starts."""
-    assert sensors.AUTOMATION.side_by_side == 2
+    """A trickle gets a run per photo; a backlog goes in one run, up to 1,000 files, so a
+    burst costs few run starts."""
     for n in range(waiting):
         drop(folders, f"{n:04d}.jpg", mtime=n + 1)
     requests, _, _ = look_once(folders, None, NOW, max_runs=allowed)
     assert [len(f) for f in files_of(requests)] == sizes
+
+
+def test_a_run_takes_at_most_a_gigabyte_of_photos(folders, monkeypatch) -> None:
+    """Scaled down: 1,000 bytes a run, files of 400 bytes and one of 1,500 that goes alone."""
+    monkeypatch.setattr(sensors, "MAX_BYTES_PER_RUN", 1000)
+    for n in range(5):
+        drop(folders, f"{n}.jpg", b"x" * 400, mtime=n + 1)
+    drop(folders, "9-big.jpg", b"x" * 1500, mtime=10)
+    requests, _, _ = look_once(folders, None, NOW)
+    assert files_of(requests) == [["0.jpg", "1.jpg"], ["2.jpg", "3.jpg"], ["4.jpg"], ["9-big.jpg"]]
 
 
 def test_the_most_files_per_run_is_a_setting(tmp_path) -> None:
