@@ -197,13 +197,17 @@ def evaluate(jobs: Sequence[JobView], triggers: Sequence[TriggerView], now: floa
     return findings
 
 
-def open_switches_of(instance: dg.DagsterInstance) -> dict[str, breaker.SwitchState]:
-    """Every automation whose switch is open (paused, or stopped by its breaker), by name."""
-    return {s.automation: s for s in breaker.all_states(breaker.engine_for(instance)) if s.open}
+def switches_of(instance: dg.DagsterInstance) -> dict[str, breaker.SwitchState]:
+    """Every automation's pause switch and breaker as last set (open or resumed), by name."""
+    return {s.automation: s for s in breaker.all_states(breaker.engine_for(instance))}
 
 
-def _failures_in_a_row(instance: dg.DagsterInstance, job_name: str) -> tuple[int, float | None]:
-    """(final runs of the job that failed since its last success, when the newest ended)."""
+def _failures_in_a_row(
+    instance: dg.DagsterInstance, job_name: str, since: float = 0.0
+) -> tuple[int, float | None]:
+    """(final runs of the job that failed since its last success and since `since` — its
+    automation's last resume, after which the breaker counts afresh too —, when the newest
+    ended)."""
     records = instance.get_run_records(
         filters=dg.RunsFilter(
             job_name=job_name,
@@ -214,7 +218,7 @@ def _failures_in_a_row(instance: dg.DagsterInstance, job_name: str) -> tuple[int
     count, newest = 0, None
     for record in records:
         run = record.dagster_run
-        if run.status == dg.DagsterRunStatus.SUCCESS:
+        if run.status == dg.DagsterRunStatus.SUCCESS or record.create_timestamp.timestamp() < since:
             break
         if run.tags.get(WILL_RETRY_TAG) == "true":
             continue
@@ -229,13 +233,14 @@ def observe(
     repository: dg.RepositoryDefinition,
     first_seen: dict[str, float],
     now: float,
-    switches: dict[str, breaker.SwitchState] | None = None,
+    switches: Mapping[str, breaker.SwitchState] | None = None,
 ) -> tuple[list[JobView], list[TriggerView]]:
     """Read the views from the instance; `first_seen` (updated here) remembers when watching
     began, so a new job or trigger is not reported silent before it had its chance. `switches`
-    (the open ones, by automation) are read here unless given."""
+    (every automation's, see `switches_of`) are read here unless given."""
     states = {state.instigator_name: state for state in instance.all_instigator_state()}
-    open_switches = set(open_switches_of(instance) if switches is None else switches)
+    switches = switches_of(instance) if switches is None else switches
+    open_switches = {name for name, switch in switches.items() if switch.open}
 
     def since(subject: str) -> float:
         return first_seen.setdefault(subject, now)
@@ -300,7 +305,10 @@ def observe(
         )
         ended = success[0].end_time if success else None
         automation = tags.get(AUTOMATION_TAG)
-        failures, failed_at = _failures_in_a_row(instance, job.name)
+        switch = switches.get(automation) if automation else None
+        failures, failed_at = _failures_in_a_row(
+            instance, job.name, since=switch.changed_at if switch else 0.0
+        )
         jobs.append(
             JobView(
                 name=job.name,
@@ -323,8 +331,8 @@ def observe(
 
 @dataclass(frozen=True)
 class Watch:
-    """One evaluation of every automation: what was observed, what was found, which switches
-    are open. The alerts and the health in the UI are both read from it."""
+    """One evaluation of every automation: what was observed, what was found, and each
+    automation's switch. The alerts and the health in the UI are both read from it."""
 
     jobs: list[JobView]
     triggers: list[TriggerView]
@@ -357,7 +365,7 @@ def watch(
     now: float,
 ) -> Watch:
     """Observe and evaluate every automation once (see `observe`, `evaluate`)."""
-    switches = open_switches_of(instance)
+    switches = switches_of(instance)
     jobs, triggers = observe(instance, repository, first_seen, now, switches=switches)
     return Watch(jobs, triggers, evaluate(jobs, triggers, now), switches)
 

@@ -261,7 +261,7 @@ def test_alert_and_ui_health_come_from_one_evaluation(
     assert json.loads(cursor)["health"]["watched"][1] == clock["now"]
 
 
-def test_failed_runs_show_failing_until_a_success(sqlite_instance, alert_router) -> None:
+def test_failed_runs_show_failing_until_a_success_or_resume(sqlite_instance, alert_router) -> None:
     assert not watched_job_failing.execute_in_process(
         instance=sqlite_instance, raise_on_error=False
     ).success
@@ -274,6 +274,14 @@ def test_failed_runs_show_failing_until_a_success(sqlite_instance, alert_router)
     assert watched_job.execute_in_process(instance=sqlite_instance).success
     [healthy] = watchdog.watch(sqlite_instance, repository, {}, time.time()).health()
     assert healthy.passed
+    # After `resume` failures before it no longer count, as for the breaker.
+    for _ in range(2):
+        watched_job_failing.execute_in_process(instance=sqlite_instance, raise_on_error=False)
+    [failing] = watchdog.watch(sqlite_instance, repository, {}, time.time()).health()
+    assert "The last 2 run(s) of watched_job failed" in failing.sentence
+    breaker.resume(breaker.engine_for(sqlite_instance), "watched")
+    [resumed] = watchdog.watch(sqlite_instance, repository, {}, time.time()).health()
+    assert resumed.passed
 
 
 def test_every_automation_has_its_asset_and_health_check() -> None:
