@@ -5,7 +5,8 @@ by its circuit breaker or paused, with the sentence that names the cause and wha
 watchdog sensor sets it on every tick from the evaluation its alerts come from (see
 `watchdog.Watch`); *Execute* on the check in the UI evaluates it at once the same way. Every run
 of the automation records its numbers on the same asset (`reliability.numbers`), which the
-*Plots* tab draws: latency from trigger to result, items, items quarantined and dead-lettered.
+*Overview → Metadata → Plots* draw: latency from trigger to result, items, items quarantined
+and dead-lettered.
 """
 
 import json
@@ -42,8 +43,8 @@ def automation_asset(name: str, owner: str) -> dg.AssetSpec:
         tags={AUTOMATION_TAG: name},
         description=f"Automation {name}: its health (the check `{HEALTH_CHECK}`, set by "
         "watchdog_sensor every minute: healthy, late, stalled, failing, breaker open or paused, "
-        "with the cause and what to do) and the numbers of each run (the Plots tab: latency "
-        "from trigger to result, items, items quarantined and dead-lettered).",
+        "with the cause and what to do) and the numbers of each run (Overview, Metadata, Plots: "
+        "latency from trigger to result, items, items quarantined and dead-lettered).",
     )
 
 

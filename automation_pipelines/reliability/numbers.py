@@ -3,7 +3,8 @@
 Its asset check `healthy` is the automation's health (the watchdog reports it, see
 monitoring/health.py), and every run of the automation records its numbers on it as a
 materialization — latency from the trigger's request to the result, items handled, items
-quarantined, items dead-lettered — which the asset's *Plots* tab draws over time. The keys are the
+quarantined, items dead-lettered — which the asset's page plots over time
+(*Overview → Metadata → Plots*). The keys are the
 same for every automation, so the plots read alike.
 """
 

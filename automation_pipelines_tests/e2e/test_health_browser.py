@@ -141,6 +141,15 @@ def test_runs_at_a_glance_and_each_automations_health(page: Page, stack) -> None
     assert photo_run.status == dg.DagsterRunStatus.SUCCESS, processes.logs()
     assert photo_run.tags.get("result/quarantined") == "1", photo_run.tags
 
+    # The photo's run recorded its numbers on automations/web_images, which the UI plots
+    # (the asset's Overview, Metadata, Plots).
+    page.goto(f"{base_url}/assets/automations/web_images")
+    expect(page.get_by_text("items_quarantined").first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.get_by_role("button", name=re.compile("Plots")).click()
+    for key in ("latency_seconds", "items", "items_quarantined", "items_dead_lettered"):
+        expect(page.get_by_text(key, exact=True).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    screenshot(page, "13-numbers-web_images-plots")
+
     # The three causes, each as a person makes it happen.
     cli(processes, "pause", "webhook_events", "--reason", "moving the warehouse")
     toggle_sensor(page, base_url, "photo_inbox_sensor", running=False)
