@@ -86,11 +86,15 @@ def load(package: ModuleType | None = None) -> list[dg.Definitions]:
 
 
 def code_location(loaded: list[dg.Definitions]) -> dg.Definitions:
-    """The automations' definitions merged with the monitoring layer's: what the code location
-    serves (or, without its broken folders, what `check` can still judge)."""
+    """The automations' definitions merged with the monitoring layer's, and every automation's
+    own asset with its health check: what the code location serves (or, without its broken
+    folders, what `check` can still judge)."""
     from automation_pipelines.monitoring import definitions as monitoring
+    from automation_pipelines.monitoring import health
 
-    return dg.Definitions.merge(*loaded, monitoring.defs)
+    return dg.Definitions.merge(
+        *loaded, monitoring.defs, health.definitions([*loaded, monitoring.defs])
+    )
 
 
 def _sentence(error: BaseException) -> str:

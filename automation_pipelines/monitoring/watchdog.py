@@ -4,7 +4,9 @@ Dagster's own tick and run history, and alerts on what is missing.
 It finds missed or late schedule ticks, schedules and sensors that are stopped while they should
 run, stalled sensors, triggers whose last ticks errored, jobs with no success within their window,
 and jobs whose runs arrive more often than declared. `observe` reads the instance; `evaluate` is
-pure, so every finding is tested with time moved forward.
+pure, so every finding is tested with time moved forward. `watch` does both once per tick, and
+the same `Watch` gives the alerts (`report`) and each automation's health in the UI
+(`Watch.health`, reported as the asset check `healthy` of `automations/<name>`).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from automation_pipelines.reliability.automation import (
     unguarded,
 )
 from automation_pipelines.reliability.conditions import Finding, report_findings
+from automation_pipelines.reliability.health import Health, health_of, report_health
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
     EXPECT_MAX_RUNS_KEY,
     EXPECT_SUCCESS_KEY,
     EXPECT_TRIGGER_KEY,
     OWNER_TAG,
+    WILL_RETRY_TAG,
 )
 
 WATCHDOG_SENSOR = "watchdog_sensor"
@@ -52,6 +56,8 @@ KINDS = frozenset(
 TICK_GRACE_SECONDS = 300
 #: Ticks in a row that must have failed before a trigger counts as erroring.
 ERRORING_TICKS = 3
+#: Final runs read back to count a job's failures in a row (health shows it failing from one).
+FAILING_LOOKBACK = 10
 DEFAULT_STALE_SECONDS = 600
 
 
@@ -92,6 +98,10 @@ class JobView:
     max_runs_per_hour: int | None = None
     last_success_at: float | None = None
     runs_last_hour: int = 0
+    #: Final runs (not the attempts Dagster's run retries repeat) that failed since the last
+    #: success, newest first, up to FAILING_LOOKBACK; and when the newest of them ended.
+    failures_in_a_row: int = 0
+    last_failure_at: float | None = None
 
     @property
     def subject(self) -> str:
@@ -187,17 +197,50 @@ def evaluate(jobs: Sequence[JobView], triggers: Sequence[TriggerView], now: floa
     return findings
 
 
+def switches_of(instance: dg.DagsterInstance) -> dict[str, breaker.SwitchState]:
+    """Every automation's pause switch and breaker as last set (open or resumed), by name."""
+    return {s.automation: s for s in breaker.all_states(breaker.engine_for(instance))}
+
+
+def _failures_in_a_row(
+    instance: dg.DagsterInstance, job_name: str, since: float = 0.0
+) -> tuple[int, float | None]:
+    """(final runs of the job that failed since its last success and since `since` — its
+    automation's last resume, after which the breaker counts afresh too —, when the newest
+    ended)."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=job_name,
+            statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
+        ),
+        limit=FAILING_LOOKBACK,
+    )
+    count, newest = 0, None
+    for record in records:
+        run = record.dagster_run
+        if run.status == dg.DagsterRunStatus.SUCCESS or record.create_timestamp.timestamp() < since:
+            break
+        if run.tags.get(WILL_RETRY_TAG) == "true":
+            continue
+        count += 1
+        if newest is None and record.end_time:
+            newest = float(record.end_time)
+    return count, newest
+
+
 def observe(
     instance: dg.DagsterInstance,
     repository: dg.RepositoryDefinition,
     first_seen: dict[str, float],
     now: float,
+    switches: Mapping[str, breaker.SwitchState] | None = None,
 ) -> tuple[list[JobView], list[TriggerView]]:
     """Read the views from the instance; `first_seen` (updated here) remembers when watching
-    began, so a new job or trigger is not reported silent before it had its chance."""
+    began, so a new job or trigger is not reported silent before it had its chance. `switches`
+    (every automation's, see `switches_of`) are read here unless given."""
     states = {state.instigator_name: state for state in instance.all_instigator_state()}
-    engine = breaker.engine_for(instance)
-    open_switches = {s.automation for s in breaker.all_states(engine) if s.open}
+    switches = switches_of(instance) if switches is None else switches
+    open_switches = {name for name, switch in switches.items() if switch.open}
 
     def since(subject: str) -> float:
         return first_seen.setdefault(subject, now)
@@ -262,6 +305,10 @@ def observe(
         )
         ended = success[0].end_time if success else None
         automation = tags.get(AUTOMATION_TAG)
+        switch = switches.get(automation) if automation else None
+        failures, failed_at = _failures_in_a_row(
+            instance, job.name, since=switch.changed_at if switch else 0.0
+        )
         jobs.append(
             JobView(
                 name=job.name,
@@ -275,9 +322,52 @@ def observe(
                 runs_last_hour=instance.get_runs_count(
                     filters=dg.RunsFilter(job_name=job.name, created_after=hour_ago)
                 ),
+                failures_in_a_row=failures,
+                last_failure_at=failed_at,
             )
         )
     return jobs, triggers
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One evaluation of every automation: what was observed, what was found, and each
+    automation's switch. The alerts and the health in the UI are both read from it."""
+
+    jobs: list[JobView]
+    triggers: list[TriggerView]
+    findings: list[Finding]
+    switches: dict[str, breaker.SwitchState]
+
+    @property
+    def held_subjects(self) -> list[str]:
+        """Subjects of paused or tripped automations: not evaluated, their incidents held."""
+        return [view.subject for view in (*self.jobs, *self.triggers) if view.paused]
+
+    def health(self) -> list[Health]:
+        """Each automation's state for the UI, from this evaluation."""
+        automations = {v.automation for v in (*self.jobs, *self.triggers) if v.automation}
+        failing: dict[str, str] = {}
+        for job in self.jobs:
+            if job.automation and job.failures_in_a_row and not job.paused:
+                more = "+" if job.failures_in_a_row >= FAILING_LOOKBACK else ""
+                failing[job.automation] = (
+                    f"The last {job.failures_in_a_row}{more} run(s) of {job.name} failed (last "
+                    f"at {_when(job.last_failure_at)}), with no success since."
+                )
+        return health_of(automations, self.findings, self.switches, failing)
+
+
+def watch(
+    instance: dg.DagsterInstance,
+    repository: dg.RepositoryDefinition,
+    first_seen: dict[str, float],
+    now: float,
+) -> Watch:
+    """Observe and evaluate every automation once (see `observe`, `evaluate`)."""
+    switches = switches_of(instance)
+    jobs, triggers = observe(instance, repository, first_seen, now, switches=switches)
+    return Watch(jobs, triggers, evaluate(jobs, triggers, now), switches)
 
 
 def report(
@@ -305,24 +395,32 @@ def report(
         "Compares what every automation declared as healthy with Dagster's tick and run history, "
         "and alerts the owner once per finding (missed schedule ticks, stopped, stalled or "
         "erroring triggers, no success within the window, too many runs), with a recovery notice "
-        "when it clears. `automation-pipelines watchdog` watches this sensor from outside."
+        "when it clears. Each tick also sets every automation's health in the UI: the asset "
+        "check `healthy` of `automations/<name>`. `automation-pipelines watchdog` watches this "
+        "sensor from outside."
     ),
 )
 def watchdog_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
     cursor = json.loads(context.cursor) if context.cursor else {}
     first_seen: dict[str, float] = cursor.get("first_seen", {})
     now = time.time()
-    jobs, triggers = observe(context.instance, context.repository_def, first_seen, now)
-    findings = evaluate(jobs, triggers, now)
+    seen = watch(context.instance, context.repository_def, first_seen, now)
     outbox = alerts.outbox(context.instance)
-    paused = [view.subject for view in (*jobs, *triggers) if view.paused]
     links = runbook_links(context.repository_def)
-    opened = report(outbox, findings, held_subjects=paused, runbooks=links)  # the outbox sends
-    context.update_cursor(json.dumps({"first_seen": first_seen}))
+    opened = report(  # the outbox sends
+        outbox, seen.findings, held_subjects=seen.held_subjects, runbooks=links
+    )
+    healths = seen.health()
+    reported = report_health(context.instance, healths, cursor.get("health", {}), now, links)
+    context.update_cursor(json.dumps({"first_seen": first_seen, "health": reported}))
+    findings = seen.findings
     summary = "; ".join(f.sentence for f in findings[:3])
+    unhealthy = [f"{h.automation} {h.label}" for h in healths if not h.passed]
     return dg.SkipReason(
-        f"{len(jobs)} job(s), {len(triggers)} trigger(s) watched; {len(findings)} finding(s), "
-        f"{opened} new" + (f": {summary}" if summary else "")
+        f"{len(seen.jobs)} job(s), {len(seen.triggers)} trigger(s) watched; {len(findings)} "
+        f"finding(s), {opened} new"
+        + (f": {summary}" if summary else "")
+        + f"; health: {', '.join(unhealthy) or 'all healthy'}"
     )
 
 

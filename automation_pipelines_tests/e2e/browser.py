@@ -31,6 +31,8 @@ CHROMIUM_ARGS = [
 ]
 # Wide enough that the UI's side panels (job info, tags) are laid out next to the graph.
 VIEWPORT = {"width": 1440, "height": 900}
+# The machine has two cores, shared by the webserver, the daemon, run workers and the browser.
+UI_TIMEOUT_MS = 60_000
 SCREENSHOTS_ENV = "AP_SCREENSHOTS_DIR"
 DEFAULT_SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
 

@@ -11,6 +11,8 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -77,14 +79,40 @@ def start_dev(
         return group.start(argv, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
-def graphql(base_url: str, query: str) -> dict:
+def graphql(base_url: str, query: str, variables: dict | None = None, timeout=10) -> dict:
     request = urllib.request.Request(
         f"{base_url}/graphql",
-        data=json.dumps({"query": query}).encode(),
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())["data"]
+
+
+@contextmanager
+def project_ui(root: Path) -> Iterator[tuple[DagsterProcesses, str, dict[str, Path]]]:
+    """The project's code location served by a daemon and a webserver on a temp instance, its
+    automations' folders under `root`: (processes, the UI's URL, the folders by name)."""
+    folders = {name: root / name for name in ("reports", "photos", "backups")}
+    for folder in folders.values():
+        folder.mkdir()
+    processes = DagsterProcesses(
+        root / "dagster",
+        "automation_pipelines.definitions",
+        env={
+            "WEBHOOK_REPORTS_DIR": str(folders["reports"]),
+            "WEB_IMAGES_ROOT": str(folders["photos"]),
+            "BACKUP_DESTINATION": str(folders["backups"]),
+        },
+    )
+    try:
+        # Create the SQLite storage before any Dagster process opens it: processes that create it
+        # at the same moment can both stamp its alembic version and then none can open it.
+        processes.instance.get_runs(limit=1)
+        processes.start_daemon()
+        yield processes, processes.start_webserver(free_port()), folders
+    finally:
+        processes.stop()
 
 
 #: What identifies each process of `make run` / `make run-prod` in the process table.

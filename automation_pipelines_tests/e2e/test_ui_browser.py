@@ -21,17 +21,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from automation_pipelines.local_stack import free_port
-from automation_pipelines_tests.e2e.browser import chromium_context, require_chromium, screenshot
-from automation_pipelines_tests.e2e.harness import DagsterProcesses, wait_for
+from automation_pipelines_tests.e2e.browser import UI_TIMEOUT_MS, screenshot
+from automation_pipelines_tests.e2e.harness import DagsterProcesses, project_ui, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 MODULE = "automation_pipelines.definitions"
-# The machine has two cores, shared by the webserver, the daemon, run workers and the browser.
-UI_TIMEOUT_MS = 60_000
 BACKFILL_DAYS = ["2026-03-01", "2026-03-02", "2026-03-03"]
 
 
@@ -51,53 +48,12 @@ def named(name: str) -> re.Pattern[str]:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Path:
-    return require_chromium()
-
-
-@pytest.fixture(scope="module")
 def dagster_ui(
     chromium: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[DagsterProcesses, str]]:
     """One daemon and webserver for the module: starting them is most of its run time."""
-    root = tmp_path_factory.mktemp("ui")
-    folders = {name: root / name for name in ("reports", "photos", "backups")}
-    for folder in folders.values():
-        folder.mkdir()
-    processes = DagsterProcesses(
-        root / "dagster",
-        MODULE,
-        env={
-            "WEBHOOK_REPORTS_DIR": str(folders["reports"]),
-            "WEB_IMAGES_ROOT": str(folders["photos"]),
-            "BACKUP_DESTINATION": str(folders["backups"]),
-        },
-    )
-    try:
-        # Create the SQLite storage before any Dagster process opens it: processes that create it
-        # at the same moment can both stamp its alembic version and then none can open it.
-        processes.instance.get_runs(limit=1)
-        processes.start_daemon()
-        yield processes, processes.start_webserver(free_port())
-    finally:
-        processes.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: Path) -> Iterator[BrowserContext]:
-    with sync_playwright() as playwright, chromium_context(playwright, chromium) as context:
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        context.set_default_navigation_timeout(UI_TIMEOUT_MS)
-        yield context
-
-
-@pytest.fixture
-def page(browser: BrowserContext) -> Iterator[Page]:
-    page = browser.new_page()
-    try:
-        yield page
-    finally:
-        page.close()
+    with project_ui(tmp_path_factory.mktemp("ui")) as (processes, base_url, _):
+        yield processes, base_url
 
 
 def test_every_job_is_listed_with_owner_and_description(page: Page, dagster_ui) -> None:

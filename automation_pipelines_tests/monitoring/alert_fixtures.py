@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -79,6 +80,20 @@ def run_config(mode: str, counter_file: str = "") -> dict:
 
 SECRET = "Zq8-not-for-alerts-91x"
 os.environ.setdefault("FIXTURE_ACCESS_CODE", SECRET)
+
+
+def watchdog_ticks(monkeypatch, instance, defs: dg.Definitions, router: AlertRouter):
+    """(clock, tick): the watchdog sensor's tick for real, at the time `clock["now"]`, which the
+    test moves; `tick(cursor)` returns (new cursor, skip message) like `tick_sensor`."""
+    from automation_pipelines.monitoring import watchdog
+
+    clock = {"now": time.time()}
+    monkeypatch.setattr(watchdog.time, "time", lambda: clock["now"])
+
+    def tick(cursor: str | None):
+        return tick_sensor(watchdog.watchdog_sensor, instance, defs, router, cursor)
+
+    return clock, tick
 
 
 def tick_sensor(sensor, instance, defs: dg.Definitions, router: AlertRouter, cursor: str | None):

@@ -6,7 +6,6 @@ reads real run history from the instance."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -15,7 +14,7 @@ import pytest
 
 from automation_pipelines.monitoring import watchdog
 from automation_pipelines.monitoring.watchdog import JobView, TriggerView, evaluate
-from automation_pipelines_tests.monitoring.alert_fixtures import tick_sensor
+from automation_pipelines_tests.monitoring.alert_fixtures import watchdog_ticks
 
 HOUR = 3600.0
 # 2026-11-22 10:30 UTC: an hourly schedule was due at 10:00, and at 09:00 before it.
@@ -227,12 +226,7 @@ def test_sensor_on_real_history_with_time_moved_forward(
     )
     for _ in range(3):
         assert watched_job.execute_in_process(instance=sqlite_instance).success
-    clock = {"now": time.time()}
-    monkeypatch.setattr(watchdog.time, "time", lambda: clock["now"])
-
-    def tick(cursor):
-        return tick_sensor(watchdog.watchdog_sensor, sqlite_instance, defs, alert_router, cursor)
-
+    clock, tick = watchdog_ticks(monkeypatch, sqlite_instance, defs, alert_router)
     cursor, message = tick(None)
     assert "1 finding(s)" in message and "3 runs of watched_job" in message
     assert set(json.loads(cursor)["first_seen"]) == {

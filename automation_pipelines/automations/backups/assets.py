@@ -21,6 +21,7 @@ from automation_pipelines.automations.backups.sources import check_destination
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.conditions import report_findings
 from automation_pipelines.reliability.errors import LOCAL_IO
+from automation_pipelines.reliability.numbers import report_run
 
 BACKUP_KEY = dg.AssetKey("backup_snapshots")
 BACKUP_JOB = "backup_snapshots_job"
@@ -52,6 +53,7 @@ def backup_snapshots(
     if result.removed_locks:
         context.log.warning(f"removed locks of killed backups: {result.removed_locks}")
     megabytes_in, megabytes_added = result.bytes_in / 1e6, result.bytes_added / 1e6
+    report_run(context, AUTOMATION.name, items=len(result.sources))
     return dg.MaterializeResult(
         metadata={
             "snapshot": dg.MetadataValue.text(result.run_id),

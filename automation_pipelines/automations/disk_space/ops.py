@@ -5,7 +5,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from automation_pipelines.automations.disk_space import AUTOMATION
 from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
+from automation_pipelines.reliability.numbers import report_run
 
 
 class DiskSpaceConfig(dg.Config):
@@ -54,6 +56,7 @@ def measure_free_space(context: dg.OpExecutionContext, config: DiskSpaceConfig) 
                 },
             )
         )
+    report_run(context, AUTOMATION.name, items=len(reports))
     low = [r for r in reports if r["low"]]
     if low:
         summary = "; ".join(

@@ -43,6 +43,7 @@ from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import flag_run
 from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
+from automation_pipelines.reliability.numbers import report_run
 
 ASSET_KEY = dg.AssetKey("web_images")
 
@@ -308,6 +309,7 @@ def _report(context: dg.OpExecutionContext, outcome: BatchOutcome, seconds: floa
             },
         )
     )
+    report_run(context, AUTOMATION.name, items=len(delivered), quarantined=len(quarantined))
     return summary
 
 

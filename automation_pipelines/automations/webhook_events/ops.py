@@ -30,6 +30,7 @@ from automation_pipelines.automations.webhook_events.warehouse import (
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import flag_run
 from automation_pipelines.reliability.errors import DATABASE, reliable_op
+from automation_pipelines.reliability.numbers import report_run
 from automation_pipelines.webhooks import inbox
 
 WAREHOUSE_ASSET_KEY = dg.AssetKey("webhook_events_warehouse")
@@ -190,6 +191,7 @@ def load_events(
             asset_key=WAREHOUSE_ASSET_KEY, description=description, metadata=metadata
         )
     )
+    report_run(context, AUTOMATION.name, items=result["loaded"], dead_lettered=len(dead_rows))
     return {**summary, "seconds": seconds, "by_type": result["by_type"]}
 
 

@@ -21,6 +21,7 @@ from automation_pipelines.automations.backups import assets, engine, health
 from automation_pipelines.automations.backups.jobs import backup_snapshots_job, check_backups_job
 from automation_pipelines.automations.backups.resources import BackupSettings
 from automation_pipelines.monitoring.alerting import run_failure_alert_sensor
+from automation_pipelines.reliability.numbers import automation_key
 from automation_pipelines.settings import runbook_url
 from automation_pipelines_tests.alert_peers import deliver_queued
 from automation_pipelines_tests.automations.backups.conftest import (
@@ -260,6 +261,10 @@ def test_a_backup_killed_midway_is_reported_then_the_next_run_succeeds(
     assert repo.locks() == []
     event = world.instance.get_latest_materialization_event(assets.BACKUP_KEY)
     assert event.asset_materialization.metadata["files"].value == 41
+    numbers = world.instance.get_latest_materialization_event(automation_key("backups"))
+    assert numbers.run_id == event.run_id == done.run_id
+    sources = event.asset_materialization.metadata["sources"].value
+    assert numbers.asset_materialization.metadata["items"].value == len(sources) > 0
     checks = world.check()
     assert [name for name, e in checks.items() if not e.passed] == []
     assert any(t.startswith("[RECOVERED]") for t in world.titles())

@@ -38,6 +38,11 @@ def test_room_to_spare_succeeds_and_is_observed(run_job, sqlite_instance, tmp_pa
     [observation] = _observations(sqlite_instance, result.run_id)
     assert observation.asset_key == dg.AssetKey(["disk_space", tmp_path.name])
     assert observation.metadata["free_gb"].value == report["free_gb"]
+    # The automation's plots: one volume measured, on automations/disk_space.
+    [numbers] = result.asset_materializations_for_node("measure_free_space")
+    assert numbers.asset_key == dg.AssetKey(["automations", "disk_space"])
+    assert numbers.metadata["items"].value == 1
+    assert numbers.metadata["latency_seconds"].value > 0
 
 
 def test_default_path_is_the_instance_home(run_job, sqlite_instance) -> None:

@@ -67,9 +67,13 @@ def test_a_batch_in_parts_delivers_every_photo_once(
     manifest = json.loads(folders.manifest.read_text())
     assert manifest == records.manifest_from_records(engine, folders.root)
     assert sorted(manifest) == sorted(names)
-    [materialization] = result.asset_materializations_for_node(publish_web_images_batch.name)
-    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    events = {
+        e.asset_key.to_user_string(): {key: value.value for key, value in e.metadata.items()}
+        for e in result.asset_materializations_for_node(publish_web_images_batch.name)
+    }
+    metadata, numbers = events["web_images"], events["automations/web_images"]
     assert (metadata["images_processed"], metadata["images_quarantined"]) == (7, 1)
+    assert (numbers["items"], numbers["items_quarantined"]) == (7, 1)
     assert list(folders.output.rglob(".*.tmp")) == []
     assert steps.is_dir() and not (steps / result.run_id).exists()  # the outputs were read
 

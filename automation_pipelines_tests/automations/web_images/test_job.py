@@ -62,7 +62,11 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def materialization(result) -> dict:
-    [event] = result.asset_materializations_for_node("render_web_images")
+    [event] = [
+        e
+        for e in result.asset_materializations_for_node("render_web_images")
+        if e.asset_key == dg.AssetKey("web_images")
+    ]
     return {k: v.value for k, v in event.metadata.items()}
 
 

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
+from automation_pipelines.automations.webhook_events.ops import WAREHOUSE_ASSET_KEY
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.automations.webhook_events.sensors import (
     MAX_EVENTS_PER_RUN,
@@ -24,6 +25,7 @@ from automation_pipelines.automations.webhook_events.warehouse import (
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import DEAD_LETTERED_TAG, open_dead_letters
+from automation_pipelines.reliability.numbers import automation_key
 from automation_pipelines.webhooks import inbox
 from automation_pipelines_tests.alert_peers import deliver_queued
 from automation_pipelines_tests.automations.webhook_events.events import payment, push, seed
@@ -66,6 +68,14 @@ def _count(engine: sa.Engine, table: sa.Table, *where) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar()
 
 
+def _materializations(result) -> tuple[dg.AssetMaterialization, dict]:
+    """The run's materialization of the warehouse, and its numbers on the automation's asset."""
+    events = {e.asset_key: e for e in result.asset_materializations_for_node("load_events")}
+    assert set(events) == {WAREHOUSE_ASSET_KEY, automation_key("webhook_events")}
+    numbers = events[automation_key("webhook_events")].metadata
+    return events[WAREHOUSE_ASSET_KEY], {k: v.value for k, v in numbers.items()}
+
+
 def test_batch_loads_once_and_bad_events_are_dead_lettered(
     loader, events_db_url, json_receiver
 ) -> None:
@@ -105,9 +115,12 @@ def test_batch_loads_once_and_bad_events_are_dead_lettered(
     assert "required field repository.full_name is missing" in letters["github/no-repo"]
     assert "data.object.id" in letters["stripe/evt_bad"]
 
-    [materialization] = result.asset_materializations_for_node("load_events")
+    materialization, numbers = _materializations(result)
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     assert metadata["events_loaded"] == 470 and metadata["events_dead_lettered"] == 3
+    # The automation's plots: the run's numbers on automations/webhook_events.
+    assert (numbers["items"], numbers["items_dead_lettered"]) == (470, 3)
+    assert numbers["items_quarantined"] == 0 and 0 < numbers["latency_seconds"] < 600
     assert metadata["by_type"]["github/push"] == 430
     assert materialization.description.startswith("3 event(s) DEAD-LETTERED, 470 loaded")
     for delivery in ("broken-json", "no-repo", "evt_bad"):
@@ -131,7 +144,8 @@ def test_batch_loads_once_and_bad_events_are_dead_lettered(
     assert again.success
     assert again.output_for_node("load_events")["events_loaded"] == 0
     assert DEAD_LETTERED_TAG not in loader.tags(again.run_id)
-    [quiet] = again.asset_materializations_for_node("load_events")
+    quiet, quiet_numbers = _materializations(again)
+    assert (quiet_numbers["items"], quiet_numbers["items_dead_lettered"]) == (0, 0)
     assert "dead_letters" not in quiet.metadata
     assert "DEAD-LETTERED" not in quiet.description
     assert _count(engine, events_table, events_table.c.load_count != 1) == 0
