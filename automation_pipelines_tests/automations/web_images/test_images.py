@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, JpegImagePlugin
+from PIL import Image, ImageCms, ImageFile, JpegImagePlugin
 from skimage import data
 
 from automation_pipelines.automations.web_images import images
@@ -237,6 +237,55 @@ def test_webp_and_progressive_jpeg_are_written(tmp_path: Path) -> None:
             assert jpeg.info.get("progressive") or jpeg.info.get("progression")
     # The progressive JPEG process is the SOF2 marker.
     assert b"\xff\xc2" in rendition(tmp_path / "web", "a.jpg", 800, "jpg").read_bytes()
+
+
+def test_jpeg_is_encoded_where_pillow_lets_other_threads_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow holds the interpreter lock while it encodes a JPEG into a Python buffer, and
+    releases it while it encodes into a file descriptor: a run renders several photos on
+    threads, which would otherwise take turns at every JPEG. Each JPEG goes the second way."""
+    encoders: list[tuple[str, int | None]] = []
+    encode_tile = ImageFile._encode_tile
+
+    def spy(im, fp, tile, bufsize, fh, exc=None):
+        encoders.append((tile[0][0], fh))
+        return encode_tile(im, fp, tile, bufsize, fh, exc)
+
+    source = save_photo(tmp_path / "a.jpg", sample("astronaut", 900), icc=True)
+    monkeypatch.setattr(ImageFile, "_encode_tile", spy)
+
+    render_image(source, tmp_path / "web", Path("a.jpg"))
+
+    jpegs = [fh for name, fh in encoders if name == "jpeg"]
+    assert len(jpegs) == 2, encoders  # 800 and 400 px
+    assert all(fh is not None for fh in jpegs), encoders
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+@pytest.mark.parametrize("icc", [False, True])
+@pytest.mark.parametrize("memfd", [True, False])
+def test_a_jpeg_is_the_one_pillow_writes_into_memory(
+    monkeypatch: pytest.MonkeyPatch, mode: str, icc: bool, memfd: bool
+) -> None:
+    """Byte for byte what Pillow writes into a BytesIO with the same options, also where the
+    system has no in-memory file (the fallback)."""
+    if not memfd:
+        monkeypatch.delattr(os, "memfd_create", raising=False)
+    picture = sample("coffee", 300).convert(mode)
+    profile = SRGB if icc else None
+    settings = ImageSettings(jpeg_quality=77)
+
+    made = images._encode_jpeg(picture, profile, settings)
+
+    flat = picture
+    if mode == "RGBA":
+        flat = Image.new("RGB", picture.size, (255, 255, 255))
+        flat.paste(picture, mask=picture.getchannel("A"))
+    reference = io.BytesIO()
+    options = {"icc_profile": profile} if profile else {}
+    flat.save(reference, "JPEG", quality=77, progressive=True, optimize=True, **options)
+    assert made == reference.getvalue()
 
 
 def test_transparency_is_kept_in_webp_and_laid_on_white_in_jpeg(tmp_path: Path) -> None:
