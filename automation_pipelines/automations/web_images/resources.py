@@ -20,7 +20,7 @@ BATCH_ENV = "WEB_IMAGES_MAX_FILES_PER_RUN"
 #: Under load a run takes up to this many files (a trickle: 25 per run; at most 1 GB of photos,
 #: see the sensor): a killed run's retry redoes only the photos not yet moved, so a big batch
 #: costs little.
-DEFAULT_MAX_FILES_PER_RUN = 1000
+DEFAULT_MAX_FILES_PER_RUN = 2000
 THREADS_ENV = "WEB_IMAGES_RENDER_THREADS"
 #: With no setting a run renders this many photos at once per CPU it may use, plus one (it
 #: keeps the cores busy while one photo is read or recorded), and never more than
@@ -60,7 +60,7 @@ class PhotoFolders(dg.ConfigurableResource):
         """$WEB_IMAGES_ROOT, else `data/web_images` in the project (git-ignored);
         $WEB_IMAGES_FREE_SPACE_MARGIN_MB, else 100 MB; $WEB_IMAGES_QUIET_SECONDS, else 1 s;
         $WEB_IMAGES_TRUNCATED_GRACE_SECONDS, else 300 s; $WEB_IMAGES_LISTEN_SECONDS, else
-        3.5 s (0 turns listening off); $WEB_IMAGES_MAX_FILES_PER_RUN, else 1000;
+        3.5 s (0 turns listening off); $WEB_IMAGES_MAX_FILES_PER_RUN, else 2000;
         $WEB_IMAGES_RENDER_THREADS, else one per CPU plus one."""
         return cls(
             root=os.environ.get(ROOT_ENV) or str(PROJECT_ROOT / "data" / "web_images"),

@@ -76,7 +76,7 @@ from automation_pipelines.reliability.files import (
 from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 
 #: A run's files while the inbox is quiet. Under load runs batch more: every ready file goes in
-#: one run, up to `PhotoFolders.max_files_per_run` (`DEFAULT_MAX_FILES_PER_RUN`, 1,000) files
+#: one run, up to `PhotoFolders.max_files_per_run` (`DEFAULT_MAX_FILES_PER_RUN`, 2,000) files
 #: and `MAX_BYTES_PER_RUN` of photos, so a burst costs few run starts (each about 3 s of CPU for
 #: a new process) for the same photos. A trickle still gets a run per photo.
 MAX_FILES_PER_RUN = 25
@@ -100,10 +100,10 @@ REQUEST_AGAIN_AFTER_SECONDS = 2 * AUTOMATION.max_runtime_seconds
 #: same run key: Dagster drops the request should that run turn up after all.
 MISSING_RUN_SECONDS = 60.0
 _MB = 1_000_000
-#: A look stops reading the inbox once it holds this many files ready to request: more than a
-#: tick takes (MAX_RUNS_PER_TICK x max_files_per_run), so the counts a tick shows are exact
-#: for any inbox up to that size, and a backlog of any size costs a tick the same.
-SCAN_READY_LIMIT = 1000
+#: A look stops reading the inbox once it holds this many files ready to request: as many as
+#: the biggest run takes by default, so a backlog fills a whole run each tick, the counts a tick
+#: shows are exact for any inbox up to that size, and a backlog of any size costs a tick the same.
+SCAN_READY_LIMIT = DEFAULT_MAX_FILES_PER_RUN
 #: Quarantined files a look reads per tick (each with its note, to see whether it changed
 #: since it was judged); a bigger quarantine is looked through a part per tick, in turn.
 QUARANTINE_SWEEP = 1000
@@ -599,9 +599,9 @@ def _sentence(
         f"{inbox.settling} still being written (written in the last "
         f"{folders.quiet_seconds:.0f} s or since the last look)",
         f"{inbox.waiting} waiting for their run or its retry",
-        f"{left} left for the next tick"
+        f"{left:,} left for the next tick"
         if complete
-        else f"at least {left} left for the next tick (this look stopped reading the inbox at "
+        else f"at least {left:,} left for the next tick (this look stopped reading the inbox at "
         f"{SCAN_READY_LIMIT:,} files ready; the counts are of the {len(inbox.current):,} "
         "files it read)",
     ]

@@ -557,11 +557,12 @@ def test_a_tick_does_not_listen_while_a_run_of_its_files_is_in_flight(tmp_path, 
         (200, 4, [200]),
         (200, 1, [200]),  # paced to one run: the run takes them all
         (1000, 4, [1000]),
-        (1500, 4, [1000]),  # the look stops at SCAN_READY_LIMIT ready files
+        (2000, 4, [2000]),
+        (2500, 4, [2000]),  # the look stops at SCAN_READY_LIMIT ready files
     ],
 )
 def test_under_load_runs_batch_more(folders, waiting, allowed, sizes) -> None:
-    """A trickle gets a run per photo; a backlog goes in one run, up to 1,000 files, so a
+    """A trickle gets a run per photo; a backlog goes in one run, up to 2,000 files, so a
     burst costs few run starts."""
     for n in range(waiting):
         drop(folders, f"{n:04d}.jpg", mtime=n + 1)

@@ -39,7 +39,7 @@ NOW = 1_800_000_000.0
 
 @pytest.fixture
 def folders(tmp_path: Path) -> PhotoFolders:
-    """Runs of 100 files, so a tick takes 400 of the 1,000 ready files a look reads."""
+    """Runs of 100 files, so a tick takes 400 of the 2,000 ready files a look reads."""
     folders = PhotoFolders(root=str(tmp_path / "photos"), quiet_seconds=0.0, max_files_per_run=100)
     folders.inbox.mkdir(parents=True)
     return folders
@@ -82,7 +82,8 @@ def test_a_backlog_drains_each_file_once_with_a_cursor_of_a_few_bytes(
         # of ready files plus the ones in flight, which runs have moved out below).
         assert rows(engine, folders.root) <= sensors.SCAN_READY_LIMIT + 400
         if tick == 0:
-            assert "at least 600 left for the next tick (this look stopped reading" in sentence
+            left = f"at least {sensors.SCAN_READY_LIMIT - 400:,} left for the next tick"
+            assert f"{left} (this look stopped reading" in sentence
         for name in names:  # each run renders its photos and moves them out of the inbox
             (folders.inbox / name).unlink()
     assert sorted(asked) == sorted(f"{n % 7}/{n:05d}.jpg" for n in range(total))
