@@ -595,10 +595,10 @@ def _sentence(
     complete: bool = True,
 ) -> str:
     parts = [
-        f"{len(taken)} file(s) in {len(requests)} run(s)",
-        f"{inbox.settling} still being written (written in the last "
+        f"{len(taken):,} file(s) in {len(requests)} run(s)",
+        f"{inbox.settling:,} still being written (written in the last "
         f"{folders.quiet_seconds:.0f} s or since the last look)",
-        f"{inbox.waiting} waiting for their run or its retry",
+        f"{inbox.waiting:,} waiting for their run or its retry",
         f"{left:,} left for the next tick"
         if complete
         else f"at least {left:,} left for the next tick (this look stopped reading the inbox at "
