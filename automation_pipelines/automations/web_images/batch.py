@@ -505,11 +505,14 @@ def _remove_unlisted(
     folders, renditions (by their versioned names) that no row lists."""
     doomed = set(superseded - listed)
     for folder in {(folders.output / rel).parent for rel in files}:
+        # Each entry's path by its folder's prefix: a flat inbox's folder is all of web/, four
+        # renditions per photo ever published, and a Path per entry cost a second at 20,000.
+        prefix = folder.relative_to(folders.output).as_posix()
+        prefix = "" if prefix == "." else f"{prefix}/"
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(folder):
-                path = Path(entry.path).relative_to(folders.output).as_posix()
-                if OUTPUT_NAME.match(entry.name) and path not in listed:
-                    doomed.add(path)
+                if OUTPUT_NAME.match(entry.name) and f"{prefix}{entry.name}" not in listed:
+                    doomed.add(f"{prefix}{entry.name}")
     removed = []
     for path in sorted(doomed):
         with contextlib.suppress(FileNotFoundError):

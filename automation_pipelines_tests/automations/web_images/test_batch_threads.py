@@ -159,3 +159,30 @@ def test_a_batch_resolves_the_open_dead_letters_of_its_photos_only(tmp_path) -> 
 
     still_open = sorted((r.automation, r.item) for r in open_dead_letters(engine))
     assert still_open == [("other_automation", "5.jpg"), ("web_images", "elsewhere.jpg")]
+
+
+def test_renditions_no_row_lists_are_removed_from_the_batchs_folders_only(tmp_path) -> None:
+    """A killed run can leave renditions no row lists: the next batch removes those in its own
+    output folders (the top one and a sub-folder here), keeps every listed rendition and any
+    file not named like one, and leaves the folders of other photos alone."""
+    folders = make_folders(tmp_path / "photos", threads=2)
+    engine = engine_at(tmp_path)
+    photo(folders.inbox / "top.jpg", 500)
+    photo(folders.inbox / "trip" / "beach.jpg", 500)
+    stray = {
+        "top.jpg-400.0123456789.webp",
+        "trip/beach.jpg-800.abcdefabcd.jpg",
+        "trip/gone.jpg-400.0123456789.jpg",
+    }
+    kept = {"notes.txt", "trip/readme.md", "other/old.jpg-400.0123456789.webp"}
+    for name in stray | kept:
+        (folders.output / name).parent.mkdir(parents=True, exist_ok=True)
+        (folders.output / name).write_bytes(b"left by a killed run")
+
+    outcome = process_batch(folders, engine, ["top.jpg", "trip/beach.jpg"])
+
+    assert sorted(outcome.removed_outputs) == sorted(stray)
+    manifest = json.loads(folders.manifest.read_text())
+    listed = {output["path"] for entry in manifest.values() for output in entry["outputs"]}
+    assert len(listed) == 4  # 400 px (they are 500 px wide), WebP and JPEG, for each photo
+    assert set(tree(folders.output)) == listed | kept
