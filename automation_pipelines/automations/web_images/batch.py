@@ -511,8 +511,9 @@ def _remove_unlisted(
         prefix = "" if prefix == "." else f"{prefix}/"
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(folder):
-                if OUTPUT_NAME.match(entry.name) and f"{prefix}{entry.name}" not in listed:
-                    doomed.add(f"{prefix}{entry.name}")
+                path = prefix + entry.name
+                if OUTPUT_NAME.match(entry.name) and path not in listed:
+                    doomed.add(path)
     removed = []
     for path in sorted(doomed):
         with contextlib.suppress(FileNotFoundError):
