@@ -75,22 +75,31 @@ def exit_reason(returncode: int | None) -> str:
 
 def run_forked(
     count: int,
-    target: Callable[[], int],
+    target: Callable[[int], int],
     *,
     grace: float = 15.0,
     forward: Sequence[signal.Signals] = (),
+    forked: Callable[[], None] | None = None,
+    names: Sequence[str] = (),
 ) -> int:
-    """Run `target` in `count` forked processes and watch them, as one service.
+    """Run `target` in `count` forked processes and watch them, as one service; each is given
+    its number (0 to count - 1).
 
     Call it before any thread is started. SIGTERM or SIGINT stops them all (SIGTERM to each,
     SIGKILL after `grace` seconds) and returns 0. A worker that exits on its own, however it
     ends, stops the others and returns 1: whatever supervises this process then restarts the
     whole, and nothing runs short-handed unnoticed. Each worker dies with this process. The
     signals in `forward` are passed on to every worker, which ignores them until `target` sets
-    a handler of its own.
+    a handler of its own. `forked` is called in this process once every worker is started
+    (to close what only the workers should hold). `names` name the workers in the log
+    ("worker 2 of 3" otherwise).
     """
     parent = os.getpid()
     alive: dict[int, int] = {}
+
+    def name(number: int) -> str:
+        return names[number] if number < len(names) else f"worker {number + 1} of {count}"
+
     for number in range(count):
         pid = os.fork()
         if pid == 0:
@@ -99,12 +108,14 @@ def run_forked(
                 die_with_parent(parent)
                 for sig in forward:
                     signal.signal(sig, signal.SIG_IGN)
-                code = target()
+                code = target(number)
             except BaseException:
-                log.exception("worker %d of %d failed", number + 1, count)
+                log.exception("%s failed", name(number))
             finally:
                 os._exit(code)
         alive[pid] = number
+    if forked is not None:
+        forked()
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -137,9 +148,8 @@ def run_forked(
             if number is not None and not stopping:
                 failed = True
                 log.error(
-                    "worker %d of %d (pid %d) ended: %s; stopping the others",
-                    number + 1,
-                    count,
+                    "%s (pid %d) ended: %s; stopping the others",
+                    name(number),
                     pid,
                     exit_reason(os.waitstatus_to_exitcode(status)),
                 )

@@ -1,8 +1,9 @@
 """The receiver: `POST /hooks/{source}` verifies, then commits to the inbox, then answers 2xx.
 
-Requests are committed in groups by one writer thread: every request waiting when a commit
-starts shares that transaction (and its fsync), so the durable commit per event stays cheap under
-load while each sender still hears back only after its event is on disk.
+Requests are committed in groups by the inbox writer, a process of its own (`writer.py`):
+every request waiting when a commit starts shares that transaction (and its fsync), so the
+durable commit per event stays cheap under load while each sender still hears back only after
+its event is on disk.
 
 Nothing a request carries can earn it a 5xx, which senders retry for days: a body that is not a
 JSON object or nests deeper than `payloads.MAX_DEPTH`, anything else that makes reading it fail,
@@ -14,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import queue
 import signal
-import threading
 import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
@@ -40,7 +38,7 @@ from automation_pipelines import settings
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import run_forked
 from automation_pipelines.webhooks.edge import EdgeLimits, closed_by_edge, edge_protocol
-from automation_pipelines.webhooks.inbox import Event, data_refusal, insert_events
+from automation_pipelines.webhooks.inbox import Event
 from automation_pipelines.webhooks.payloads import PayloadError, parse_object
 from automation_pipelines.webhooks.sources import (
     PREVIOUS_SUFFIX,
@@ -50,169 +48,20 @@ from automation_pipelines.webhooks.sources import (
     load_sources,
 )
 from automation_pipelines.webhooks.verifiers import Rejected, RotatingVerifier, Verifier
+from automation_pipelines.webhooks.writer import (
+    MAX_GROUP,
+    InboxRefused,
+    InboxUnavailable,
+    InboxWriter,
+    run_writer,
+    socket_pair,
+    writer_settings,
+)
 
 if TYPE_CHECKING:
     import uvicorn
 
 log = logging.getLogger("automation_pipelines.webhooks")
-
-#: How many waiting requests one commit takes at most.
-MAX_GROUP = 512
-
-
-class InboxUnavailable(RuntimeError):
-    """The inbox could not commit; the sender gets a 503 and delivers again later."""
-
-
-class InboxRefused(ValueError):
-    """The database refused this one event for a value in it; the sender gets a 400, since
-    delivering it again cannot help, and the events it was grouped with commit without it."""
-
-
-class InboxWriter:
-    """One thread that owns the write connection and commits waiting events together."""
-
-    def __init__(
-        self, engine: sa.Engine, *, max_group: int = MAX_GROUP, lock_path: Path | None = None
-    ) -> None:
-        self.engine = engine
-        self.max_group = max_group
-        self.lock_path = lock_path
-        self._lock_file = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
-        self.commits = 0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=10)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    async def put(self, event: Event) -> bool:
-        """Keep `event` durably; True if it is new, False if it was a re-delivery."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.put((event, future, loop))
-        return await future
-
-    def _connect(self) -> sa.Connection:
-        store.ensure_tables(self.engine)  # the receiver may have started with its database down
-        conn = self.engine.connect()
-        if conn.dialect.name == "sqlite":
-            # Each commit reaches the disk before its senders are answered.
-            conn.exec_driver_sql("PRAGMA synchronous=FULL")
-            conn.commit()
-        return conn
-
-    @contextlib.contextmanager
-    def _exclusive(self):
-        """Hold the receivers' commit lock (SQLite only). Receiver processes on one SQLite file
-        take turns at commits through this file lock, which wakes the next one the moment it is
-        free; without it they meet in SQLite's busy handler, which sleeps in steps of up to
-        100 ms and made a second receiver process slower than one."""
-        if self.lock_path is None:
-            yield
-            return
-        if self._lock_file is None:
-            self._lock_file = open(self.lock_path, "a")  # noqa: SIM115 - kept for the writer's life
-        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-
-    def _run(self) -> None:
-        conn = None
-        while not self._stopping.is_set():
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            group = [first]
-            while len(group) < self.max_group:
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                if conn is None:
-                    conn = self._connect()
-                with self._exclusive(), conn.begin():
-                    added = insert_events(conn, [event for event, _, _ in group])
-                self.commits += 1
-            except Exception as exc:  # every sender must hear back
-                if conn is not None and data_refusal(exc) is not None:
-                    # One event's values, not the database: commit the others without it.
-                    outcomes, conn = self._one_by_one(conn, group)
-                    _answer(group, results=outcomes)
-                    continue
-                log.error("inbox commit failed for %d event(s): %s", len(group), exc)
-                conn = self._drop(conn)
-                _answer(group, error=InboxUnavailable(str(exc)))
-                continue
-            _answer(group, results=added)
-        if conn is not None:
-            conn.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-
-    @staticmethod
-    def _drop(conn: sa.Connection | None) -> None:
-        """Discard a connection that failed; the next group opens a fresh one."""
-        if conn is not None:
-            conn.invalidate()
-            conn.close()
-
-    def _one_by_one(self, conn: sa.Connection | None, group) -> tuple[list, sa.Connection | None]:
-        """Commit each event of a refused group alone: the refused ones answer 400, the others
-        as usual. Returns the outcomes and the connection (None if it failed)."""
-        outcomes: list = []
-        for event, _, _ in group:
-            name = f"{event.source}/{event.delivery_id}"
-            if conn is None:
-                outcomes.append(InboxUnavailable("the inbox connection was lost"))
-                continue
-            try:
-                with self._exclusive(), conn.begin():
-                    outcomes.extend(insert_events(conn, [event]))
-                self.commits += 1
-            except Exception as exc:
-                reason = data_refusal(exc)
-                if reason is not None:
-                    log.warning("inbox refused %s: %s", name, reason)
-                    outcomes.append(InboxRefused(reason))
-                else:
-                    log.error("inbox commit failed for %s: %s", name, exc)
-                    conn = self._drop(conn)
-                    outcomes.append(InboxUnavailable(str(exc)))
-        return outcomes, conn
-
-
-def _answer(group, *, results=None, error: Exception | None = None) -> None:
-    """Resolve each sender's future on its own event loop."""
-    by_loop: dict = {}
-    for index, (_, future, loop) in enumerate(group):
-        outcome = error if error is not None else results[index]
-        by_loop.setdefault(loop, []).append((future, outcome))
-    for loop, pairs in by_loop.items():
-        loop.call_soon_threadsafe(_settle, pairs)
-
-
-def _settle(pairs) -> None:
-    for future, outcome in pairs:
-        if future.done():
-            continue
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
 
 
 @dataclass
@@ -251,8 +100,10 @@ def prepare_sources(
 
 
 def commit_lock_path(url: str) -> Path | None:
-    """The file receivers on one SQLite database take turns at commits with (None elsewhere:
-    PostgreSQL lets their inserts run side by side)."""
+    """The file inbox writers on one SQLite database take turns at commits with (None
+    elsewhere: PostgreSQL lets their inserts run side by side). One `serve` has one writer;
+    this keeps a second receiver on the same database (or a restarted one whose old writer is
+    still finishing) out of SQLite's busy handler."""
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -336,6 +187,7 @@ def create_app(
     *,
     max_group: int = MAX_GROUP,
     body_timeout: float | None = None,
+    writer_socket=None,
 ) -> ReceiverApp:
     """The receiver's ASGI app on the project database (or `database_url`)."""
     if body_timeout is None:
@@ -348,7 +200,9 @@ def create_app(
     # Lazy: with its database down the receiver still starts, answers 503 (senders deliver
     # again) and makes its tables on the first commit once the database is back.
     engine = store.engine(url, lazy=True)
-    writer = InboxWriter(engine, max_group=max_group, lock_path=commit_lock_path(url))
+    writer = InboxWriter(
+        url, max_group=max_group, lock_path=commit_lock_path(url), sock=writer_socket
+    )
 
     async def take_delivery(name: str, scope, receive, send) -> None:
         source = prepared.get(name)
@@ -421,6 +275,8 @@ def create_app(
             return False
 
     async def healthz(_request: Request) -> JSONResponse:
+        with contextlib.suppress(InboxUnavailable):  # a writer of its own that died: a new one
+            await writer.revive()
         ok = writer.alive and await run_in_threadpool(database_ok)
         return JSONResponse(
             {
@@ -453,11 +309,11 @@ def create_app(
             # Only the main thread may take signals (the tests serve from other threads).
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_sources)
-        writer.start()
+        await writer.start()
         try:
             yield
         finally:
-            writer.stop()
+            await writer.stop()
 
     app = Starlette(
         routes=[
@@ -467,13 +323,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.writer = writer
+    app.state.engine = engine
     app.state.sources = prepared
     return ReceiverApp(take_delivery, app)
 
 
 #: Receiver processes on one listening socket (`webhooks serve --workers`, WEBHOOKS_WORKERS). A
 #: process verifies, parses and answers on one core (Python's interpreter lock), so a second
-#: one is what lets a 2-core machine take more events; their commits take turns.
+#: one is what lets a 2-core machine take more events; they share one inbox writer.
 DEFAULT_WORKERS = 2
 
 
@@ -486,8 +343,9 @@ def serve(
     fd: int | None = None,
     workers: int = 1,
 ) -> int:
-    """Run the receiver until SIGINT/SIGTERM (uvicorn handles both), in this process or in
-    `workers` forked ones sharing the listening socket; the exit code. With `fd`, serve the
+    """Run the receiver until SIGINT/SIGTERM (uvicorn handles both), in this process (with an
+    inbox writer process of its own) or in `workers` forked ones sharing the listening socket
+    and one forked inbox writer; the exit code. With `fd`, serve the
     listening socket the supervisor holds open: while this process restarts, new connections
     wait in that socket's backlog instead of being refused."""
     import socket
@@ -501,11 +359,51 @@ def serve(
         return _serve_here(host, port, database_url, max_group, listening, limits)
     if listening is None:  # bound before the fork, so the workers share it (IPv6 too)
         listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()
-    log.info("receiver: %d worker processes on %s:%d", workers, host, port)
-    return run_forked(
+    url = database_url or store.database_url()
+    lock = commit_lock_path(url)
+    # SQLite takes one write at a time: one writer serves every receiver. PostgreSQL takes
+    # inserts side by side: a writer per receiver.
+    writers = 1 if lock is not None else workers
+    log.info(
+        "receiver: %d worker processes and %d inbox writer(s) on %s:%d",
         workers,
-        lambda: _serve_here(host, port, database_url, max_group, listening, limits),
-        forward=(signal.SIGHUP,),
+        writers,
+        host,
+        port,
+    )
+    pairs = [socket_pair() for _ in range(workers)]
+    hello = writer_settings(url, max_group or MAX_GROUP, lock)
+    for ours, _ in pairs:
+        ours.sendall(hello)
+
+    def forked(number: int) -> int:
+        """Processes 0 to workers - 1 receive, each on its own link; the others write, writer k
+        for the links k, k + writers, ... Each closes the ends it does not use, so a link's far
+        end sees it end."""
+        if number >= workers:
+            listening.close()
+            served = range(number - workers, workers, writers)
+            for index, (ours, theirs) in enumerate(pairs):
+                ours.close()
+                if index not in served:
+                    theirs.close()
+            return run_writer([pairs[index][1] for index in served])
+        for index, (ours, theirs) in enumerate(pairs):
+            theirs.close()
+            if index != number:
+                ours.close()
+        link = pairs[number][0]
+        return _serve_here(host, port, database_url, max_group, listening, limits, link)
+
+    def close_links() -> None:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+    names = [f"receiver {n} of {workers}" for n in range(1, workers + 1)]
+    names += [f"inbox writer {n} of {writers}" for n in range(1, writers + 1)]
+    return run_forked(
+        workers + writers, forked, forward=(signal.SIGHUP,), forked=close_links, names=names
     )
 
 
@@ -525,10 +423,12 @@ def server_config(app, host: str, port: int, limits: EdgeLimits, **options) -> u
     return uvicorn.Config(app, host=host, port=port, **{**defaults, **options})
 
 
-def _serve_here(host, port, database_url, max_group, listening, limits: EdgeLimits) -> int:
+def _serve_here(
+    host, port, database_url, max_group, listening, limits: EdgeLimits, writer_socket=None
+) -> int:
     import uvicorn
 
-    app = create_app(database_url, max_group=max_group or MAX_GROUP)
+    app = create_app(database_url, max_group=max_group or MAX_GROUP, writer_socket=writer_socket)
     config = server_config(app, host, port, limits)
     sockets = [listening] if listening is not None else None
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it handled

@@ -106,7 +106,7 @@ FORKED = textwrap.dedent(
     from pathlib import Path
     from automation_pipelines.reliability.processes import run_forked
 
-    def work():
+    def work(_number):
         if sys.argv[1] == "stubborn":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         else:

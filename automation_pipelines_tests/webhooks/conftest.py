@@ -6,10 +6,13 @@ helpers that sign requests and seed the inbox.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -122,13 +125,16 @@ class Receiver:
 
 @pytest.fixture
 def start_receiver(events_db_url: str) -> Iterator[Callable[..., Receiver]]:
-    """Start receivers on `events_db_url` (with `webhook_sources()` unless told); they stop
-    before the database is disposed of, since this fixture depends on it."""
+    """Start receivers on `events_db_url` (or `url`, another URL of that database; with
+    `webhook_sources()` unless told); they stop before the database is disposed of, since this
+    fixture depends on it."""
     started: list[Receiver] = []
 
-    def start(sources: dict[str, Source] | None = None, **options) -> Receiver:
+    def start(
+        sources: dict[str, Source] | None = None, url: str | None = None, **options
+    ) -> Receiver:
         app = create_app(
-            events_db_url, webhook_sources() if sources is None else sources, **options
+            url or events_db_url, webhook_sources() if sources is None else sources, **options
         )
         receiver = Receiver(app)
         receiver.start()
@@ -176,39 +182,46 @@ def kill(engine: sa.Engine, ids: Iterable[int], reason: str = "payload has no re
 
 
 @contextmanager
-def writer_held(receiver: Receiver) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """(holding, release): the inbox writer stops inside its next transaction (`holding` is
-    set) until `release` is set, or the block ends."""
-    writer = receiver.app.state.writer
-    holding, release = threading.Event(), threading.Event()
+def writer_held(receiver: Receiver) -> Iterator[Callable[[], None]]:
+    """Stop the receiver's inbox writer process (SIGSTOP) for the block: events handed to it
+    wait in its socket, unread. Yields `release`, which lets it go on (SIGCONT); the block's end
+    does too."""
+    process = receiver.app.state.writer.process
+    assert process is not None and process.poll() is None, "the receiver has no writer running"
+    released = threading.Event()
 
-    def hold_first_transaction(_conn) -> None:
-        if threading.current_thread().name == "inbox-writer" and not holding.is_set():
-            holding.set()
-            release.wait(30)
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            with contextlib.suppress(ProcessLookupError):  # the test may have killed it
+                os.kill(process.pid, signal.SIGCONT)
 
-    sa.event.listen(writer.engine, "begin", hold_first_transaction)
+    os.kill(process.pid, signal.SIGSTOP)
     try:
-        yield holding, release
+        yield release
     finally:
-        release.set()
-        sa.event.remove(writer.engine, "begin", hold_first_transaction)
+        release()
+
+
+def wait_until_handed(receiver: Receiver, count: int) -> None:
+    """Until `count` events wait in the writer's socket (sent, not answered)."""
+    writer = receiver.app.state.writer
+    deadline = time.monotonic() + 10
+    while writer.waiting < count:
+        assert time.monotonic() < deadline, f"{writer.waiting} of {count} reached the writer"
+        time.sleep(0.01)
 
 
 def post_while_writer_holds(receiver: Receiver, first: str, later: list[str]) -> list[Reply]:
-    """POST `first`, hold the inbox writer inside that transaction until every delivery of
-    `later` is queued behind it, then release: the later ones commit as one group. Replies come
+    """POST `first`, then every delivery of `later`, while the inbox writer is stopped; once
+    all are handed to it, let it go on: it takes them all at once, as one group. Replies come
     back in order, `first`'s first."""
-    writer = receiver.app.state.writer
-    with writer_held(receiver) as (holding, release), ThreadPoolExecutor(len(later) + 1) as pool:
+    with writer_held(receiver) as release, ThreadPoolExecutor(len(later) + 1) as pool:
         try:
             head = pool.submit(receiver.post_push, first)
-            assert holding.wait(10), "the writer never began a transaction"
+            wait_until_handed(receiver, 1)
             rest = [pool.submit(receiver.post_push, delivery) for delivery in later]
-            deadline = time.monotonic() + 10
-            while writer._queue.qsize() < len(later):
-                assert time.monotonic() < deadline, "the requests never reached the writer"
-                time.sleep(0.01)
+            wait_until_handed(receiver, 1 + len(later))
         finally:
-            release.set()
+            release()
         return [head.result(), *(future.result() for future in rest)]

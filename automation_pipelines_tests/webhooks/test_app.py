@@ -10,12 +10,16 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import psutil
 import pytest
+import sqlalchemy as sa
 
 from automation_pipelines.reliability import store
 from automation_pipelines.webhooks import inbox
@@ -31,6 +35,8 @@ from automation_pipelines_tests.webhooks.conftest import (
     post_while_writer_holds,
     push_body,
     stripe_headers,
+    wait_until_handed,
+    writer_held,
 )
 
 SECRETS = (GITHUB_SECRET, STRIPE_SECRET)
@@ -176,8 +182,8 @@ def test_healthz_lists_each_source_and_why_one_is_closed(receiver) -> None:
 
 
 def test_concurrent_deliveries_share_one_commit(start_receiver, events_db_url) -> None:
-    """The writer is held inside its first transaction (one delivery) while 49 more arrive,
-    10 of them re-deliveries; released, it must commit all 49 together."""
+    """50 deliveries, 10 of them re-deliveries, reach the inbox writer while it is stopped;
+    let go, it must commit them all in one transaction."""
     receiver = start_receiver()
     writer = receiver.app.state.writer
     distinct = [f"delivery-{n}" for n in range(40)]
@@ -188,7 +194,7 @@ def test_concurrent_deliveries_share_one_commit(start_receiver, events_db_url) -
     assert (statuses.count(202), statuses.count(200), len(statuses)) == (40, 10, 50)
     rows = inbox_rows(store.engine(events_db_url))
     assert sorted(row.delivery_id for row in rows) == sorted(distinct)
-    assert writer.commits == 2
+    assert writer.commits == 1
 
 
 def test_inbox_that_cannot_commit_answers_503_until_repaired(receiver, events_db_url) -> None:
@@ -355,3 +361,54 @@ def test_a_body_that_trickles_in_gets_408_and_its_connection_closed(
     assert "trickled" not in rows and rows
     said = [r.getMessage() for r in caplog.records if " delivery: " in r.getMessage()]
     assert said == ["github delivery: no whole body within 1 s; answered 408"]
+
+
+def test_events_are_committed_by_a_writer_process_that_never_sees_the_url_on_its_command_line(
+    start_receiver, events_db_url
+) -> None:
+    """The commits happen outside the receiver's interpreter (a commit thread fought its event
+    loop for the interpreter lock), and the database URL, which may hold a password, reaches
+    the writer over its socket, not through the process list or its environment."""
+    url = sa.make_url(events_db_url)
+    if url.get_backend_name() == "postgresql":  # the local server trusts any password
+        url = url.set(password="writer-pw-3c1f9e")
+        events_db_url = url.render_as_string(hide_password=False)
+    receiver = start_receiver(url=events_db_url)
+    assert receiver.post_push("through-the-writer").status == 202
+
+    writer = receiver.app.state.writer
+    process = psutil.Process(writer.process.pid)
+    assert process.pid != os.getpid() and process.is_running()
+    shown = " ".join(process.cmdline()) + " ".join(f"{k}={v}" for k, v in process.environ().items())
+    assert events_db_url not in shown
+    assert "writer-pw-3c1f9e" not in shown
+    assert writer.commits >= 1
+    rows = inbox_rows(store.engine(events_db_url))
+    assert [row.delivery_id for row in rows] == ["through-the-writer"]
+
+
+def test_a_writer_that_dies_costs_only_its_unanswered_events_a_503_then_is_replaced(
+    receiver, events_db_url
+) -> None:
+    """Events the writer took but never answered get 503 (their senders deliver again) when it
+    is killed; the next health probe or delivery starts a new writer, and the re-deliveries
+    are kept once each."""
+    writer = receiver.app.state.writer
+    first = writer.process
+    with writer_held(receiver), ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(receiver.post_push, f"held-{n}") for n in range(3)]
+        wait_until_handed(receiver, 3)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        statuses = [future.result().status for future in held]
+
+    assert statuses == [503, 503, 503]
+    health = json.loads(receiver.request("GET", "/healthz").body)  # a probe starts one too
+    assert (health["status"], health["writer"]) == ("ok", "running")
+    second = writer.process
+    assert second.pid != first.pid and second.poll() is None
+    assert receiver.post_push("after").status == 202
+    assert [receiver.post_push(f"held-{n}").status for n in range(3)] == [202, 202, 202]
+    assert writer.process is second
+    stored = sorted(row.delivery_id for row in inbox_rows(store.engine(events_db_url)))
+    assert stored == ["after", "held-0", "held-1", "held-2"]

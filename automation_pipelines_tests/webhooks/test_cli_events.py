@@ -240,6 +240,50 @@ def test_serve_takes_a_delivery_and_stops_on_sigterm(tmp_path: Path, workers: in
     assert log.count("Application shutdown complete") == workers
 
 
+def _writer_of(served: Served) -> psutil.Process:
+    """The service's inbox writer: its one process that holds no TCP socket."""
+    top = psutil.Process(served.process.pid)
+    [writer] = [p for p in [top, *top.children()] if not p.net_connections(kind="tcp")]
+    return writer
+
+
+def _wait_gone(processes: list[psutil.Process], log_path: Path) -> None:
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    assert not alive, log_path.read_text()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_inbox_writer_ends_with_a_receiver_killed_outright(
+    tmp_path: Path, workers: int
+) -> None:
+    """SIGKILL of the receiving process (the service's parent when it forks) leaves no writer
+    behind: it sees its sockets close and ends."""
+    with serving(tmp_path, workers) as served:
+        assert served.post("before-kill")[0] == 202
+        writer = _writer_of(served)
+        os.kill(served.process.pid, signal.SIGKILL)
+        _wait_gone([writer], served.log_path)
+        assert served.inbox() == ["before-kill"]
+
+
+def test_a_forked_writer_that_dies_stops_the_service_for_its_supervisor_to_restart(
+    tmp_path: Path,
+) -> None:
+    """With worker processes the writer is one of the service's own: killed, it takes the
+    service down with exit code 1 and a log line saying so, as a worker would."""
+    with serving(tmp_path, 2) as served:
+        assert served.post("before")[0] == 202
+        everyone = psutil.Process(served.process.pid).children()
+        os.kill(_writer_of(served).pid, signal.SIGKILL)
+        assert served.process.wait(timeout=30) == 1, served.log_path.read_text()
+        _wait_gone(everyone, served.log_path)
+    log = served.log_path.read_text()
+    assert "inbox writer 1 of 1 (pid " in log and "killed by SIGKILL; stopping the others" in log, (
+        log
+    )
+    assert served.inbox() == ["before"]
+
+
 def test_worker_processes_keep_each_event_once(tmp_path: Path) -> None:
     """Three processes posted to at once, re-deliveries among the events."""
     with serving(tmp_path, 3) as served:

@@ -38,6 +38,7 @@ from automation_pipelines_tests.webhooks.conftest import (
     github_headers,
     inbox_rows,
     push_body,
+    wait_until_handed,
     webhook_sources,
     writer_held,
 )
@@ -79,7 +80,7 @@ def serve_edge(tmp_path: Path) -> Iterator[Callable[..., EdgeReceiver]]:
 
 
 def inbox(receiver: EdgeReceiver) -> list[str]:
-    return [row.delivery_id for row in inbox_rows(receiver.app.state.writer.engine)]
+    return [row.delivery_id for row in inbox_rows(receiver.app.state.engine)]
 
 
 def said(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -357,20 +358,19 @@ def test_fresh_connections_are_never_closed_to_make_room(serve_edge) -> None:
 
 
 def test_requests_in_progress_past_the_bound_get_503(serve_edge) -> None:
-    """With the inbox writer held inside a commit, two whole requests wait for it; a third,
+    """With the inbox writer stopped, two whole requests wait for it; a third,
     past a bound of two in progress, is told to come back (503), and once the writer goes on
     the two are answered 202 and new ones are taken again."""
     receiver = serve_edge(EdgeLimits(max_in_progress=2))
-    writer = receiver.app.state.writer
-    with writer_held(receiver) as (holding, release), ThreadPoolExecutor(2) as pool:
+    with writer_held(receiver) as release, ThreadPoolExecutor(2) as pool:
         try:
             first = pool.submit(receiver.post_push, "first")
-            assert holding.wait(10), "the writer never began a transaction"
+            wait_until_handed(receiver, 1)
             second = pool.submit(receiver.post_push, "second")
-            wait_until(lambda: writer._queue.qsize() == 1, "the second request was queued")
+            wait_until_handed(receiver, 2)
             third = receiver.post_push("third")
         finally:
-            release.set()
+            release()
         held = [first.result().status, second.result().status]
 
     assert (held, third.status) == ([202, 202], 503)

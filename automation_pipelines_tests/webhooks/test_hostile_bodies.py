@@ -121,8 +121,8 @@ def _refuse_delivery(engine: sa.Engine, delivery: str) -> None:
 
 
 def test_event_the_inbox_refuses_fails_alone_in_its_group(receiver, events_db_url) -> None:
-    """The writer holds its first transaction while ten more arrive, one the database refuses;
-    released, it commits them as one group: the refused one gets 400, the nine others 202."""
+    """Eleven deliveries, one the database refuses, reach the inbox writer while it is stopped;
+    let go, it commits them as one group: the refused one gets 400, the ten others 202."""
     engine = store.engine(events_db_url)
     _refuse_delivery(engine, "poison")
     later = [f"d-{n}" for n in range(9)]
