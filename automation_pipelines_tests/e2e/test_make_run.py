@@ -120,8 +120,11 @@ def rotate_as_the_runbook_says(
     )
     receivers = _receivers(group)
     # Each worker reads .env on its own; the kernel may merge the parent's forwarded SIGHUP with
-    # the worker's own, so wait for one reload per worker process, named by its pid.
-    workers = [p for p in receivers if p.parent() in receivers] or receivers
+    # the worker's own, so wait for one reload per worker process, named by its pid. The inbox
+    # writer, forked beside them, reads no sources (and holds no TCP socket).
+    workers = [
+        p for p in receivers if p.parent() in receivers and p.net_connections(kind="tcp")
+    ] or receivers
     read_before = len(log.read_bytes())
     for process in receivers:
         process.send_signal(signal.SIGHUP)
@@ -141,5 +144,6 @@ def rotate_as_the_runbook_says(
 
 
 def _receivers(group: ProcessGroup) -> list[psutil.Process]:
-    """The receiver's processes (its parent and workers), the ones the runbook's pkill signals."""
+    """The receiver's processes (its parent, workers and inbox writer), the ones the runbook's
+    pkill signals."""
     return [p for p in group.members() if "webhooks serve" in " ".join(p.cmdline())]
