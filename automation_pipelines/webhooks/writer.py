@@ -177,6 +177,12 @@ class Committer:
             # under writes that never pause its checkpoints may never finish the whole log,
             # which only then starts over.
             conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            # Delivery ids come in no order, so a group's inserts change pages all over the
+            # id index, whose old contents SQLite's statement journal keeps until the INSERT
+            # ends: past 64 KB that went to a new file in the temporary folder, made and
+            # unlinked on most commits, which waited for it. In memory it takes a few MB at
+            # most (a page or two per event of a MAX_GROUP group).
+            conn.exec_driver_sql("PRAGMA temp_store=MEMORY")
             if self._checkpoints is None:
                 self._checkpoints = Checkpoints(self.engine.url.database)
             conn.commit()

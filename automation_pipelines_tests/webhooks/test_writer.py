@@ -5,6 +5,8 @@ thread fall behind, the commits' own backstop keeps the log bounded."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,3 +82,34 @@ def test_the_writers_own_connection_leaves_checkpoints_to_the_thread(tmp_path: P
     finally:
         committer.close()
     assert pragma == writer.BACKSTOP_PAGES
+
+
+_COMMIT_GROUPS = """
+import sys, time, uuid
+from automation_pipelines.webhooks import writer
+from automation_pipelines.webhooks.inbox import Event
+committer = writer.Committer(sys.argv[1])
+body = '{"pad": "' + "x" * 5000 + '"}'
+for _ in range(50):
+    events = [Event("github", str(uuid.uuid4()), "push", body, time.time()) for _ in range(20)]
+    assert committer.commit(events) == [True] * 20
+committer.close()
+"""
+
+
+def test_a_large_group_commits_without_a_temporary_file(tmp_path: Path) -> None:
+    """Delivery ids arrive in no order, so a group's inserts touch pages of the id index
+    all over; SQLite's statement journal keeps those pages' old contents, and past 64 KB it
+    went to a file in the temporary folder on most commits (an open and an unlink each
+    time): the writer keeps it in memory. SQLite reads SQLITE_TMPDIR as it starts, hence
+    a process of its own; the folder's mtime moves with any file made in it, even one
+    unlinked at once."""
+    temp = tmp_path / "sqlite-tmp"
+    temp.mkdir()
+    before = temp.stat().st_mtime_ns
+    time.sleep(0.05)  # past the file system's clock tick
+    url = f"sqlite:///{tmp_path / 'project.db'}"
+    env = {**os.environ, "SQLITE_TMPDIR": str(temp)}
+    subprocess.run([sys.executable, "-c", _COMMIT_GROUPS, url], env=env, check=True, timeout=120)
+    assert _count(tmp_path / "project.db") == 1000
+    assert temp.stat().st_mtime_ns == before, "a temporary file was made (and unlinked)"
