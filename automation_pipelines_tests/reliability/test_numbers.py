@@ -1,5 +1,6 @@
-"""A run's numbers for the plots: latency from the run's request to its result, items, items
-quarantined and dead-lettered, as numbers on the automation's own asset, the same keys for all."""
+"""A run's numbers for the plots: latency to its result (from the oldest item's arrival, or
+from the run's request), items, items quarantined and dead-lettered, as numbers on the
+automation's own asset, the same keys for all."""
 
 import dagster as dg
 
@@ -16,6 +17,8 @@ def handle_items(context: dg.OpExecutionContext) -> dict:
     requested = record.create_timestamp.timestamp()
     return {
         "latency_later": latency_seconds(context, now=requested + 42.5),
+        "from_arrival": latency_seconds(context, now=requested + 2, arrived=requested - 88),
+        "arrived_later": latency_seconds(context, now=requested, arrived=requested + 5),
         "reported": report_run(context, "sample", items=7, quarantined=2, dead_lettered=1),
     }
 
@@ -28,7 +31,10 @@ def sample_job():
 def test_a_run_reports_its_numbers_on_its_automations_asset(sqlite_instance) -> None:
     result = sample_job.execute_in_process(instance=sqlite_instance)
     assert result.success
-    assert result.output_for_node("handle_items")["latency_later"] == 42.5
+    output = result.output_for_node("handle_items")
+    assert output["latency_later"] == 42.5
+    assert output["from_arrival"] == 90.0  # the item waited 88 s for its run
+    assert output["arrived_later"] == 0.0  # another machine's clock ahead: never negative
     [event] = result.asset_materializations_for_node("handle_items")
     assert event.asset_key == dg.AssetKey(["automations", "sample"]) == automation_key("sample")
     values = {key: value.value for key, value in event.metadata.items()}
@@ -43,5 +49,6 @@ def test_a_run_reports_its_numbers_on_its_automations_asset(sqlite_instance) -> 
         isinstance(v, dg.FloatMetadataValue | dg.IntMetadataValue) for v in event.metadata.values()
     )
     assert "7 item(s) handled, 2 quarantined, 1 dead-lettered" in (event.description or "")
+    assert "from the run's request" in (event.description or "")
     stored = sqlite_instance.fetch_materializations(automation_key("sample"), limit=5).records
     assert len(stored) == 1 and stored[0].run_id == result.run_id

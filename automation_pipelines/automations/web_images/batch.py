@@ -94,12 +94,23 @@ class BatchOutcome:
     removed_outputs: list[str] = field(default_factory=list)
     manifest_entries: int = 0
     superseded: list[str] = field(default_factory=list)  # outputs of replaced sets
+    #: When the earliest of the photos delivered or quarantined arrived (epoch seconds): the
+    #: ctime its file had when read, which its last write or its rename into the inbox set.
+    arrived: float | None = None
 
     def merge(self, other: BatchOutcome) -> None:
         """Add what another part of the same batch did."""
         for name in ("delivered", "quarantined", "waiting", "missing", "repaired", "revisited"):
             getattr(self, name).extend(getattr(other, name))
         self.superseded.extend(other.superseded)
+        arrived = getattr(other, "arrived", None)  # a part kept by an earlier release: none
+        if arrived is not None:
+            self.handled(arrived)
+
+    def handled(self, arrived: float) -> None:
+        """A photo that arrived at `arrived` got its result in this batch."""
+        if self.arrived is None or arrived < self.arrived:
+            self.arrived = arrived
 
 
 def manifest_entry(relative: str, result: ImageResult) -> dict:
@@ -348,7 +359,8 @@ class _Batch:
             try:
                 read = read_source(source, relative)
             except BadImage as exc:
-                self.set_aside(relative, exc.reason, (info.st_size, info.st_mtime_ns))
+                seen = (info.st_size, info.st_mtime_ns)
+                self.set_aside(relative, exc.reason, seen, info.st_ctime_ns)
                 return None
             if (
                 row is not None
@@ -414,6 +426,7 @@ class _Batch:
                     move_into(folders.inbox / job.relative, folders.processed, Path(job.relative))
                 moved.append(job.relative)
                 self.outcome.delivered.append(entry)
+                self.outcome.handled(job.read.changed_ns / 1e9)
         finally:
             self.done(moved)
 
@@ -428,7 +441,7 @@ class _Batch:
                 self.wait(relative, read, reason, until)
                 return
             reason = f"{reason}; unchanged for {grace:.0f} s or more, so not an upload in progress"
-        self.set_aside(relative, reason, (read.size, read.mtime_ns))
+        self.set_aside(relative, reason, (read.size, read.mtime_ns), read.changed_ns)
 
     def wait(self, relative: str, read: SourceFile, reason: str, until: float) -> None:
         note = {"size": read.size, "mtime_ns": read.mtime_ns, "reason": reason, "until": until}
@@ -437,7 +450,7 @@ class _Batch:
         moment = time.strftime("%H:%M:%S UTC", time.gmtime(until))
         self.log.info(f"waiting: {relative} ends early ({reason}); quarantined at {moment}")
 
-    def set_aside(self, relative: str, reason: str, seen: tuple[int, int]) -> None:
+    def set_aside(self, relative: str, reason: str, seen: tuple[int, int], changed_ns: int) -> None:
         folders = self.folders
         quarantine(folders.inbox / relative, folders.quarantine, Path(relative), reason, seen=seen)
         # One open dead letter per file: a re-quarantined file replaces its earlier one.
@@ -445,6 +458,7 @@ class _Batch:
         record_dead_letter(self.engine, AUTOMATION.name, relative, reason)
         waiting_note(folders, relative).unlink(missing_ok=True)
         self.outcome.quarantined.append((relative, reason))
+        self.outcome.handled(changed_ns / 1e9)
         self.log.warning(f"quarantined {relative}: {reason}")
 
     def done(self, relatives: list[str]) -> None:

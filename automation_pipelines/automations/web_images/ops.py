@@ -309,7 +309,13 @@ def _report(context: dg.OpExecutionContext, outcome: BatchOutcome, seconds: floa
             },
         )
     )
-    report_run(context, AUTOMATION.name, items=len(delivered), quarantined=len(quarantined))
+    report_run(
+        context,
+        AUTOMATION.name,
+        items=len(delivered),
+        quarantined=len(quarantined),
+        arrived=outcome.arrived,
+    )
     return summary
 
 

@@ -102,6 +102,7 @@ def load_batch(
         log.info(f"{joined} event(s) that came while the run waited to start joined the batch")
     attempted = inbox.count_attempt(engine, batch, run_id)
     loaded, by_type, dead_rows, refused_count = 0, {}, [], 0
+    arrived = None  # when the earliest event handled reached the receiver
     while True:
         now = time.time()
         checked = None
@@ -110,6 +111,8 @@ def load_batch(
                 rows = inbox.pending_in_batch(conn, batch, limit=chunk_size)
                 if not rows:
                     break
+                first = min(row.received_at for row in rows)
+                arrived = first if arrived is None else min(arrived, first)
                 checked = validate(rows, now)
                 done = _commit(conn, checked.events, run_id, now)
                 inbox.mark_dead(conn, AUTOMATION.name, checked.invalid, now)
@@ -136,6 +139,7 @@ def load_batch(
         "refused_by_database": refused_count,
         "by_type": by_type,
         "dead_rows": dead_rows,
+        "arrived": arrived,
     }
 
 
@@ -191,7 +195,13 @@ def load_events(
             asset_key=WAREHOUSE_ASSET_KEY, description=description, metadata=metadata
         )
     )
-    report_run(context, AUTOMATION.name, items=result["loaded"], dead_lettered=len(dead_rows))
+    report_run(
+        context,
+        AUTOMATION.name,
+        items=result["loaded"],
+        dead_lettered=len(dead_rows),
+        arrived=result["arrived"],
+    )
     return {**summary, "seconds": seconds, "by_type": result["by_type"]}
 
 

@@ -7,6 +7,7 @@ a killed worker are in e2e/test_web_images_celery_e2e.py."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -40,9 +41,14 @@ def test_a_batch_in_parts_delivers_every_photo_once(
     monkeypatch.setenv(execution.STEP_OUTPUTS_ENV, str(steps))
     folders = PhotoFolders(root=str(tmp_path / "photos"), truncated_grace_seconds=0.0)
     names = [f"p{n}.jpg" for n in range(7)]
+    folders.inbox.mkdir(parents=True, exist_ok=True)
+    placing = time.time() - 0.01  # a file's ctime comes from a clock a tick coarser
+    (folders.inbox / "broken.jpg").write_bytes(b"not a photo")
+    first_placed = time.time()
     for name in names:
         photo(folders.inbox / name, 500)
-    (folders.inbox / "broken.jpg").write_bytes(b"not a photo")
+    time.sleep(1)  # the photos wait for their run
+    run_started = time.time()
     result = in_parts_job.execute_in_process(
         instance=sqlite_instance,
         resources={
@@ -74,6 +80,14 @@ def test_a_batch_in_parts_delivers_every_photo_once(
     metadata, numbers = events["web_images"], events["automations/web_images"]
     assert (metadata["images_processed"], metadata["images_quarantined"]) == (7, 1)
     assert (numbers["items"], numbers["items_quarantined"]) == (7, 1)
+    # Latency counts from the first photo's arrival (the quarantined one), not the run's start.
+    assert run_started - first_placed <= numbers["latency_seconds"] <= time.time() - placing
+    [published] = [
+        e
+        for e in result.asset_materializations_for_node(publish_web_images_batch.name)
+        if e.asset_key.to_user_string() == "automations/web_images"
+    ]
+    assert "from the oldest one's arrival" in (published.description or "")
     assert list(folders.output.rglob(".*.tmp")) == []
     assert steps.is_dir() and not (steps / result.run_id).exists()  # the outputs were read
 
