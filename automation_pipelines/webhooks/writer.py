@@ -436,7 +436,7 @@ class InboxWriter(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         await loop.create_unix_connection(lambda: self, sock=ours)
-        # Requests are taken once the writer is there to answer them (it needs a second or so
+        # Requests are taken once the writer is there to answer them (it needs about 0.3 s
         # to start as a new interpreter), so the first senders do not wait on its start.
         await asyncio.wait_for(self._ready, READY_SECONDS)
 
