@@ -4,11 +4,13 @@ Side by side in one run, each with a repository of its own made by the same unti
 `restic init --repository-version 2` (Debian's /usr/bin/restic for both):
 - this backup: `back_up` with the tree as its one FolderSource, then `list_runs` and `restore`
   of the newest run. Its backup time is the whole call: restic's backup plus the project's
-  checks around it (the repository opens, no dead lock, a free run id) and the verification
-  of the new snapshot (its listing is read back and must hold every file and byte restic
-  read). Its restore time includes reading the run list and the snapshot's listing, restic
-  reading every restored file back against the snapshot's hashes (`--verify`), the size check
-  of every file and its rename into place;
+  checks around it (the repository opens, no dead lock, a free run id: the bench's
+  repository holds only this backup's snapshots, so the id comes from what this host knows of
+  them, without restic) and the verification of the new snapshot (its listing is read back
+  and must hold every file and byte restic read). Its restore time includes reading the run
+  list (from what this host knows, as for a restore on the host that made the backups),
+  restic reading every restored file back against the snapshot's hashes (`--verify`), the
+  size check of every file and its rename into place;
 - plain restic, as a user types it in the tree's folder: `restic backup --json --quiet
   --compression auto .` (the flags this project passes, without its two tags) and `restic
   restore latest --target <empty folder> --verify` (the verification this project's restore

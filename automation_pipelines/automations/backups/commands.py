@@ -25,7 +25,9 @@ def settings(args: argparse.Namespace) -> BackupSettings:
     return found
 
 
-def _runs(config: BackupSettings) -> tuple[Repository | None, list[engine.Run]]:
+def _runs(
+    config: BackupSettings, *, known_here: bool = True
+) -> tuple[Repository | None, list[engine.Run]]:
     """The repository's runs, or none when the destination holds no repository yet."""
     local = config.local_destination
     if local is not None and not local.is_dir():
@@ -33,7 +35,7 @@ def _runs(config: BackupSettings) -> tuple[Repository | None, list[engine.Run]]:
     if local is not None and not (Path(config.repository_location) / "config").exists():
         return None, []
     repo = config.open_repository()
-    return repo, engine.list_runs(repo)
+    return repo, engine.list_runs(repo, known_here=known_here)
 
 
 def _archives(config: BackupSettings) -> list[archives.Snapshot]:
@@ -45,7 +47,8 @@ def list_command(args: argparse.Namespace) -> int:
     """Runs and archives, newest first; with --files, what one of them holds."""
     try:
         config = settings(args)
-        repo, runs = _runs(config)
+        # Listed by restic, which also shows that the configured password opens the repository.
+        repo, runs = _runs(config, known_here=False)
         old = _archives(config)
         if args.files:
             run = next((r for r in runs if r.id == args.files), None)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from automation_pipelines.automations.backups import snapshots as archives
+from automation_pipelines.automations.backups.known_snapshots import KnownSnapshots
 from automation_pipelines.automations.backups.restic import (
     Lock,
     Repository,
@@ -145,15 +146,20 @@ def _free_run_id(taken: set[str | None], moment: datetime) -> tuple[str, datetim
     return archives.snapshot_id(moment), moment
 
 
-def _verify(repo: Repository, name: str, snapshot: str, files: int, size: int) -> None:
-    """The new snapshot's tree loads and holds what restic read: its file count and bytes."""
-    nodes = [n for n in repo.ls(snapshot) if n.get("type") == "file"]
+def _verify(
+    repo: Repository, name: str, snapshot: str, files: int, size: int
+) -> ResticSnapshot | None:
+    """The new snapshot's tree loads and holds what restic read: its file count and bytes.
+    Returns the snapshot as restic lists it."""
+    made, nodes = repo.listing(snapshot)
+    nodes = [n for n in nodes if n.get("type") == "file"]
     found = sum(int(n.get("size", 0)) for n in nodes)
     if len(nodes) != files or found != size:
         raise BackupError(
             f"source {name!r}: the new snapshot {snapshot[:8]} lists {len(nodes):,} file(s) and "
             f"{found:,} bytes, but {files:,} file(s) and {size:,} bytes were read"
         )
+    return made
 
 
 class _Prefixed:
@@ -264,33 +270,48 @@ def back_up(
         check_destination(destination)
     start = now or _utcnow()
     # Every restic command pays for deriving the key (about half a second here). A local
-    # repository that exists is listed (for a free run id) after the backup, beside the
-    # verification of the new snapshots; should the id turn out taken, the new snapshots are
-    # forgotten and made again under a free one.
-    known = not is_remote(repo.location) and (Path(repo.location) / "config").is_file()
+    # repository that exists is not opened for a free run id: its snapshots are known on this
+    # host (see known_snapshots), or it is listed after the backup, beside the verification of
+    # the new snapshots; should the id turn out taken, the new snapshots are forgotten and made
+    # again under a free one.
+    local = not is_remote(repo.location)
+    known = local and (Path(repo.location) / "config").is_file()
     existing = None if known else _open_or_init(repo)
+    ledger = KnownSnapshots.of(repo.location, repo.cache_dir) if local else None
+    if ledger and existing is not None:
+        ledger.record(existing)
     removed = clear_dead_locks(repo)
+    if existing is None and ledger:
+        existing = ledger.snapshots()
     taken = {s.tag(RUN) for s in existing or ()}
+    listed = existing is not None and not known
     run_id, moment = _free_run_id(taken, start)
     while True:
         reports = _back_up_sources(repo, sources, run_id, moment)
         new = [r for r in reports if "snapshot" in r]
+        ours = {r["snapshot"][:8] for r in new}
+        if not listed:
+            # Read again after the backup: another host may have added one meanwhile.
+            existing = ledger.snapshots(ignoring=ours) if ledger else None
         with ThreadPoolExecutor(max_workers=len(new) + 1) as pool:
             listing = pool.submit(repo.snapshots) if existing is None else None
             checks = [
                 pool.submit(_verify, repo, r["name"], r["snapshot"], r["files"], r["bytes"])
                 for r in new
             ]
-            for check in checks:
-                check.result()
+            verified = [check.result() for check in checks]
             if listing is not None:
-                ours = {r["snapshot"][:8] for r in new}
                 existing = [s for s in listing.result() if s.short_id not in ours]
-                taken = {s.tag(RUN) for s in existing}
+                listed = True
+                if ledger:
+                    ledger.record(existing)
+            taken = {s.tag(RUN) for s in existing or ()}
         if run_id not in taken:
             break
         repo.forget_ids(*(r["snapshot"] for r in new))
         run_id, moment = _free_run_id(taken, start)
+    if ledger:
+        ledger.record(snapshot for snapshot in verified if snapshot is not None)
     made = {r["name"]: r["snapshot"] for r in reports if "snapshot" in r}
     return BackupResult(
         run_id=run_id,
@@ -334,10 +355,19 @@ def apply_retention(
     return [ident[:8] for ident in removed]
 
 
-def list_runs(repo: Repository) -> list[Run]:
-    """Runs, newest first; a snapshot without a run tag (made by hand) is a run of its own."""
+def list_runs(repo: Repository, *, known_here: bool = True) -> list[Run]:
+    """Runs, newest first; a snapshot without a run tag (made by hand) is a run of its own.
+    With `known_here`, a local repository whose snapshots this host has all read is listed
+    without restic (no key to derive); without it, restic lists them (and so proves the
+    password)."""
+    ledger = None if is_remote(repo.location) else KnownSnapshots.of(repo.location, repo.cache_dir)
+    listed = ledger.snapshots() if ledger and known_here else None
+    if listed is None:
+        listed = repo.snapshots()
+        if ledger:
+            ledger.record(listed)
     grouped: dict[str, list[ResticSnapshot]] = {}
-    for snap in repo.snapshots():
+    for snap in listed:
         grouped.setdefault(snap.tag(RUN) or snap.short_id, []).append(snap)
     runs = [Run(key, min(s.time for s in snaps), tuple(snaps)) for key, snaps in grouped.items()]
     return sorted(runs, key=lambda r: r.time, reverse=True)

@@ -180,6 +180,16 @@ class ResticSnapshot:
         return None
 
 
+def _snapshot(item: dict) -> ResticSnapshot:
+    return ResticSnapshot(
+        id=item["id"],
+        time=parse_time(item["time"]),
+        tags=tuple(item.get("tags") or ()),
+        paths=tuple(item.get("paths") or ()),
+        hostname=item.get("hostname", ""),
+    )
+
+
 @dataclass(frozen=True)
 class Lock:
     """A lock file in the repository: who holds it and since when."""
@@ -293,21 +303,28 @@ class Repository:
                     f"{self.binary} is not installed (Debian's package restic; `make install`)"
                 ) from None
             watch = _Watch(self, process)
+            # A timer kills restic at the limit, so the wait below blocks in waitpid and returns
+            # the moment restic exits (a wait with a timeout polls, up to 50 ms late each time).
+            expired = threading.Event()
+            timer = threading.Timer(limit, lambda: (expired.set(), process.kill()))
+            timer.daemon = True
+            timer.start()
             count = 0
             try:
                 if feed is not None:
                     count = _feed(feed, process.stdin)
-                returncode = process.wait(timeout=limit)
-            except subprocess.TimeoutExpired:
-                raise ResticError(
-                    f"repository {self.location}: restic {_verb(args)} did not finish "
-                    f"within {limit:g} s"
-                ) from None
+                returncode = process.wait()
             finally:
+                timer.cancel()
                 if process.poll() is None:
                     process.kill()
                     process.wait()
                 watch.join()
+            if expired.is_set():
+                raise ResticError(
+                    f"repository {self.location}: restic {_verb(args)} did not finish "
+                    f"within {limit:g} s"
+                )
             if watch.full:
                 raise DestinationFull(f"repository {self.location}: {watch.full}")
             out.seek(0)
@@ -495,21 +512,18 @@ class Repository:
         """Snapshots, oldest first (restic's order); with tags, only those carrying any of them."""
         args = [arg for tag in tags for arg in ("--tag", tag)]
         [listed] = self.json_lines("snapshots", "--no-lock", *args, timeout=600) or [[]]
-        return [
-            ResticSnapshot(
-                id=item["id"],
-                time=parse_time(item["time"]),
-                tags=tuple(item.get("tags") or ()),
-                paths=tuple(item.get("paths") or ()),
-                hostname=item.get("hostname", ""),
-            )
-            for item in listed or []
-        ]
+        return [_snapshot(item) for item in listed or []]
 
     def ls(self, snapshot: str) -> list[dict]:
         """Every node of a snapshot (files, folders, links) with path, size and mtime."""
-        nodes = self.json_lines("ls", "--no-lock", snapshot, timeout=1800)
-        return [n for n in nodes if n.get("struct_type") == "node"]
+        return self.listing(snapshot)[1]
+
+    def listing(self, snapshot: str) -> tuple[ResticSnapshot | None, list[dict]]:
+        """The snapshot as `restic snapshots` would list it, and every node of it."""
+        lines = self.json_lines("ls", "--no-lock", snapshot, timeout=1800)
+        lines = [line for line in lines if isinstance(line, dict)]
+        found = [_snapshot(line) for line in lines if line.get("struct_type") == "snapshot"]
+        return (found or [None])[0], [n for n in lines if n.get("struct_type") == "node"]
 
     # -- Backup -----------------------------------------------------------------------------
 

@@ -178,3 +178,20 @@ def test_missing_destination_exits_1(tmp_path: Path, restic_env: str) -> None:
 
     assert done.returncode == 1
     assert f"destination {tmp_path / 'gone'} does not exist" in done.stderr
+
+
+def test_a_wrong_password_is_named_by_list_and_restore(backed_up, tmp_path: Path) -> None:
+    """This host knows the repository's snapshots (the backup just read them), yet neither
+    command gets past restic without the password that opens it."""
+    destination, _tree, _database, _made = backed_up
+    wrong = {"BACKUP_RESTIC_PASSWORD": "Not-The-Password-1234", "BACKUP_RESTIC_PASSWORD_FILE": ""}
+
+    listed = cli("list", "--destination", str(destination), env=wrong)
+    restored = cli(
+        "restore", "--destination", str(destination), "--to", str(tmp_path / "r"), env=wrong
+    )
+
+    for done in (listed, restored):
+        assert done.returncode == 1, done.stdout
+        assert "does not open with the configured password" in done.stderr
+    assert not (tmp_path / "r").exists()

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from automation_pipelines.automations.backups import engine
-from automation_pipelines.automations.backups.restic import Repository
+from automation_pipelines.automations.backups.known_snapshots import KnownSnapshots
+from automation_pipelines.automations.backups.restic import Repository, ResticError
 from automation_pipelines.automations.backups.sources import (
     BackupError,
     DestinationMissing,
@@ -244,13 +245,114 @@ def test_two_backups_in_the_same_second_take_consecutive_run_ids(repo, destinati
     assert [s.short_id for s in runs[first.run_id].snapshots] == [first.snapshots["p"][:8]]
 
 
+class CountsOpens(Repository):
+    """A repository that counts the restic commands run against it, by their verb."""
+
+    opened: list[str]
+
+    def run(self, *args: str, **kwargs):
+        verb = next(a for a in args if not a.startswith("-"))
+        self.opened.append(verb)
+        return super().run(*args, **kwargs)
+
+
+def counting(repo: Repository) -> CountsOpens:
+    counted = CountsOpens(repo.location, password=repo.password)
+    object.__setattr__(counted, "opened", [])
+    return counted
+
+
+def hand_made_snapshot(repo: Repository, folder: Path, *tags: str) -> None:
+    """A snapshot made with the plain restic CLI (another host's run, one made by hand)."""
+    args = [arg for tag in tags for arg in ("--tag", tag)]
+    subprocess.run(
+        ["restic", "--repo", repo.location, "backup", "--quiet", *args, "."],
+        cwd=folder,
+        env=repo.env(),
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_backup_whose_repository_this_host_knows_opens_it_only_to_back_up_and_verify(
+    repo, destination, tmp_path
+):
+    tree = make_tree(tmp_path / "p", files=3)
+    moment = datetime(2026, 12, 1, 2, 0, 0, tzinfo=UTC)
+    first = engine.back_up(repo, [FolderSource("p", tree)], destination=destination, now=moment)
+    counted = counting(repo)
+
+    second = engine.back_up(counted, [FolderSource("p", tree)], destination=destination, now=moment)
+
+    # restic backup, then restic ls of the new snapshot: no `restic snapshots` for a run id.
+    assert counted.opened == ["backup", "ls"]
+    assert (first.run_id, second.run_id) == ("20261201T020000Z", "20261201T020001Z")
+    assert [run.id for run in engine.list_runs(repo)] == [second.run_id, first.run_id]
+
+
+def test_a_snapshot_this_host_has_not_seen_sends_the_backup_to_restics_list(
+    repo, destination, tmp_path
+):
+    tree = make_tree(tmp_path / "p", files=3)
+    moment = datetime(2026, 12, 1, 2, 0, 0, tzinfo=UTC)
+    engine.back_up(repo, [FolderSource("p", tree)], destination=destination, now=moment)
+    hand_made_snapshot(repo, tree, "source:p", "run:20261201T020001Z")  # another host's run
+    hand_made_snapshot(repo, tree)  # by hand, no run at all
+    counted = counting(repo)
+
+    third = engine.back_up(counted, [FolderSource("p", tree)], destination=destination, now=moment)
+
+    assert third.run_id == "20261201T020002Z"
+    assert counted.opened.count("snapshots") == 1
+    # Now known here: the next backup in the same second needs no list.
+    counted.opened.clear()
+    fourth = engine.back_up(counted, [FolderSource("p", tree)], destination=destination, now=moment)
+    assert fourth.run_id == "20261201T020003Z"
+    assert counted.opened == ["backup", "ls"]
+
+
+def test_the_host_that_backed_up_lists_the_runs_without_restic(repo, destination, tmp_path):
+    tree = make_tree(tmp_path / "p", files=3)
+    made = engine.back_up(repo, [FolderSource("p", tree)], destination=destination)
+    counted = counting(repo)
+
+    assert [run.id for run in engine.list_runs(counted)] == [made.run_id]
+    assert counted.opened == []
+    # Asked of restic when the caller wants the password proven, or the repository changed.
+    assert [run.id for run in engine.list_runs(counted, known_here=False)] == [made.run_id]
+    assert counted.opened == ["snapshots"]
+    hand_made_snapshot(repo, tree)
+    runs = engine.list_runs(counted)
+    assert counted.opened == ["snapshots", "snapshots"] and len(runs) == 2
+    assert engine.list_runs(counted) == runs and len(counted.opened) == 2
+    # And a restore from the list reads every file back all the same.
+    restored = engine.restore(counted, runs[-1], tmp_path / "r")
+    assert counted.opened[2:] == ["restore"] and restored.files
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'["a list"]', b'{"0123abcd": 7}', b""])
+def test_a_damaged_ledger_of_snapshots_only_costs_a_list(repo, destination, tmp_path, damage):
+    tree = make_tree(tmp_path / "p", files=3)
+    moment = datetime(2026, 12, 1, 2, 0, 0, tzinfo=UTC)
+    engine.back_up(repo, [FolderSource("p", tree)], destination=destination, now=moment)
+    ledger = KnownSnapshots.of(repo.location, repo.cache_dir).ledger
+    assert ledger.is_file()
+    ledger.write_bytes(damage)
+    counted = counting(repo)
+
+    second = engine.back_up(counted, [FolderSource("p", tree)], destination=destination, now=moment)
+
+    assert second.run_id == "20261201T020001Z"
+    assert counted.opened.count("snapshots") == 1
+
+
 class LosesAFile(Repository):
     """A repository whose new snapshot lists one file fewer than restic read."""
 
-    def ls(self, snapshot: str) -> list[dict]:
-        nodes = super().ls(snapshot)
+    def listing(self, snapshot: str):
+        made, nodes = super().listing(snapshot)
         first = next(n for n in nodes if n.get("type") == "file")
-        return [n for n in nodes if n is not first]
+        return made, [n for n in nodes if n is not first]
 
 
 def test_a_snapshot_that_does_not_hold_what_was_read_fails_the_backup(repo, destination, tmp_path):
@@ -321,7 +423,8 @@ RESTORE_SCRIPT = """
 import sys
 from pathlib import Path
 from automation_pipelines.automations.backups import engine
-from automation_pipelines.automations.backups.restic import Repository
+from automation_pipelines.automations.backups.restic import Repository, ResticError
+from automation_pipelines.automations.backups.known_snapshots import KnownSnapshots
 repo = Repository(sys.argv[1], password=sys.argv[3])
 engine.restore(repo, engine.list_runs(repo)[0], Path(sys.argv[2]))
 """
@@ -361,3 +464,22 @@ def test_a_restore_killed_midway_leaves_its_work_folder_to_the_next_one(
     assert len(done.files) == 40 and not left.exists()
     assert sorted(target.glob(".restoring-*")) == sorted([alive, elsewhere])
     assert all((target / "p" / p.name).read_bytes() == p.read_bytes() for p in tree.iterdir())
+
+
+def test_a_restic_that_hangs_is_stopped_at_its_time_limit(tmp_path) -> None:
+    """Also while a stream is being fed to it (a pg_dump into `backup --stdin`)."""
+    hung = tmp_path / "restic"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")  # reads nothing, never exits
+    hung.chmod(0o755)
+    repo = Repository(str(tmp_path / "repo"), password="x", binary=str(hung), timeout_seconds=1)
+
+    class Endless:
+        def read(self, size: int) -> bytes:
+            return b"\0" * size
+
+    began = time.monotonic()
+    with pytest.raises(ResticError, match=r"restic check did not finish within 1 s"):
+        repo.run("check")
+    with pytest.raises(ResticError, match=r"restic backup did not finish within 1 s"):
+        repo.backup_stream(Endless(), "db.dump", ["source:db"])
+    assert time.monotonic() - began < 30
