@@ -274,17 +274,16 @@ def back_up(
     # host (see known_snapshots), or it is listed after the backup, beside the verification of
     # the new snapshots; should the id turn out taken, the new snapshots are forgotten and made
     # again under a free one.
-    local = not is_remote(repo.location)
-    known = local and (Path(repo.location) / "config").is_file()
+    known = not is_remote(repo.location) and (Path(repo.location) / "config").is_file()
     existing = None if known else _open_or_init(repo)
-    ledger = KnownSnapshots.of(repo.location, repo.cache_dir) if local else None
+    ledger = KnownSnapshots.of(repo)
     if ledger and existing is not None:
         ledger.record(existing)
     removed = clear_dead_locks(repo)
     if existing is None and ledger:
         existing = ledger.snapshots()
     taken = {s.tag(RUN) for s in existing or ()}
-    listed = existing is not None and not known
+    listed = not known  # by restic, just now: no second look needed after the backup
     run_id, moment = _free_run_id(taken, start)
     while True:
         reports = _back_up_sources(repo, sources, run_id, moment)
@@ -360,7 +359,7 @@ def list_runs(repo: Repository, *, known_here: bool = True) -> list[Run]:
     With `known_here`, a local repository whose snapshots this host has all read is listed
     without restic (no key to derive); without it, restic lists them (and so proves the
     password)."""
-    ledger = None if is_remote(repo.location) else KnownSnapshots.of(repo.location, repo.cache_dir)
+    ledger = KnownSnapshots.of(repo)
     listed = ledger.snapshots() if ledger and known_here else None
     if listed is None:
         listed = repo.snapshots()

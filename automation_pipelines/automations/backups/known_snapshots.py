@@ -20,7 +20,12 @@ import tempfile
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from automation_pipelines.automations.backups.restic import ResticSnapshot, parse_time
+from automation_pipelines.automations.backups.restic import (
+    Repository,
+    ResticSnapshot,
+    is_remote,
+    parse_time,
+)
 
 FOLDER = "automation-pipelines-snapshots"
 
@@ -33,14 +38,17 @@ class KnownSnapshots:
         self.ledger = ledger
 
     @classmethod
-    def of(cls, repository: str, cache_dir: str | None) -> KnownSnapshots | None:
+    def of(cls, repo: Repository) -> KnownSnapshots | None:
         """The ledger of a local repository: beside restic's cache when one is configured,
-        else in the user's cache folder; None when there is no home to hold it."""
-        path = Path(repository).absolute()
+        else in the user's cache folder; None for a remote one, or when there is no home to
+        hold it."""
+        if is_remote(repo.location):
+            return None
+        path = Path(repo.location).absolute()
         try:
             base = (
-                Path(cache_dir)
-                if cache_dir
+                Path(repo.cache_dir)
+                if repo.cache_dir
                 else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
             )
         except RuntimeError:  # no home folder to be found

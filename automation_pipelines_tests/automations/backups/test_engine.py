@@ -335,7 +335,7 @@ def test_a_damaged_ledger_of_snapshots_only_costs_a_list(repo, destination, tmp_
     tree = make_tree(tmp_path / "p", files=3)
     moment = datetime(2026, 12, 1, 2, 0, 0, tzinfo=UTC)
     engine.back_up(repo, [FolderSource("p", tree)], destination=destination, now=moment)
-    ledger = KnownSnapshots.of(repo.location, repo.cache_dir).ledger
+    ledger = KnownSnapshots.of(repo).ledger
     assert ledger.is_file()
     ledger.write_bytes(damage)
     counted = counting(repo)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from automation_pipelines.automations.backups.known_snapshots import KnownSnapshots
-from automation_pipelines.automations.backups.restic import ResticSnapshot
+from automation_pipelines.automations.backups.restic import Repository, ResticSnapshot
 
 names = st.text("0123456789abcdef", min_size=64, max_size=64)
 START = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
@@ -35,7 +35,7 @@ snapshots = st.builds(
 
 def ledger_in(folder: Path) -> KnownSnapshots:
     (folder / "repo" / "snapshots").mkdir(parents=True)
-    known = KnownSnapshots.of(str(folder / "repo"), str(folder / "cache"))
+    known = KnownSnapshots.of(Repository(str(folder / "repo"), cache_dir=str(folder / "cache")))
     assert known is not None
     return known
 
@@ -114,7 +114,9 @@ def test_a_short_id_naming_two_files_is_not_guessed(tmp_path) -> None:
 
 
 def test_a_missing_snapshots_folder_means_ask_restic(tmp_path) -> None:
-    known = KnownSnapshots.of(str(tmp_path / "nowhere"), str(tmp_path / "cache"))
+    known = KnownSnapshots.of(
+        Repository(str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"))
+    )
     assert known is not None and known.snapshots() is None
     known.record([ResticSnapshot("a" * 64, START, (), (), "vm")])  # nothing to record against
     assert not known.ledger.exists()
