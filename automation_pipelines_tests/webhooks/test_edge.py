@@ -11,6 +11,7 @@ answered 202 (e2e)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import select
 import socket
@@ -27,7 +28,7 @@ import uvicorn
 from automation_pipelines import settings
 from automation_pipelines.reliability import store
 from automation_pipelines.webhooks.app import DEFAULT_WORKERS, create_app, server_config
-from automation_pipelines.webhooks.edge import EdgeLimits
+from automation_pipelines.webhooks.edge import EdgeLimits, OneSendPerTurn
 from automation_pipelines.webhooks.probes import (
     STALLED_REQUEST,
     StalledConnections,
@@ -453,3 +454,139 @@ def test_thousands_of_stalled_connections_starve_no_signed_sender(tmp_path: Path
         assert statuses and set(statuses) == {202}, (statuses, reopened, stalled.answers)
         assert served.post("after")[0] == 202
         assert set(served.inbox()) == {delivery for delivery, _ in outcomes} | {"after"}
+
+
+class RecordingTransport:
+    """A connection's transport that records what the protocol does with it, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.closing = False
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 3001)}.get(
+            name, default
+        )
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "written after close"
+        self.calls.append(("write", bytes(data)))
+
+    def close(self) -> None:
+        self.calls.append(("close", b""))
+        self.closing = True
+
+    def abort(self) -> None:
+        self.calls.append(("abort", b""))
+        self.closing = True
+
+    def write_eof(self) -> None:
+        self.calls.append(("write_eof", b""))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    @property
+    def writes(self) -> list[bytes]:
+        return [data for call, data in self.calls if call == "write"]
+
+
+def unknown_source_request(close: bool) -> bytes:
+    fields = "Host: x\r\nContent-Length: 2\r\n" + ("Connection: close\r\n" if close else "")
+    return f"POST /hooks/nowhere HTTP/1.1\r\n{fields}\r\n{{}}".encode()
+
+
+def answers_in(data: bytes) -> list[bytes]:
+    """The whole HTTP answers in `data`, each head with its body."""
+    answers = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        answers.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return answers
+
+
+@pytest.mark.parametrize("pipelined", [1, 3])
+def test_each_answer_leaves_in_one_send(tmp_path: Path, pipelined: int) -> None:
+    """The receiver's protocol, with the receiver's app, sends each answer (head and body) in
+    one write to the connection, and requests that came together are answered together in
+    order; a `Connection: close` answer is sent before the connection closes. uvicorn alone
+    writes a head and its body apart: two sends, two packets, two wake-ups of the client."""
+    from uvicorn.server import ServerState
+
+    app = create_app(f"sqlite:///{tmp_path / 'project.db'}", webhook_sources())
+    config = server_config(app, "127.0.0.1", 0, EdgeLimits(), log_level="warning", loop="asyncio")
+    config.load()
+    transport = RecordingTransport()
+
+    async def converse() -> None:
+        protocol = config.http_protocol_class(
+            config=config, server_state=ServerState(), app_state={}
+        )
+        protocol.connection_made(transport)
+        requests = [unknown_source_request(close=i == pipelined - 1) for i in range(pipelined)]
+        protocol.data_received(b"".join(requests))
+        for _ in range(200):
+            if transport.closing:
+                break
+            await asyncio.sleep(0.01)
+        protocol.connection_lost(None)
+
+    asyncio.run(converse())
+    assert transport.calls[-1] == ("close", b""), transport.calls
+    # One write per turn of the loop that answered: never a head without its body.
+    assert all(data.endswith(b"}") for data in transport.writes), transport.writes
+    assert len(transport.writes) <= pipelined
+    answers = [answer for data in transport.writes for answer in answers_in(data)]
+    assert len(answers) == pipelined, transport.calls
+    assert all(status_of(answer) == 404 and b"unknown source" in answer for answer in answers)
+    store.dispose_all()
+
+
+def test_a_joined_send_keeps_order_and_every_byte() -> None:
+    """What one turn writes goes out once, whole and in order, right after the turn; a closing,
+    or the end of the output, first sends what is held; an abort sends nothing more; a buffer
+    the caller changes after writing it is sent as it was."""
+
+    async def scenario() -> list[list[tuple[str, bytes]]]:
+        loop = asyncio.get_running_loop()
+        seen = []
+        for ending in ("close", "write_eof", "abort", "turn"):
+            transport = RecordingTransport()
+            joined = OneSendPerTurn(transport, loop)
+            buffer = bytearray(b"head|")
+            joined.write(buffer)
+            buffer[:] = b"XXXX|"
+            joined.write(b"")
+            joined.writelines([b"body|", memoryview(b"tail")])
+            assert transport.calls == []  # nothing leaves within the turn
+            if ending == "turn":
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            else:
+                getattr(joined, ending)()
+            await asyncio.sleep(0)
+            joined.write(b"late")  # after a close or an abort: never sent
+            await asyncio.sleep(0)
+            seen.append(transport.calls)
+        return seen
+
+    closed, ended, aborted, turned = asyncio.run(scenario())
+    assert closed == [("write", b"head|body|tail"), ("close", b"")]
+    assert ended[:2] == [("write", b"head|body|tail"), ("write_eof", b"")]
+    assert aborted == [("abort", b"")]
+    assert turned == [("write", b"head|body|tail"), ("write", b"late")]
