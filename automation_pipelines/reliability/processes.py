@@ -89,10 +89,11 @@ def run_forked(
     SIGKILL after `grace` seconds) and returns 0. A worker that exits on its own, however it
     ends, stops the others and returns 1: whatever supervises this process then restarts the
     whole, and nothing runs short-handed unnoticed. Each worker dies with this process. The
-    signals in `forward` are passed on to every worker, which ignores them until `target` sets
-    a handler of its own. `forked` is called in this process once every worker is started
-    (to close what only the workers should hold). `names` name the workers in the log
-    ("worker 2 of 3" otherwise).
+    signals in `forward` are passed on to every worker, which holds them blocked until `target`
+    has set a handler of its own and unblocks them (`signal.pthread_sigmask`): one that comes
+    while a worker is still starting is delivered then, not lost. `forked` is called in this
+    process once every worker is started (to close what only the workers should hold). `names`
+    name the workers in the log ("worker 2 of 3" otherwise).
     """
     parent = os.getpid()
     alive: dict[int, int] = {}
@@ -106,8 +107,8 @@ def run_forked(
             code = 1
             try:
                 die_with_parent(parent)
-                for sig in forward:
-                    signal.signal(sig, signal.SIG_IGN)
+                if forward:
+                    signal.pthread_sigmask(signal.SIG_BLOCK, forward)
                 code = target(number)
             except BaseException:
                 log.exception("%s failed", name(number))

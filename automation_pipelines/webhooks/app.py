@@ -309,6 +309,9 @@ def create_app(
             # Only the main thread may take signals (the tests serve from other threads).
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_sources)
+                # `serve` holds SIGHUP blocked while the process starts: one sent meanwhile
+                # is taken now instead of being lost (or, by default, ending the process).
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         await writer.start()
         try:
             yield
@@ -356,6 +359,8 @@ def serve(
     limits = EdgeLimits.from_settings()  # a bad value stops the start, not each worker
     listening = socket.socket(fileno=fd) if fd is not None else None
     if workers <= 1:
+        # Until the app takes SIGHUP (in its lifespan), a SIGHUP waits instead of ending it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         return _serve_here(host, port, database_url, max_group, listening, limits)
     if listening is None:  # bound before the fork, so the workers share it (IPv6 too)
         listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()

@@ -193,3 +193,58 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(forked) -> None
     assert parent.wait(timeout=10) == 0
     assert time.monotonic() - began >= 1.0
     assert _gone(workers)
+
+
+FORWARDING = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    from automation_pipelines.reliability.processes import run_forked
+
+    marks = Path(sys.argv[1])
+
+    def work(_number):
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        Path(marks, f"started-{os.getpid()}").touch()
+        while not Path(marks, "go").exists():  # still starting, no SIGHUP handler yet
+            time.sleep(0.05)
+        signal.signal(signal.SIGHUP, lambda *_: Path(marks, f"hup-{os.getpid()}").touch())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        while True:
+            time.sleep(0.1)
+
+    sys.exit(run_forked(2, work, grace=1.0, forward=(signal.SIGHUP,)))
+    """
+)
+
+
+def test_a_forwarded_signal_that_comes_while_a_worker_starts_is_taken_once_it_is_ready(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP to the parent while its workers have no handler for it yet (a receiver still
+    starting): each worker takes it once its handler is set, instead of losing it; later ones
+    reach the handler at once."""
+    script = tmp_path / "forwarding.py"
+    script.write_text(FORWARDING)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    parent = subprocess.Popen([sys.executable, str(script), str(marks)])
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(marks.glob("started-*"))) < 2:
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        workers = sorted(int(p.name.split("-")[1]) for p in marks.glob("started-*"))
+        parent.send_signal(signal.SIGHUP)
+        time.sleep(0.5)  # forwarded to both workers, which are still starting
+        assert parent.poll() is None and all(psutil.pid_exists(pid) for pid in workers)
+        assert not list(marks.glob("hup-*"))
+        (marks / "go").touch()
+        while len(list(marks.glob("hup-*"))) < 2:
+            assert time.monotonic() < deadline, f"taken by {list(marks.glob('hup-*'))} only"
+            time.sleep(0.05)
+        assert sorted(int(p.name.split("-")[1]) for p in marks.glob("hup-*")) == workers
+    finally:
+        parent.terminate()
+        parent.wait(timeout=30)
+    assert parent.returncode == 0
