@@ -9,7 +9,6 @@ of the automation records its numbers on the same asset (`reliability.numbers`),
 and dead-lettered.
 """
 
-import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -51,12 +50,7 @@ def automation_asset(name: str, owner: str) -> dg.AssetSpec:
 def _watchdog_first_seen(instance: dg.DagsterInstance) -> dict[str, float]:
     """When the watchdog began watching each job and trigger (its cursor), so that the check
     run by hand judges as its last tick did."""
-    for state in instance.all_instigator_state():
-        if state.instigator_name == watchdog.WATCHDOG_SENSOR and state.instigator_data:
-            cursor = getattr(state.instigator_data, "cursor", None)
-            if cursor:
-                return dict(json.loads(cursor).get("first_seen", {}))
-    return {}
+    return dict(watchdog.sensor_cursor(instance).get("first_seen", {}))
 
 
 def evaluate_now(

@@ -2,10 +2,12 @@
 
 A watchdog that needs the daemon to deliver its alert is not a watchdog. This one reads the
 instance itself, records each finding in the outbox (so the daemon, once back, does not send it
-again) and delivers it at once through apprise, pings the dead-man's switch (`/fail` with the
-findings as the body), and sends a recovery notice when the daemon is back. When the instance
-cannot be read at all (PostgreSQL down, settings missing) it alerts straight through apprise,
-once per outage, with a marker file in the instance home standing in for the outbox.
+again) and delivers it at once through apprise, shows it as every automation's health in the UI
+(the watchdog sensor, dead with the daemon, would leave there what it last set), pings the
+dead-man's switch (`/fail` with the findings as the body), and sends a recovery notice when the
+daemon is back. When the instance cannot be read at all (PostgreSQL down, settings missing) it
+alerts straight through apprise, once per outage, with a marker file in the instance home
+standing in for the outbox.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from automation_pipelines.instance import home_path, instance_home
 from automation_pipelines.monitoring.watchdog import (
     MONITORING_OWNER,
     OUTSIDE_KINDS,
+    automations_in_ui,
     check_from_outside,
     report,
 )
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.alerts import AlertRouter, DeliveryReport, Outbox
 from automation_pipelines.reliability.conditions import Finding
+from automation_pipelines.reliability.health import report_health, unwatched
 from automation_pipelines.reliability.routes import send_apprise
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.settings import ConfigurationError
@@ -73,6 +77,7 @@ def check(
             outcome.findings = check_from_outside(
                 instance, now, max_heartbeat_age, max_watchdog_age
             )
+            outcome.lines += show_in_ui(instance, outcome.findings, now)
         finally:
             instance.dispose()
     except Exception as error:  # unreadable for whatever reason: that is the finding
@@ -92,6 +97,21 @@ def check(
     if outcome.healthy:
         outcome.lines.append("✓ daemon heartbeats and the watchdog sensor are current")
     return outcome
+
+
+def show_in_ui(instance: dg.DagsterInstance, findings: Sequence[Finding], now: float) -> list[str]:
+    """While the daemon, or the watchdog sensor in it, is down, the health the UI shows is what
+    the sensor set before it stopped (often "healthy"): each automation's check says what is
+    down instead, until the sensor's next tick sets it again. Return what went wrong, if
+    anything, as lines to print; the alert goes out whatever happens here."""
+    down = next((finding for finding in findings if finding.kind in OUTSIDE_KINDS), None)
+    if down is None:
+        return []
+    try:
+        report_health(instance, unwatched(automations_in_ui(instance), down), None, now)
+    except Exception as error:  # the alert matters more than the UI
+        return [f"✗ the UI's health could not be set: {type(error).__name__}: {error}"]
+    return []
 
 
 def deliver_now(outbox: Outbox, budget_seconds: float) -> DeliveryReport:

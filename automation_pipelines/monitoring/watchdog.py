@@ -31,6 +31,7 @@ from automation_pipelines.reliability.automation import (
 )
 from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.health import Health, health_of, report_health
+from automation_pipelines.reliability.numbers import AUTOMATION_ASSET_PREFIX
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
     EXPECT_MAX_RUNS_KEY,
@@ -425,6 +426,24 @@ def watchdog_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
 
 
 OUTSIDE_KINDS = frozenset({"daemon_down", "watchdog_silent"})
+
+
+def sensor_cursor(instance: dg.DagsterInstance) -> dict:
+    """The watchdog sensor's cursor as its last tick left it in the instance ({} if none)."""
+    for state in instance.all_instigator_state():
+        if state.instigator_name == WATCHDOG_SENSOR and state.instigator_data:
+            cursor = getattr(state.instigator_data, "cursor", None)
+            if cursor:
+                return json.loads(cursor)
+    return {}
+
+
+def automations_in_ui(instance: dg.DagsterInstance) -> list[str]:
+    """The automations whose health the UI shows: those the watchdog sensor has set it for,
+    and those whose runs recorded numbers on `automations/<name>`."""
+    names = set(sensor_cursor(instance).get("health", {}))
+    names.update(key.path[-1] for key in instance.get_asset_keys(prefix=[AUTOMATION_ASSET_PREFIX]))
+    return sorted(names)
 
 
 def check_from_outside(

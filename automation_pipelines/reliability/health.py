@@ -171,20 +171,65 @@ def check_evaluation(
 def report_health(
     instance: dg.DagsterInstance,
     healths: Sequence[Health],
-    reported: Mapping[str, Sequence],
+    reported: Mapping[str, Sequence] | None,
     now: float,
     runbooks: Mapping[str, str] | None = None,
 ) -> dict[str, list]:
     """Record each health whose state or cause changed since `reported` (or that was last
     reported over an hour ago) as a runless check evaluation; return what is reported now, for
-    the next call (the watchdog keeps it in its cursor)."""
+    the next call (the watchdog keeps it in its cursor). A health the UI does not show at the
+    moment is recorded whatever `reported` says: someone else (the watchdog run from cron, while
+    the daemon was down) recorded another since. With `reported` None, the UI's latest
+    evaluation alone decides."""
     current: dict[str, list] = {}
     for health in healths:
         digest = hashlib.sha1(health.signature().encode()).hexdigest()[:12]
-        before = reported.get(health.automation)
-        if before and before[0] == digest and now - float(before[1]) < REFRESH_SECONDS:
+        shown_at = _shown_at(instance, health)
+        before = [digest, shown_at] if reported is None else reported.get(health.automation)
+        if (
+            shown_at is not None
+            and before
+            and before[0] == digest
+            and now - float(before[1]) < REFRESH_SECONDS
+        ):
             current[health.automation] = list(before)
             continue
         instance.report_runless_asset_event(check_evaluation(health, runbooks))
         current[health.automation] = [digest, now]
     return current
+
+
+def _shown_at(instance: dg.DagsterInstance, health: Health) -> float | None:
+    """When the UI's latest evaluation of the automation's health was recorded, if it shows
+    this state and this way to act; else None."""
+    key = dg.AssetCheckKey(automation_key(health.automation), HEALTH_CHECK)
+    record = instance.get_latest_asset_check_evaluation_record(key)
+    event = record.event if record else None
+    evaluation = event.dagster_event.event_specific_data if event and event.dagster_event else None
+    metadata = getattr(evaluation, "metadata", None) or {}
+    shown = {name: getattr(metadata.get(name), "value", None) for name in ("state", "to_act")}
+    if event is None or shown != {"state": health.label, "to_act": health.to_act}:
+        return None
+    return event.timestamp
+
+
+def unwatched(automations: Iterable[str], finding: Finding) -> list[Health]:
+    """Each automation's health while the part that evaluates it is down (`finding`, of the
+    watchdog run from outside Dagster): a dead daemon runs nothing (stalled); a silent watchdog
+    sensor leaves the health it set before standing, which may no longer be true (late)."""
+    if finding.kind == "daemon_down":
+        state, lead = "stalled", "Nothing of it runs"
+        to_act = (
+            "restart the Dagster daemon (`make run`, or the dagster-daemon service); "
+            "`automation-pipelines watchdog` says when it is back"
+        )
+    else:
+        state, lead = "late", "Its health here is not current"
+        to_act = (
+            "turn watchdog_sensor on in the UI (Automation), or read its tick errors; "
+            "`automation-pipelines watchdog` says when it ticks again"
+        )
+    return [
+        Health(name, state, f"{lead}: {finding.sentence}", to_act, (finding.kind,))
+        for name in sorted(set(automations))
+    ]

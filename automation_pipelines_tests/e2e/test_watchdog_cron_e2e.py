@@ -7,7 +7,9 @@ DAEMON DOWN alert reaches the owner's HTTP endpoint while the daemon is still de
 delivers it itself), and the switch gets `/fail` with the finding as its body. Daemon back: one
 recovery notice, a plain ping, and the daemon does not send the alert a second time. On the
 PostgreSQL deployment, `pause` from the same empty environment pauses the deployment the daemon
-runs: its sensor skips, naming the pause.
+runs: its sensor skips, naming the pause. The UI says what the alert says: with the daemon dead,
+every automation's health reads stalled, naming the daemon; once it is back, its watchdog sensor
+sets each one's own again.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from automation_pipelines.monitoring.watchdog import automations_in_ui
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.alerts import AlertRouter
+from automation_pipelines.reliability.health import HEALTH_CHECK
+from automation_pipelines.reliability.numbers import automation_key
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines_tests.alert_peers import JsonReceiver
 from automation_pipelines_tests.deployment import Deployment, make_deployment
@@ -30,6 +35,8 @@ from automation_pipelines_tests.e2e.harness import wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 HEARTBEAT_AGE = 40  # the daemon beats every 30 s
+#: How each automation's health in the UI begins while the daemon is down.
+DOWN = "Nothing of it runs: The Dagster daemon has sent no heartbeat"
 
 
 class Site:
@@ -82,6 +89,17 @@ def ticks(instance: dg.DagsterInstance, sensor: str) -> list:
     if not states:
         return []
     return instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id, limit=5)
+
+
+def health_in_ui(instance: dg.DagsterInstance) -> dict[str, tuple[str, str]]:
+    """(state, finding) of each automation's latest health evaluation, as the UI shows it."""
+    shown = {}
+    for name in automations_in_ui(instance):
+        key = dg.AssetCheckKey(automation_key(name), HEALTH_CHECK)
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        metadata = record.event.dagster_event.event_specific_data.metadata
+        shown[name] = (metadata["state"].value, metadata["finding"].value)
+    return shown
 
 
 @pytest.mark.timeout(600)
@@ -144,6 +162,13 @@ def test_cron_watchdog_alerts_on_its_own(
             assert f"has sent no heartbeat for over {HEARTBEAT_AGE} s" in body
             again, _ = site.watchdog()
             assert again == 1 and len(site.receiver.received) == 1  # one incident, one alert
+            instance = site.instance()
+            shown = health_in_ui(instance)
+            instance.dispose()
+            assert {"web_images", "webhook_events", "backups"} <= set(shown), shown
+            for state, finding in shown.values():
+                assert state == "stalled", shown
+                assert finding.startswith(DOWN), shown
 
         # `pause` from the same empty environment acts on the PostgreSQL deployment.
         paused = pg_site.deployment.cron("pause", "web_images", "--reason", "cron-test")
@@ -172,6 +197,22 @@ def test_cron_watchdog_alerts_on_its_own(
             pg_site.logs,
         )
         pg_instance.dispose()
+        for site in sites:
+            instance = site.instance()
+            wait_for(
+                f"the {site.name} watchdog sensor setting each automation's own health again",
+                lambda instance=instance: (
+                    not any(
+                        finding.startswith(DOWN) for _, finding in health_in_ui(instance).values()
+                    )
+                ),
+                150,
+                site.logs,
+            )
+            shown = health_in_ui(instance)
+            instance.dispose()
+            if site is pg_site:
+                assert shown["web_images"][0] == "paused", shown
 
         for site in sites:
             code, out = site.watchdog()

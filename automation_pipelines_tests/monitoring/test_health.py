@@ -12,16 +12,18 @@ import dagster as dg
 import pytest
 
 from automation_pipelines.monitoring import health as health_defs
-from automation_pipelines.monitoring import watchdog
+from automation_pipelines.monitoring import outside, watchdog
 from automation_pipelines.monitoring.watchdog import Watch, evaluate
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.breaker import SwitchState
+from automation_pipelines.reliability.conditions import Finding
 from automation_pipelines.reliability.health import (
     HEALTH_CHECK,
     Health,
     check_evaluation,
     health_of,
     report_health,
+    unwatched,
 )
 from automation_pipelines.reliability.numbers import automation_key
 from automation_pipelines_tests.monitoring.alert_fixtures import watchdog_ticks
@@ -317,3 +319,61 @@ def test_the_check_run_by_hand_evaluates_as_the_watchdog(sqlite_instance) -> Non
     assert watched_job.execute_in_process(instance=sqlite_instance).success
     [result] = health_defs.evaluate_now(sqlite_instance, repository, ["watched"])
     assert result.passed
+
+
+def test_a_dead_daemon_shows_in_every_automations_health_until_its_watchdog_ticks_again(
+    sqlite_home, sqlite_instance, alert_router, monkeypatch, json_receiver
+) -> None:
+    """The watchdog sensor dies with the daemon and would leave "healthy" standing in the UI:
+    `automation-pipelines watchdog` (cron) sets each automation's health to the daemon being
+    down, with its sentence, once; the sensor's first tick once the daemon is back sets the real
+    health again, although its own cursor says it already had."""
+    monkeypatch.setenv("TEST_ALERT_URLS", json_receiver.url)
+    monkeypatch.setenv("DAGSTER_HOME", str(sqlite_home))
+    defs = dg.Definitions(
+        jobs=[watched_job], sensors=[watchdog.watchdog_sensor], resources={"alerts": alert_router}
+    )
+    assert watched_job.execute_in_process(instance=sqlite_instance).success
+    # Its runs record their numbers on automations/watched, which makes it known to the instance.
+    sqlite_instance.report_runless_asset_event(dg.AssetMaterialization(automation_key("watched")))
+    _, tick = watchdog_ticks(monkeypatch, sqlite_instance, defs, alert_router)
+    cursor, _ = tick(None)
+    assert check_history(sqlite_instance, "watched")[0].passed
+
+    # No daemon heartbeat at all in this instance: the daemon is down.
+    for _ in range(2):  # cron runs it every few minutes: the UI gets it once
+        outcome = outside.check(
+            alert_router, ping_url=None, max_heartbeat_age=60, max_watchdog_age=180
+        )
+        assert [f.kind for f in outcome.findings] == ["daemon_down"]
+        assert not any("UI" in line for line in outcome.lines), outcome.lines
+    [down, green] = check_history(sqlite_instance, "watched")
+    assert (down.passed, down.severity) == (False, dg.AssetCheckSeverity.ERROR)
+    assert down.metadata["state"].value == "stalled"
+    assert down.metadata["finding"].value.startswith("Nothing of it runs: The Dagster daemon")
+    assert "restart the Dagster daemon" in down.metadata["to_act"].value
+    assert green.passed
+
+    cursor, message = tick(cursor)  # the daemon is back: nothing changed in the sensor's view
+    assert "all healthy" in message
+    latest = check_history(sqlite_instance, "watched")[0]
+    assert latest.passed and latest.metadata["state"].value == "healthy"
+
+
+@pytest.mark.parametrize(
+    ("kind", "state", "lead"),
+    [
+        ("daemon_down", "stalled", "Nothing of it runs: "),
+        ("watchdog_silent", "late", "Its health here is not current: "),
+    ],
+)
+def test_what_is_down_outside_becomes_every_automations_health(
+    kind: str, state: str, lead: str
+) -> None:
+    down = Finding("daemon", kind, "team:platform", "monitoring", "It is down.")
+    healths = unwatched(["b", "a", "b"], down)
+    assert [h.automation for h in healths] == ["a", "b"]
+    assert {(h.state, h.sentence, h.kinds) for h in healths} == {
+        (state, lead + "It is down.", (kind,))
+    }
+    assert all(not h.passed and h.to_act for h in healths)
