@@ -456,6 +456,44 @@ def test_thousands_of_stalled_connections_starve_no_signed_sender(tmp_path: Path
         assert set(served.inbox()) == {delivery for delivery, _ in outcomes} | {"after"}
 
 
+@pytest.fixture
+def closing_server() -> Iterator[int]:
+    """A port whose server closes every connection the moment it accepts it, as a receiver past
+    its limit on pending connections closes the oldest for each new one."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def test_the_stalled_clients_start_once_each_has_connected_though_the_server_closes_them(
+    closing_server: int,
+) -> None:
+    """The siege is up once each client has had its connection, even where never all of them
+    are held at one instant (every one is closed at once here; on a slow machine, a receiver
+    at its pending limit does the same to the oldest): the probe used to wait for them all to be
+    held together, and timed out."""
+    stalled = StalledConnections(closing_server, 300)
+    try:
+        stalled.start(timeout=20)
+        assert stalled.connected == 300
+        deadline = time.monotonic() + 10
+        while stalled.closed_by_receiver < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stalled.opened > 300 and stalled.closed_by_receiver >= 300  # they come back
+    finally:
+        stalled.stop()
+
+
 class RecordingTransport:
     """A connection's transport that records what the protocol does with it, in order."""
 
