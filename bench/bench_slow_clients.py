@@ -243,7 +243,7 @@ def print_report(phases: list[tuple[Phase, dict | None]], after: int | str) -> N
         where = "through the proxy, " if phase.mode.startswith("through") else ""
         held_after = stalled["held_after"]
         print(
-            f"{where}{stalled['count']:,} stalled connections: all held {held_after:.1f} s "
+            f"{where}{stalled['count']:,} stalled connections: each connected {held_after:.1f} s "
             f"after starting; while the sender ran, sampled every 0.5 s: min {min(samples):,}, "
             f"median {statistics.median(samples):,.0f}; {stalled['opened']:,} opened in all, "
             f"{stalled['closed']:,} closed by the other side ({answers or 'no answer'}), "
