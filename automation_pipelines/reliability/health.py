@@ -184,13 +184,17 @@ def report_health(
     current: dict[str, list] = {}
     for health in healths:
         digest = hashlib.sha1(health.signature().encode()).hexdigest()[:12]
-        shown_at = _shown_at(instance, health)
-        before = [digest, shown_at] if reported is None else reported.get(health.automation)
+        if reported is None:
+            shown_at = _shown_at(instance, health)
+            before = None if shown_at is None else [digest, shown_at]
+        else:
+            before = reported.get(health.automation)
         if (
-            shown_at is not None
-            and before
+            before
             and before[0] == digest
             and now - float(before[1]) < REFRESH_SECONDS
+            # The instance is asked only when the cursor says nothing changed.
+            and (reported is None or _shown_at(instance, health) is not None)
         ):
             current[health.automation] = list(before)
             continue
