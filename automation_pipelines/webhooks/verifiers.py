@@ -57,7 +57,11 @@ class Delivery:
 
 
 class Verifier(Protocol):
-    """One sender's signature scheme; header keys are lower-case."""
+    """One sender's signature scheme; header keys are lower-case. `exact_numbers`: whether
+    `identify` reads the payload's numbers (the receiver may otherwise read it faster, with an
+    integer past 64 bits as the nearest float)."""
+
+    exact_numbers: bool
 
     def check_signature(self, body: bytes, headers: Mapping[str, str], now: float) -> None: ...
 
@@ -120,6 +124,8 @@ def _required_header(headers: Mapping[str, str], name: str) -> str:
 class GitHubVerifier:
     """GitHub's `X-Hub-Signature-256`: an HMAC of the body alone, with no timestamp to check."""
 
+    exact_numbers = False  # the id and type are headers
+
     def __init__(self, secret: str) -> None:
         self._key = _require_secret(secret)
 
@@ -143,6 +149,8 @@ class StripeVerifier:
 
     The signature is checked before the age, so a forged timestamp reads as a bad signature.
     """
+
+    exact_numbers = False  # the id and type are strings of the payload
 
     def __init__(self, secret: str, tolerance_seconds: int = 300) -> None:
         self._key = _require_secret(secret)
@@ -223,6 +231,8 @@ class StandardWebhooksVerifier:
     The library reads its own clock with a fixed five-minute tolerance, so `now` is not used.
     """
 
+    exact_numbers = False  # the id is a header, the type a string of the payload
+
     def __init__(self, secret: str) -> None:
         try:
             self._webhook = Webhook(_standard_secret(secret))
@@ -256,6 +266,8 @@ class HmacVerifier:
     Without an id header the delivery id is a hash of the payload, so identical re-deliveries
     still deduplicate.
     """
+
+    exact_numbers = True  # the digest covers every number as sent
 
     def __init__(
         self,
@@ -337,6 +349,10 @@ class RotatingVerifier:
         self.current = current
         self.previous = previous
         self.until = until
+
+    @property
+    def exact_numbers(self) -> bool:
+        return self.current.exact_numbers
 
     def check_signature(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
         try:

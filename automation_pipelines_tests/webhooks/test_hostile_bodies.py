@@ -3,7 +3,10 @@ senders retry for days) to any body that would blow up parsing or a later step:
 
 - JSON nested past the 100-level bound, including far past Python's recursion limit;
 - a body that is JSON but not an object;
-- a generic-source payload whose canonical digest holds a lone surrogate;
+- a generic-source payload whose canonical digest holds a lone surrogate, and two that differ
+  only in an integer past 64 bits (two deliveries, not one);
+- bodies that only Python's json reads (NaN, infinities, lone surrogates, huge integers),
+  kept byte for byte by a source read the fast way;
 - an event the inbox database refuses: only its sender gets 400, the others committed in the
   same group get their 202;
 - and, swept by Hypothesis, arbitrary signed bytes and JSON: the answer is 202, 200 or 400.
@@ -103,6 +106,40 @@ def test_lone_surrogate_in_a_digested_payload_is_not_a_500(receiver, events_db_u
     assert again.status == 200  # the same digest: a re-delivery
     [row] = inbox_rows(store.engine(events_db_url))
     assert row.delivery_id.startswith("sha256:")
+
+
+def test_payloads_differing_only_past_64_bits_are_two_deliveries(receiver, events_db_url):
+    """The digest covers every number as sent, even where a float cannot tell them apart."""
+    bodies = [b'{"n": 18446744073709551616}', b'{"n": 18446744073709551617}']
+
+    replies = [
+        receiver.request("POST", "/hooks/generic", body, generic_headers(body)) for body in bodies
+    ]
+
+    assert [reply.status for reply in replies] == [202, 202], [r.body for r in replies]
+    rows = inbox_rows(store.engine(events_db_url))
+    assert sorted(row.body.encode() for row in rows) == sorted(bodies)
+    assert len({row.delivery_id for row in rows}) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"amount": NaN, "fee": -Infinity}',
+        b'{"amount": 1e400}',
+        b'{"pusher": {"name": "bad \\ud800 name"}}',
+        b'{"id": 340282366920938463463374607431768211457}',
+    ],
+    ids=["nan", "overflowing-float", "lone-surrogate", "128-bit-int"],
+)
+def test_bodies_only_json_reads_are_kept_as_sent(receiver, events_db_url, body) -> None:
+    """GitHub's source reads bodies the fast way (its id and type are headers): what that way
+    refuses, Python's json still takes, and the loader decides on it as before."""
+    reply = post_github(receiver, body)
+
+    assert reply.status == 202, reply.body
+    [row] = inbox_rows(store.engine(events_db_url))
+    assert row.body.encode() == body
 
 
 def _refuse_delivery(engine: sa.Engine, delivery: str) -> None:
