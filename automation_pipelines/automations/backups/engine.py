@@ -4,8 +4,8 @@ Every snapshot carries `source:<name>` and `run:<id>` (the run's UTC time, as ar
 named before), so a run is restored whole, a source alone, or a single file. Folders go in as
 they are; a SQLite database is first copied with its online backup API; a PostgreSQL database
 is streamed from `pg_dump --format=custom` into `restic backup --stdin`. A snapshot counts only
-once restic lists it with as many files and bytes as it read; retention runs after that, never
-before.
+once it is read back from the repository with as many files and bytes as restic read (see
+reader.py; `restic ls` where it cannot be read here); retention runs after that, never before.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,12 @@ from typing import IO
 
 from automation_pipelines.automations.backups import snapshots as archives
 from automation_pipelines.automations.backups.known_snapshots import KnownSnapshots
+from automation_pipelines.automations.backups.reader import (
+    DamagedSnapshot,
+    LocalRepository,
+    open_local,
+    read_back,
+)
 from automation_pipelines.automations.backups.restic import (
     Lock,
     Repository,
@@ -147,10 +153,27 @@ def _free_run_id(taken: set[str | None], moment: datetime) -> tuple[str, datetim
 
 
 def _verify(
-    repo: Repository, name: str, snapshot: str, files: int, size: int
+    repo: Repository,
+    opened: Future[LocalRepository | None],
+    name: str,
+    snapshot: str,
+    files: int,
+    size: int,
 ) -> ResticSnapshot | None:
     """The new snapshot's tree loads and holds what restic read: its file count and bytes.
-    Returns the snapshot as restic lists it."""
+    Returns the snapshot as restic lists it. Read back in this process where the repository
+    opened here (its key derived while restic backed up); else, or if that reading finds
+    a count that differs, restic reads it and its verdict stands; damage read here fails it
+    even where restic's cache still holds a good copy."""
+    try:
+        read = read_back(opened.result(), snapshot)
+    except DamagedSnapshot as error:
+        raise BackupError(
+            f"source {name!r}: the new snapshot {snapshot[:8]} is damaged in the repository: "
+            f"{error}"
+        ) from error
+    if read is not None and read[1:] == (files, size):
+        return read[0]
     made, nodes = repo.listing(snapshot)
     nodes = [n for n in nodes if n.get("type") == "file"]
     found = sum(int(n.get("size", 0)) for n in nodes)
@@ -285,6 +308,10 @@ def back_up(
     taken = {s.tag(RUN) for s in existing or ()}
     listed = not known  # by restic, just now: no second look needed after the backup
     run_id, moment = _free_run_id(taken, start)
+    background = ThreadPoolExecutor(max_workers=1)
+    # The reader's key is derived on the CPU restic's own key derivation leaves idle.
+    opened = background.submit(open_local, repo)
+    background.shutdown(wait=False)
     while True:
         reports = _back_up_sources(repo, sources, run_id, moment)
         new = [r for r in reports if "snapshot" in r]
@@ -295,7 +322,7 @@ def back_up(
         with ThreadPoolExecutor(max_workers=len(new) + 1) as pool:
             listing = pool.submit(repo.snapshots) if existing is None else None
             checks = [
-                pool.submit(_verify, repo, r["name"], r["snapshot"], r["files"], r["bytes"])
+                pool.submit(_verify, repo, opened, r["name"], r["snapshot"], r["files"], r["bytes"])
                 for r in new
             ]
             verified = [check.result() for check in checks]

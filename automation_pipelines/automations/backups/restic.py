@@ -180,7 +180,8 @@ class ResticSnapshot:
         return None
 
 
-def _snapshot(item: dict) -> ResticSnapshot:
+def snapshot_from(item: dict) -> ResticSnapshot:
+    """A snapshot from restic's JSON (`snapshots`, `ls`, or the snapshot file itself)."""
     return ResticSnapshot(
         id=item["id"],
         time=parse_time(item["time"]),
@@ -425,8 +426,10 @@ class Repository:
         return [line.strip() for line in again.stderr.splitlines() if line.strip()]
 
     def json_lines(self, *args: str, **kwargs: Any) -> list[Any]:
+        """restic's JSON output, one value per line. Lines end at "\n" alone: a name may hold
+        characters `str.splitlines` also breaks at (U+0085 and the like)."""
         found = []
-        for line in self.run("--json", *args, **kwargs).stdout.splitlines():
+        for line in self.run("--json", *args, **kwargs).stdout.split("\n"):
             try:
                 found.append(json.loads(line))
             except ValueError:
@@ -512,7 +515,7 @@ class Repository:
         """Snapshots, oldest first (restic's order); with tags, only those carrying any of them."""
         args = [arg for tag in tags for arg in ("--tag", tag)]
         [listed] = self.json_lines("snapshots", "--no-lock", *args, timeout=600) or [[]]
-        return [_snapshot(item) for item in listed or []]
+        return [snapshot_from(item) for item in listed or []]
 
     def ls(self, snapshot: str) -> list[dict]:
         """Every node of a snapshot (files, folders, links) with path, size and mtime."""
@@ -522,7 +525,7 @@ class Repository:
         """The snapshot as `restic snapshots` would list it, and every node of it."""
         lines = self.json_lines("ls", "--no-lock", snapshot, timeout=1800)
         lines = [line for line in lines if isinstance(line, dict)]
-        found = [_snapshot(line) for line in lines if line.get("struct_type") == "snapshot"]
+        found = [snapshot_from(line) for line in lines if line.get("struct_type") == "snapshot"]
         return (found or [None])[0], [n for n in lines if n.get("struct_type") == "node"]
 
     # -- Backup -----------------------------------------------------------------------------
@@ -570,7 +573,7 @@ class Repository:
             args.append("--prune")
         done = self.run("--json", *args)
         removed: list[str] = []
-        for line in done.stdout.splitlines():
+        for line in done.stdout.split("\n"):
             try:
                 groups = json.loads(line)
             except ValueError:
@@ -737,7 +740,7 @@ def glob_escape(path: str) -> str:
 
 
 def _summary(stdout: str, location: str) -> dict:
-    for line in reversed(stdout.splitlines()):
+    for line in reversed(stdout.split("\n")):
         if line.startswith("{") and '"summary"' in line:
             return json.loads(line)
     raise ResticError(f"repository {location}: restic backup printed no summary")

@@ -220,6 +220,20 @@ def test_restore_never_writes_through_a_link_already_in_the_target(repo, destina
     assert list(outside.iterdir()) == []
 
 
+def test_names_of_any_characters_are_listed_as_they_are(repo, tmp_path):
+    tree = tmp_path / "odd"
+    odd = ["next\x85line", "separator\u2028line", "file\x1cseparator", "tab\tand\vform\x0c"]
+    for n, name in enumerate(odd):
+        (tree / name).mkdir(parents=True)
+        (tree / name / name).write_bytes(b"x" * n)
+    repo.init()
+    summary, _ = repo.backup_paths(tree, ["."], ["source:odd"], None)
+
+    _, nodes = repo.listing(summary["snapshot_id"])
+
+    assert sorted(node["name"] for node in nodes) == sorted(odd * 2)
+
+
 class LateListing(Repository):
     """Lists the snapshots only after the backup running beside the listing has saved its
     own, so the listing always holds the new snapshot."""
@@ -256,8 +270,8 @@ class CountsOpens(Repository):
         return super().run(*args, **kwargs)
 
 
-def counting(repo: Repository) -> CountsOpens:
-    counted = CountsOpens(repo.location, password=repo.password)
+def counting(repo: Repository, kind: type[CountsOpens] = CountsOpens) -> CountsOpens:
+    counted = kind(repo.location, password=repo.password)
     object.__setattr__(counted, "opened", [])
     return counted
 
@@ -284,8 +298,9 @@ def test_a_backup_whose_repository_this_host_knows_opens_it_only_to_back_up_and_
 
     second = engine.back_up(counted, [FolderSource("p", tree)], destination=destination, now=moment)
 
-    # restic backup, then restic ls of the new snapshot: no `restic snapshots` for a run id.
-    assert counted.opened == ["backup", "ls"]
+    # restic backup alone: no `restic snapshots` for a run id, and the new snapshot is read
+    # back in this process, with the key derived while restic backed up.
+    assert counted.opened == ["backup"]
     assert (first.run_id, second.run_id) == ("20261201T020000Z", "20261201T020001Z")
     assert [run.id for run in engine.list_runs(repo)] == [second.run_id, first.run_id]
 
@@ -308,7 +323,7 @@ def test_a_snapshot_this_host_has_not_seen_sends_the_backup_to_restics_list(
     counted.opened.clear()
     fourth = engine.back_up(counted, [FolderSource("p", tree)], destination=destination, now=moment)
     assert fourth.run_id == "20261201T020003Z"
-    assert counted.opened == ["backup", "ls"]
+    assert counted.opened == ["backup"]
 
 
 def test_the_host_that_backed_up_lists_the_runs_without_restic(repo, destination, tmp_path):
@@ -346,22 +361,52 @@ def test_a_damaged_ledger_of_snapshots_only_costs_a_list(repo, destination, tmp_
     assert counted.opened.count("snapshots") == 1
 
 
-class LosesAFile(Repository):
-    """A repository whose new snapshot lists one file fewer than restic read."""
+class ReadOneMore(CountsOpens):
+    """A repository whose backups read one file more than their snapshots hold."""
 
-    def listing(self, snapshot: str):
-        made, nodes = super().listing(snapshot)
-        first = next(n for n in nodes if n.get("type") == "file")
-        return made, [n for n in nodes if n is not first]
+    def backup_paths(self, *args, **kwargs):
+        summary, warnings = super().backup_paths(*args, **kwargs)
+        return {**summary, "total_files_processed": summary["total_files_processed"] + 1}, warnings
 
 
-def test_a_snapshot_that_does_not_hold_what_was_read_fails_the_backup(repo, destination, tmp_path):
+class DamagedOnceWritten(CountsOpens):
+    """A repository whose new snapshot file loses a byte to the disk as soon as it is written."""
+
+    def backup_paths(self, *args, **kwargs):
+        summary, warnings = super().backup_paths(*args, **kwargs)
+        [written] = Path(self.location, "snapshots").glob(f"{summary['snapshot_id']}*")
+        data = bytearray(written.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        written.chmod(0o600)
+        written.write_bytes(bytes(data))
+        return summary, warnings
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason", "opened"),
+    [
+        # Read back here first; a count that differs goes to restic's listing, whose verdict
+        # stands.
+        (ReadOneMore, r"the new snapshot \w{8} lists 5 file.+but 6 file", ["backup", "ls"]),
+        # Damage read here stands: restic's cache holds the snapshot as written, so `restic ls`
+        # alone would list it unharmed.
+        (DamagedOnceWritten, r"snapshot \w{8} is damaged.+does not match its id", ["backup"]),
+    ],
+    ids=["not-what-was-read", "damaged-on-disk"],
+)
+def test_a_snapshot_that_is_not_what_restic_read_fails_the_backup(
+    repo, destination, tmp_path, kind, reason, opened
+):
     tree = make_tree(tmp_path / "p", files=4)
     engine.back_up(repo, [FolderSource("p", tree)], destination=destination)  # it exists
-    broken = LosesAFile(repo.location, password=repo.password)
+    broken = counting(repo, kind)
 
-    with pytest.raises(BackupError, match=r"source 'p': the new snapshot \w{8} lists 4 file"):
+    with pytest.raises(BackupError, match=reason):
         engine.back_up(broken, [FolderSource("p", tree)], destination=destination)
+
+    assert broken.opened == opened
+    _, nodes = broken.listing(broken.snapshots()[-1].id)
+    assert len([node for node in nodes if node["type"] == "file"]) == 5
 
 
 def test_a_restore_that_fails_verification_places_nothing(repo, destination, tmp_path):
