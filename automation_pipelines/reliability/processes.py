@@ -205,6 +205,9 @@ class ProcessGroup:
         self.popens: list[subprocess.Popen[Any]] = []
         self.reap_orphans = reap_orphans
         self._seen: dict[int, psutil.Process] = {}
+        #: Each leader as it was started: its pid, and so its session's id, may be another
+        #: process's once it has ended and been reaped.
+        self._leaders: dict[int, psutil.Process] = {}
 
     def start(
         self,
@@ -227,18 +230,30 @@ class ProcessGroup:
             pass_fds=tuple(pass_fds),
         )
         self.popens.append(popen)
+        with contextlib.suppress(psutil.Error):  # not reaped yet: alive or a zombie, still ours
+            self._leaders[popen.pid] = psutil.Process(popen.pid)
         return popen
 
     def members(self) -> list[psutil.Process]:
-        """Every live process started here: leaders, their descendants and their sessions."""
+        """Every live process started here: leaders, their descendants and their sessions.
+        A leader's pid may have gone to a newer process once the leader ended and was reaped:
+        that process is no member, nor is anything in its session, which bears the same id.
+        (Linux hands out no pid that is still a living process's session id, so such a session
+        of ours has nothing left in it.)"""
         found: dict[int, psutil.Process] = {}
         sessions = set()
         for popen in self.popens:
+            leader = self._leaders.get(popen.pid)
+            if leader is None:
+                continue
             with contextlib.suppress(psutil.Error):
-                leader = psutil.Process(popen.pid)
-                found[leader.pid] = leader
-                for child in leader.children(recursive=True):
-                    found[child.pid] = child
+                if not leader.is_running():
+                    if psutil.pid_exists(popen.pid):
+                        continue  # another process's pid now
+                else:
+                    found[leader.pid] = leader
+                    for child in leader.children(recursive=True):
+                        found[child.pid] = child
             sessions.add(popen.pid)
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error, OSError):

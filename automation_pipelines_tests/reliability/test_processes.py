@@ -3,7 +3,8 @@ moved to a process group of its own, is still stopped completely. write_bytecode
 started where PYTHONDONTWRITEBYTECODE is set imports the package from the bytecode written
 before it started. run_forked: two forked workers stop with their parent on SIGTERM (SIGKILL
 after the grace for one that ignores it), die with a parent killed outright, and a worker that
-ends ends the whole with exit code 1."""
+ends ends the whole with exit code 1. A leader's pid handed to another program after the leader
+ended makes that program no member, and stopping the group leaves it alone."""
 
 from __future__ import annotations
 
@@ -57,6 +58,43 @@ def test_stubborn_tree_is_stopped(tmp_path: Path) -> None:
     ]
     assert still == []
     assert group.popens[0].returncode is not None
+
+
+NEXT_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+def start_with_pid(pid: int, argv: list[str]) -> subprocess.Popen:
+    """A process in a session of its own that gets `pid` (free again), as a busy machine would
+    hand it to some other program sooner or later; asks the kernel for it (root only)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            NEXT_PID.write_text(str(pid - 1))
+        except OSError as error:
+            pytest.fail(f"cannot choose the next pid ({error}): this test needs root")
+        process = subprocess.Popen(argv, start_new_session=True)
+        if process.pid == pid:
+            return process
+        process.kill()
+        process.wait()
+    pytest.fail(f"pid {pid} was not handed out again")
+
+
+def test_a_leader_pid_taken_by_another_program_is_never_a_member(tmp_path: Path) -> None:
+    group = ProcessGroup()
+    leader = group.start(["sleep", "60"])
+    assert [p.pid for p in group.members()] == [leader.pid]
+    time.sleep(0.05)  # start times, which tell a pid's holders apart, tick every 10 ms
+    leader.kill()
+    leader.wait()  # reaped, its session empty: its pid, the session's id, is free for anyone
+    stranger = start_with_pid(leader.pid, ["sleep", "60"])
+    try:
+        assert group.members() == []
+        group.stop(graceful_seconds=0.5, term_seconds=0.5)
+        assert stranger.poll() is None, "the group stopped a process that was never its own"
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_cooperative_process_stops_on_sigint(tmp_path: Path) -> None:
