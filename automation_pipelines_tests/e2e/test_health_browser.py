@@ -79,16 +79,42 @@ def health(instance: dg.DagsterInstance, automation: str) -> tuple[str, str] | N
     return metadata["state"].value, metadata["finding"].value
 
 
-def wait_for_states(processes: DagsterProcesses, wanted: dict[str, str]) -> dict[str, str]:
+TICKS = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor {
+    sensorState { ticks(limit: 6) { status timestamp error { message } } } } } }"""
+
+
+def watchdog_ticks(base_url: str) -> str:
+    """The watchdog sensor's latest ticks, as the UI lists them: what a timeout should show."""
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
+    try:
+        found = graphql(base_url, TICKS, {"s": {**selector, "sensorName": "watchdog_sensor"}})
+        ticks = found["sensorOrError"]["sensorState"]["ticks"]
+    except Exception as error:  # a diagnostic only: the timeout is the failure
+        return f"watchdog_sensor ticks unknown: {error}"
+    return "watchdog_sensor ticks: " + "; ".join(
+        f"{t['timestamp']:.0f} {t['status']} {(t['error'] or {}).get('message', '')[:300]}"
+        for t in ticks
+    )
+
+
+def wait_for_states(
+    processes: DagsterProcesses, base_url: str, wanted: dict[str, str]
+) -> dict[str, str]:
     """Wait until each automation's health is in the wanted state; return the findings."""
 
+    def now() -> dict[str, tuple[str, str] | None]:
+        return {name: health(processes.instance, name) for name in wanted}
+
     def reached():
-        now = {name: health(processes.instance, name) for name in wanted}
-        if all(now[name] and now[name][0] == state for name, state in wanted.items()):
-            return {name: now[name][1] for name in wanted}
+        found = now()
+        if all(found[name] and found[name][0] == state for name, state in wanted.items()):
+            return {name: found[name][1] for name in wanted}
         return None
 
-    return wait_for(f"health {wanted}", reached, WATCHDOG_WAIT, processes.logs)
+    def seen() -> str:
+        return f"health now: {now()}\n{watchdog_ticks(base_url)}\n{processes.logs()}"
+
+    return wait_for(f"health {wanted}", reached, WATCHDOG_WAIT, seen)
 
 
 def finished(processes: DagsterProcesses, run_ids: list[str], timeout: float = 300) -> list:
@@ -155,6 +181,7 @@ def test_runs_at_a_glance_and_each_automations_health(page: Page, stack) -> None
     toggle_sensor(page, base_url, "photo_inbox_sensor", running=False)
     findings = wait_for_states(
         processes,
+        base_url,
         {"webhook_events": "paused", "disk_space": "breaker open", "web_images": "stalled"},
     )
     assert "moving the warehouse" in findings["webhook_events"]
@@ -211,7 +238,9 @@ def test_runs_at_a_glance_and_each_automations_health(page: Page, stack) -> None
     cli(processes, "resume", "disk_space")
     toggle_sensor(page, base_url, "photo_inbox_sensor", running=True)
     wait_for_states(
-        processes, {"webhook_events": "healthy", "disk_space": "healthy", "web_images": "healthy"}
+        processes,
+        base_url,
+        {"webhook_events": "healthy", "disk_space": "healthy", "web_images": "healthy"},
     )
     for automation in causes:
         open_health(page, base_url, automation, f"12-health-{automation}-healthy")
