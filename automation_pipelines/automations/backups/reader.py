@@ -8,9 +8,10 @@ reads the new snapshot's trees straight from the repository's files: every file 
 authenticated (Poly1305-AES), every tree checked against its id (SHA-256). It follows restic's
 documented repository format (versions 1 and 2: AES-256-CTR, zstd-compressed blobs and files).
 
-It is an independent second reading of what restic wrote, only ever a fast path: whatever it
-cannot read or does not find as expected (another format, a damaged file, a count that differs)
-is left to `restic ls` to judge.
+It is an independent second reading of what restic wrote. Whatever it cannot read or does not
+find as expected (another format, a key or index file it cannot open, a count that differs) is
+left to `restic ls` to judge; the snapshot's own file or one of its trees found damaged on disk
+is reported as such (DamagedSnapshot), since restic may be reading a good copy in its cache.
 """
 
 from __future__ import annotations
