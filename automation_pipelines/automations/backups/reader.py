@@ -156,12 +156,14 @@ class LocalRepository:
                 return repository
         raise UnreadableRepository("the password opens no key file")
 
-    def _file(self, relative: str) -> Any:
-        """A whole-file item (config, an index, a snapshot): authenticated, decompressed, JSON."""
-        try:
-            data = (self.path / relative).read_bytes()
-        except OSError as error:
-            raise UnreadableRepository(f"{relative}: {error}") from error
+    def _file(self, relative: str, data: bytes | None = None) -> Any:
+        """A whole-file item (config, an index, a snapshot): authenticated, decompressed, JSON.
+        `data`: the file's bytes, where the caller has read them already."""
+        if data is None:
+            try:
+                data = (self.path / relative).read_bytes()
+            except OSError as error:
+                raise UnreadableRepository(f"{relative}: {error}") from error
         plain = self._key.open(data)
         if plain[:1] == bytes([_ZSTD_FILE]):
             plain = _decompress(plain[1:])
@@ -187,7 +189,7 @@ class LocalRepository:
         if hashlib.sha256(data).hexdigest() != name:
             raise DamagedSnapshot(f"its file does not match its id {short_id}")
         try:
-            snapshot = self._file(f"snapshots/{name}")
+            snapshot = self._file(f"snapshots/{name}", data)
         except UnreadableRepository as error:
             raise DamagedSnapshot(f"its file: {error}") from error
         if not isinstance(snapshot, dict) or not isinstance(snapshot.get("tree"), str):
