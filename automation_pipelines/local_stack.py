@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import dagster as dg
-import psutil
 import yaml
 
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
@@ -235,11 +233,7 @@ class CeleryWorker:
 
     def kill(self) -> None:
         """SIGKILL of every process of the worker at once: a machine that died."""
-        members = self.group.members()
-        for process in members:
-            with contextlib.suppress(psutil.Error):
-                process.send_signal(signal.SIGKILL)
-        psutil.wait_procs(members, timeout=10)
+        self.group.kill()
 
     def stop(self) -> None:
         self.group.stop()

@@ -281,6 +281,17 @@ class ProcessGroup:
         psutil.wait_procs(leftover, timeout=2)
         self._reap()
 
+    def kill(self, *, timeout: float = 10.0) -> list[psutil.Process]:
+        """SIGKILL every member at once, as when the machine dies, and again until none is left:
+        a process forked after one look (a step starting its log mirror) is caught by the next.
+        Returns what still lives after `timeout` seconds ([] once all are gone)."""
+        deadline = time.monotonic() + timeout
+        while (members := self.members()) and time.monotonic() < deadline:
+            _signal_all(members, signal.SIGKILL)
+            psutil.wait_procs(members, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            self._reap()
+        return self.members()
+
     def _remaining(self) -> list[psutil.Process]:
         self.members()
         return _alive(self._seen.values())

@@ -4,7 +4,8 @@ started where PYTHONDONTWRITEBYTECODE is set imports the package from the byteco
 before it started. run_forked: two forked workers stop with their parent on SIGTERM (SIGKILL
 after the grace for one that ignores it), die with a parent killed outright, and a worker that
 ends ends the whole with exit code 1. A leader's pid handed to another program after the leader
-ended makes that program no member, and stopping the group leaves it alone."""
+ended makes that program no member, and stopping the group leaves it alone. Killing a group
+leaves nothing alive, even of a tree that forks while it is being killed."""
 
 from __future__ import annotations
 
@@ -95,6 +96,33 @@ def test_a_leader_pid_taken_by_another_program_is_never_a_member(tmp_path: Path)
     finally:
         stranger.kill()
         stranger.wait()
+
+
+SPAWNER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    while True:
+        subprocess.Popen(["sleep", "60"])
+    """
+)
+
+
+def test_kill_leaves_nothing_even_of_a_tree_forking_while_it_is_killed(tmp_path: Path) -> None:
+    """What one look at the members misses (a child forked after it) outlives one SIGKILL round:
+    the Celery worker's step starting its log mirror's `tail -F` as the worker was killed."""
+    script = tmp_path / "spawner.py"
+    script.write_text(SPAWNER)
+    group = ProcessGroup()
+    group.start([sys.executable, str(script)])
+    deadline = time.monotonic() + 30
+    while len(group.members()) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(group.members()) >= 20, "the spawner did not start its children"
+    try:
+        assert group.kill() == []
+        assert group.members() == []
+    finally:
+        group.stop(graceful_seconds=0, term_seconds=0)
 
 
 def test_cooperative_process_stops_on_sigint(tmp_path: Path) -> None:
