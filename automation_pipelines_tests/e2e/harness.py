@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,6 +87,33 @@ def graphql(base_url: str, query: str, variables: dict | None = None, timeout=10
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())["data"]
+
+
+def wait_until_heartbeats_are_older_than(
+    age: float, beats: Callable[[], dict[str, float | None]], logs: Callable[[], str]
+) -> None:
+    """Wait until every daemon's newest heartbeat (`beats`: daemon -> its time) is more than
+    `age` seconds old, and a second more: what the watchdog then reads as a dead daemon. The
+    daemon beats every 30 s, so after a kill or a freeze this takes `age - 30` to `age` s,
+    where a sleep had to take the worst case."""
+
+    def old_enough() -> bool:
+        found = beats()
+        now = time.time()
+        return bool(found) and all(t is not None and now - t > age + 1 for t in found.values())
+
+    wait_for(f"every daemon heartbeat over {age:g} s old", old_enough, age + 60, logs, 1.0)
+
+
+def heartbeats_in_ui(base_url: str) -> dict[str, float | None]:
+    """Each required daemon's last heartbeat as the webserver reports it ({} if it cannot)."""
+    fields = "daemonType required lastHeartbeatTime"
+    query = f"{{ instance {{ daemonHealth {{ allDaemonStatuses {{ {fields} }} }} }} }}"
+    try:
+        statuses = graphql(base_url, query)["instance"]["daemonHealth"]["allDaemonStatuses"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return {}
+    return {s["daemonType"]: s["lastHeartbeatTime"] for s in statuses if s["required"]}
 
 
 @contextmanager

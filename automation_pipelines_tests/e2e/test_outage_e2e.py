@@ -33,8 +33,10 @@ from automation_pipelines_tests.e2e.harness import (
     Sender,
     find_process,
     graphql,
+    heartbeats_in_ui,
     http_get,
     wait_for,
+    wait_until_heartbeats_are_older_than,
 )
 from automation_pipelines_tests.pg_server import PrivateServer
 
@@ -218,7 +220,7 @@ def test_production_rides_out_an_outage_and_tells_someone(tmp_path: Path, json_r
         daemon = find_process(group, PROCESSES["daemon"])
         daemon.suspend()
         try:
-            time.sleep(HEARTBEAT_AGE + 32)  # the last beat may be 30 s older than the freeze
+            wait_until_heartbeats_are_older_than(HEARTBEAT_AGE, lambda: heartbeats_in_ui(ui), logs)
             done = deployment.cron("watchdog")
             assert done.returncode == 1, done.stdout + done.stderr
             assert titles_starting(json_receiver, "[DAEMON DOWN]"), json_receiver.titles()

@@ -30,7 +30,7 @@ from automation_pipelines.reliability.numbers import automation_key
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines_tests.alert_peers import JsonReceiver
 from automation_pipelines_tests.deployment import Deployment, make_deployment
-from automation_pipelines_tests.e2e.harness import wait_for
+from automation_pipelines_tests.e2e.harness import wait_for, wait_until_heartbeats_are_older_than
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -149,7 +149,19 @@ def test_cron_watchdog_alerts_on_its_own(
 
         for site in sites:
             site.kill_daemon()
-        time.sleep(HEARTBEAT_AGE + 32)  # the last beat may be 30 s older than the kill
+        for site in sites:
+            instance = site.instance()
+            try:
+                wait_until_heartbeats_are_older_than(
+                    HEARTBEAT_AGE,
+                    lambda instance=instance: {
+                        daemon: beat.timestamp
+                        for daemon, beat in instance.get_daemon_heartbeats().items()
+                    },
+                    site.logs,
+                )
+            finally:
+                instance.dispose()
 
         for site in sites:
             code, out = site.watchdog()
