@@ -124,13 +124,14 @@ class BodyDeadlines:
         self._waiting: dict[asyncio.Task, float] = {}
         self._expired: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def enter(self, task: asyncio.Task) -> None:
         loop = task.get_loop()
         deadline = loop.time() + self.seconds
         self._waiting[task] = deadline
-        if self._timer is None:
-            self._timer = loop.call_at(deadline, self._check, loop)
+        if self._timer is None or self._timer_loop is not loop:  # an app served again
+            self._timer, self._timer_loop = loop.call_at(deadline, self._check, loop), loop
 
     def leave(self, task: asyncio.Task) -> None:
         self._waiting.pop(task, None)
@@ -154,7 +155,7 @@ class BodyDeadlines:
                 self._timer = loop.call_at(deadline, self._check, loop)
                 return
             del waiting[task]
-            if not task.done():
+            if not task.done() and task.get_loop() is loop:  # not one of a loop gone since
                 self._expired.add(task)
                 task.cancel()
 

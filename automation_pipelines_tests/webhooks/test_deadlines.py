@@ -1,6 +1,7 @@
 """BodyDeadlines: each late body's task is cancelled at its own deadline and not before, in the
 order they came, whatever else comes and goes meanwhile; a body that came in time is never
-cancelled; a cancellation from elsewhere (the server stopping) is not taken for a late body."""
+cancelled; a cancellation from elsewhere (the server stopping) is not taken for a late body; an
+app served again, on a new event loop, still keeps its deadlines."""
 
 from __future__ import annotations
 
@@ -106,3 +107,26 @@ def test_a_server_stopping_while_a_late_body_is_cancelled_still_stops_it() -> No
         assert "both" not in outcomes
 
     uvloop.run(main())
+
+
+def test_deadlines_still_hold_on_a_new_event_loop() -> None:
+    """The first loop is closed with a body still waiting and its timer armed: a new loop (the
+    app served again) arms its own, and the old loop's leftover is dropped, not touched."""
+    deadlines = BodyDeadlines(SECONDS)
+    first = uvloop.new_event_loop()
+    abandoned: list[asyncio.Task] = []
+
+    async def left_waiting() -> None:
+        abandoned.append(asyncio.create_task(reader(deadlines, 10, {}, "abandoned")))
+        await asyncio.sleep(0.01)
+
+    first.run_until_complete(left_waiting())
+    first.close()  # its reader never left, nor was it cancelled
+
+    async def later() -> dict:
+        outcomes: dict = {}
+        await reader(deadlines, 10, outcomes, "late")
+        return outcomes
+
+    assert uvloop.run(later())["late"][0] == "late"
+    assert not abandoned[0].done()  # the closed loop's task was left alone
