@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from croniter import croniter
 
+from automation_pipelines import settings
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import (
@@ -384,9 +385,14 @@ def report(
     return report_findings(outbox, findings, kinds, held_subjects, finding_runbook(runbooks or {}))
 
 
+#: How often the watchdog looks (WATCHDOG_INTERVAL_SECONDS): how late a finding, an alert and
+#: each automation's health in the UI may be. Read as the code location loads.
+INTERVAL_SECONDS = settings.integer("WATCHDOG_INTERVAL_SECONDS", 60, minimum=5, maximum=3600)
+
+
 @dg.sensor(
     name=WATCHDOG_SENSOR,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     metadata=unguarded(
         "it watches every automation and holds the findings of a paused one itself; a switch "

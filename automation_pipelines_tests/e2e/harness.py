@@ -117,9 +117,10 @@ def heartbeats_in_ui(base_url: str) -> dict[str, float | None]:
 
 
 @contextmanager
-def project_ui(root: Path) -> Iterator[tuple[DagsterProcesses, str, dict[str, Path]]]:
+def project_ui(root: Path, **env: str) -> Iterator[tuple[DagsterProcesses, str, dict[str, Path]]]:
     """The project's code location served by a daemon and a webserver on a temp instance, its
-    automations' folders under `root`: (processes, the UI's URL, the folders by name)."""
+    automations' folders under `root`, with settings `env`: (processes, the UI's URL, the
+    folders by name)."""
     folders = {name: root / name for name in ("reports", "photos", "backups")}
     for folder in folders.values():
         folder.mkdir()
@@ -130,6 +131,7 @@ def project_ui(root: Path) -> Iterator[tuple[DagsterProcesses, str, dict[str, Pa
             "WEBHOOK_REPORTS_DIR": str(folders["reports"]),
             "WEB_IMAGES_ROOT": str(folders["photos"]),
             "BACKUP_DESTINATION": str(folders["backups"]),
+            **env,
         },
     )
     try:

@@ -44,7 +44,8 @@ IDENTITY_TAGS = ("automation/serial", "owner", "automation")
 
 @pytest.fixture(scope="module")
 def stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    with project_ui(tmp_path_factory.mktemp("health")) as stack:
+    # The watchdog looks every 15 s instead of every minute: each change of health shows sooner.
+    with project_ui(tmp_path_factory.mktemp("health"), WATCHDOG_INTERVAL_SECONDS="15") as stack:
         yield stack
 
 

@@ -115,6 +115,7 @@ def test_cron_watchdog_alerts_on_its_own(
             "ALERT_URLS": receiver.url,
             "DEADMAN_PING_URL": f"http://127.0.0.1:{receiver.port}/ping/{name}",
             "WATCHDOG_MAX_HEARTBEAT_AGE": str(HEARTBEAT_AGE),
+            "WATCHDOG_INTERVAL_SECONDS": "15",  # its health in the UI comes back sooner
             "WEB_IMAGES_ROOT": str(tmp_path / name / "photos"),
             "WEBHOOK_REPORTS_DIR": str(tmp_path / name / "reports"),
             "BACKUP_DESTINATION": str(tmp_path / name / "backups"),

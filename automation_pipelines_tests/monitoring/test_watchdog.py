@@ -6,6 +6,9 @@ reads real run history from the instance."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -250,3 +253,39 @@ def test_sensor_on_real_history_with_time_moved_forward(
     cursor, message = tick(cursor)
     assert "2 finding(s), 0 new" in message
     assert len(json_receiver.received) == 4
+
+
+_INTERVAL = (
+    "from automation_pipelines.monitoring.watchdog import watchdog_sensor; "
+    "print(watchdog_sensor.minimum_interval_seconds)"
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "interval", "error"),
+    [
+        (None, "60", None),
+        ("", "60", None),
+        ("15", "15", None),
+        ("5", "5", None),
+        ("3600", "3600", None),
+        ("4", None, "WATCHDOG_INTERVAL_SECONDS=4 must be between 5 and 3600"),
+        ("3601", None, "WATCHDOG_INTERVAL_SECONDS=3601 must be between 5 and 3600"),
+        ("1m", None, "WATCHDOG_INTERVAL_SECONDS='1m' is not a whole number"),
+    ],
+)
+def test_the_watchdog_looks_as_often_as_configured(value, interval, error) -> None:
+    """Read as the code location loads (a fresh interpreter each time); a bad value stops the
+    load naming the variable, as every setting does."""
+    env = {k: v for k, v in os.environ.items() if k != "WATCHDOG_INTERVAL_SECONDS"}
+    if value is not None:
+        env["WATCHDOG_INTERVAL_SECONDS"] = value
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERVAL], env=env, capture_output=True, text=True, timeout=120
+    )
+    if error is None:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == interval
+    else:
+        assert done.returncode != 0
+        assert error in done.stderr
