@@ -408,9 +408,17 @@ def _alerts_deliver(args: argparse.Namespace) -> int:
 
 def _watchdog(args: argparse.Namespace) -> int:
     """Check the daemon and the watchdog sensor from outside Dagster (cron, systemd timer)."""
-    from automation_pipelines.monitoring import outside
+    from automation_pipelines.monitoring import outside, watchdog
     from automation_pipelines.reliability.alerts import AlertRouter
 
+    interval = watchdog.interval_seconds()
+    if args.max_watchdog_age < 2 * interval:
+        raise ConfigurationError(
+            f"the watchdog sensor looks every {interval} s (WATCHDOG_INTERVAL_SECONDS), so a "
+            f"maximum age of its last tick of {args.max_watchdog_age:g} s "
+            "(WATCHDOG_MAX_SENSOR_AGE, --max-watchdog-age) would call it silent between two "
+            f"looks: make that at least {2 * interval} s"
+        )
     outcome = outside.check(
         AlertRouter.from_env(),
         ping_url=args.ping_url or os.environ.get("DEADMAN_PING_URL"),

@@ -132,6 +132,29 @@ def test_watchdog_alerts_and_pings_while_postgres_is_down(
     assert len(titles) == 3
 
 
+def test_a_watchdog_age_its_own_interval_can_exceed_is_refused(deployment, json_receiver) -> None:
+    """A sensor that looks every 10 minutes is not silent when its last tick is 10 minutes
+    old: the command refuses those settings, naming both, and alerts nobody."""
+    alerting = {"ALERT_URLS": json_receiver.url}
+    deployment.write_env({**alerting, "WATCHDOG_INTERVAL_SECONDS": "600"})
+
+    refused = deployment.cron("watchdog")
+
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "looks every 600 s (WATCHDOG_INTERVAL_SECONDS)" in refused.stderr
+    assert "WATCHDOG_MAX_SENSOR_AGE" in refused.stderr and "at least 1200 s" in refused.stderr
+    assert json_receiver.received == []
+
+    deployment.write_env(
+        {**alerting, "WATCHDOG_INTERVAL_SECONDS": "600", "WATCHDOG_MAX_SENSOR_AGE": "1200"}
+    )
+    taken = deployment.cron("watchdog")
+
+    assert taken.returncode == 1, taken.stdout + taken.stderr  # no daemon has run here
+    assert "WATCHDOG_INTERVAL_SECONDS" not in taken.stderr
+    assert any(t.startswith("[DAEMON DOWN]") for t in json_receiver.titles())
+
+
 def test_ports_come_from_the_env_file(deployment, tmp_path: Path) -> None:
     port = free_port()
     deployment.write_env({"WEBHOOKS_PORT": str(port)})

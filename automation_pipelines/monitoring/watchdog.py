@@ -385,9 +385,14 @@ def report(
     return report_findings(outbox, findings, kinds, held_subjects, finding_runbook(runbooks or {}))
 
 
-#: How often the watchdog looks (WATCHDOG_INTERVAL_SECONDS): how late a finding, an alert and
-#: each automation's health in the UI may be. Read as the code location loads.
-INTERVAL_SECONDS = settings.integer("WATCHDOG_INTERVAL_SECONDS", 60, minimum=5, maximum=3600)
+def interval_seconds() -> int:
+    """How often the watchdog looks (WATCHDOG_INTERVAL_SECONDS): how late a finding, an alert
+    and each automation's health in the UI may be."""
+    return settings.integer("WATCHDOG_INTERVAL_SECONDS", 60, minimum=5, maximum=3600)
+
+
+#: Read as the code location loads.
+INTERVAL_SECONDS = interval_seconds()
 
 
 @dg.sensor(
