@@ -22,6 +22,18 @@ SECRET = "e2e-Vault-Code-5521"
 FAILING = {"op_fails_job": 1, "worker_killed_job": 2, "too_slow_job": 2, "refused_job": 1}
 
 
+ALERT_SENSORS = ("run_failure_alert_sensor", "alert_outbox_sensor")
+
+
+def ticks_since(instance: dg.DagsterInstance, sensor: str, since: float) -> int:
+    """Ticks of `sensor` begun after `since` and ended."""
+    state = next((s for s in instance.all_instigator_state() if s.instigator_name == sensor), None)
+    if state is None:
+        return 0
+    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=10)
+    return sum(t.timestamp > since and t.status.value != "STARTED" for t in ticks)
+
+
 @pytest.mark.timeout(600)
 def test_every_failure_kind_alerts_exactly_once(dagster_processes, json_receiver, tmp_path: Path):
     routes = tmp_path / "routes.yaml"
@@ -63,7 +75,14 @@ def test_every_failure_kind_alerts_exactly_once(dagster_processes, json_receiver
 
     json_receiver.status = 200
     wait_for("four delivered alerts", lambda: len(json_receiver.received) >= 4, 120, processes.logs)
-    time.sleep(35)  # two more ticks of each alert sensor: nothing more may arrive
+    # Nothing more may arrive over two more whole ticks of each alert sensor.
+    since = time.time()
+    wait_for(
+        "two more ticks of each alert sensor",
+        lambda: all(ticks_since(instance, name, since) >= 2 for name in ALERT_SENSORS),
+        180,
+        processes.logs,
+    )
     titles = sorted(json_receiver.titles())
     assert len(titles) == 4, titles
     by_job = {
