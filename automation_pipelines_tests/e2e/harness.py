@@ -105,6 +105,14 @@ def wait_until_heartbeats_are_older_than(
     wait_for(f"every daemon heartbeat over {age:g} s old", old_enough, age + 60, logs, 1.0)
 
 
+def sensor_ticks(instance, sensor: str, limit: int = 5) -> list:
+    """The newest ticks of `sensor` in `instance`, newest first ([] before its first)."""
+    states = [s for s in instance.all_instigator_state() if s.instigator_name == sensor]
+    if not states:
+        return []
+    return instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id, limit=limit)
+
+
 def heartbeats_in_ui(base_url: str) -> dict[str, float | None]:
     """Each required daemon's last heartbeat as the webserver reports it ({} if it cannot)."""
     fields = "daemonType required lastHeartbeatTime"

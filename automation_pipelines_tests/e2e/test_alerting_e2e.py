@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from automation_pipelines.reliability import store
 from automation_pipelines.reliability.alerts import alerts_table
-from automation_pipelines_tests.e2e.harness import wait_for
+from automation_pipelines_tests.e2e.harness import sensor_ticks, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,10 +27,7 @@ ALERT_SENSORS = ("run_failure_alert_sensor", "alert_outbox_sensor")
 
 def ticks_since(instance: dg.DagsterInstance, sensor: str, since: float) -> int:
     """Ticks of `sensor` begun after `since` and ended."""
-    state = next((s for s in instance.all_instigator_state() if s.instigator_name == sensor), None)
-    if state is None:
-        return 0
-    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=10)
+    ticks = sensor_ticks(instance, sensor, limit=10)
     return sum(t.timestamp > since and t.status.value != "STARTED" for t in ticks)
 
 

@@ -30,7 +30,11 @@ from automation_pipelines.reliability.numbers import automation_key
 from automation_pipelines.reliability.processes import ProcessGroup
 from automation_pipelines_tests.alert_peers import JsonReceiver
 from automation_pipelines_tests.deployment import Deployment, make_deployment
-from automation_pipelines_tests.e2e.harness import wait_for, wait_until_heartbeats_are_older_than
+from automation_pipelines_tests.e2e.harness import (
+    sensor_ticks,
+    wait_for,
+    wait_until_heartbeats_are_older_than,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -84,13 +88,6 @@ def heartbeats_fresh(instance: dg.DagsterInstance, since: float) -> bool:
     return wanted <= set(beats) and all(beats[name].timestamp > since for name in wanted)
 
 
-def ticks(instance: dg.DagsterInstance, sensor: str) -> list:
-    states = [s for s in instance.all_instigator_state() if s.instigator_name == sensor]
-    if not states:
-        return []
-    return instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id, limit=5)
-
-
 def health_in_ui(instance: dg.DagsterInstance) -> dict[str, tuple[str, str]]:
     """(state, finding) of each automation's latest health evaluation, as the UI shows it."""
     shown = {}
@@ -135,7 +132,7 @@ def test_cron_watchdog_alerts_on_its_own(
             instance = site.instance()
             wait_for(
                 f"the {site.name} watchdog sensor's first tick",
-                lambda instance=instance: ticks(instance, "watchdog_sensor"),
+                lambda instance=instance: sensor_ticks(instance, "watchdog_sensor"),
                 180,
                 site.logs,
             )
@@ -204,7 +201,7 @@ def test_cron_watchdog_alerts_on_its_own(
             "the photo sensor skipping because of the pause",
             lambda: any(
                 "paused" in (t.skip_reason or "") and t.timestamp > restarted
-                for t in ticks(pg_instance, "photo_inbox_sensor")
+                for t in sensor_ticks(pg_instance, "photo_inbox_sensor")
             ),
             90,
             pg_site.logs,
