@@ -39,7 +39,7 @@ from automation_pipelines.reliability import store
 from automation_pipelines.reliability.processes import run_forked
 from automation_pipelines.webhooks.edge import EdgeLimits, closed_by_edge, edge_protocol
 from automation_pipelines.webhooks.inbox import Event
-from automation_pipelines.webhooks.payloads import PayloadError, parse_object
+from automation_pipelines.webhooks.payloads import PayloadError, object_fields, parse_object
 from automation_pipelines.webhooks.sources import (
     PREVIOUS_SUFFIX,
     MissingSecret,
@@ -296,7 +296,11 @@ def create_app(
                 text = body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return 400, {"error": f"body is not JSON in UTF-8: {exc}"}
-            payload = parse_object(text, what="body", exact_numbers=source.verifier.exact_numbers)
+            keys = source.verifier.payload_keys
+            if keys is None:
+                payload = parse_object(text, what="body")
+            else:
+                payload = object_fields(text, keys, what="body")
             delivery = source.verifier.identify(headers, payload)
         except Rejected as exc:
             log.info("rejected %s delivery: %s %s", name, exc.status, exc)

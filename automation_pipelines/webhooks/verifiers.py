@@ -57,11 +57,11 @@ class Delivery:
 
 
 class Verifier(Protocol):
-    """One sender's signature scheme; header keys are lower-case. `exact_numbers`: whether
-    `identify` reads the payload's numbers (the receiver may otherwise read it faster, with an
-    integer past 64 bits as the nearest float)."""
+    """One sender's signature scheme; header keys are lower-case. `payload_keys`: the top-level
+    keys of the payload `identify` reads (the receiver reads only those, faster), or None when
+    it reads the whole payload."""
 
-    exact_numbers: bool
+    payload_keys: tuple[str, ...] | None
 
     def check_signature(self, body: bytes, headers: Mapping[str, str], now: float) -> None: ...
 
@@ -124,7 +124,7 @@ def _required_header(headers: Mapping[str, str], name: str) -> str:
 class GitHubVerifier:
     """GitHub's `X-Hub-Signature-256`: an HMAC of the body alone, with no timestamp to check."""
 
-    exact_numbers = False  # the id and type are headers
+    payload_keys = ()  # the id and type are headers
 
     def __init__(self, secret: str) -> None:
         self._key = _require_secret(secret)
@@ -150,7 +150,7 @@ class StripeVerifier:
     The signature is checked before the age, so a forged timestamp reads as a bad signature.
     """
 
-    exact_numbers = False  # the id and type are strings of the payload
+    payload_keys = ("id", "type")
 
     def __init__(self, secret: str, tolerance_seconds: int = 300) -> None:
         self._key = _require_secret(secret)
@@ -231,7 +231,7 @@ class StandardWebhooksVerifier:
     The library reads its own clock with a fixed five-minute tolerance, so `now` is not used.
     """
 
-    exact_numbers = False  # the id is a header, the type a string of the payload
+    payload_keys = ("type",)  # the id is a header
 
     def __init__(self, secret: str) -> None:
         try:
@@ -267,7 +267,7 @@ class HmacVerifier:
     still deduplicate.
     """
 
-    exact_numbers = True  # the digest covers every number as sent
+    payload_keys = None  # the digest covers the whole payload, every number as sent
 
     def __init__(
         self,
@@ -351,8 +351,8 @@ class RotatingVerifier:
         self.until = until
 
     @property
-    def exact_numbers(self) -> bool:
-        return self.current.exact_numbers
+    def payload_keys(self) -> tuple[str, ...] | None:
+        return self.current.payload_keys
 
     def check_signature(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
         try:
