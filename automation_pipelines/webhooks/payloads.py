@@ -88,6 +88,10 @@ def _shallow(text: str, max_depth: int) -> bool:
 #: One simdjson parser per thread: a parser is not for two threads at once, and keeps its
 #: buffers from one body to the next.
 _parsers = threading.local()
+#: The largest body a parser takes; `json` reads larger ones. A parser keeps buffers of about 5
+#: times the largest body it read for the life of its thread, so one large delivery must not
+#: leave every receiving process hundreds of MB larger.
+FAST_MAX_BYTES = 1 << 20
 
 
 def _fast_fields(text: str, keys: Sequence[str]) -> dict | None:
@@ -97,13 +101,13 @@ def _fast_fields(text: str, keys: Sequence[str]) -> dict | None:
         return None
     parser = getattr(_parsers, "parser", None)
     if parser is None:
-        parser = _parsers.parser = simdjson.Parser()
+        parser = _parsers.parser = simdjson.Parser(max_capacity=FAST_MAX_BYTES)
     try:
         document = parser.parse(text)
-    except ValueError:  # refused
+    except ValueError:  # refused, or over FAST_MAX_BYTES
         return None
     except RuntimeError:  # a number it cannot hold, or a document of its still referenced
-        _parsers.parser = simdjson.Parser()
+        _parsers.parser = simdjson.Parser(max_capacity=FAST_MAX_BYTES)
         return None
     try:
         if not isinstance(document, simdjson.Object):

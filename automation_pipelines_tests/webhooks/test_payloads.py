@@ -182,6 +182,16 @@ def test_a_push_is_checked_without_json():
         assert payloads._fast_fields(text, ("ref", "after"))["ref"] == json.loads(text)["ref"]
 
 
+def test_a_body_past_the_parsers_capacity_is_read_by_json():
+    """A large delivery is read alike, and leaves no parser holding buffers its size."""
+    text = json.dumps({"id": "big", "type": "t", "pad": "x" * payloads.FAST_MAX_BYTES})
+    assert payloads._fast_fields(text, ("id",)) is None
+    assert object_fields(text, ("id", "type"), "body") == {"id": "big", "type": "t"}
+    with pytest.raises(PayloadError, match=r"^body is not JSON"):
+        object_fields(text[:-1], ("id",), "body")
+    assert object_fields('{"id": "small"}', ("id",)) == {"id": "small"}  # the parser goes on
+
+
 def test_threads_each_read_their_own_bodies():
     texts = [
         json.dumps({"id": f"d{n}", "type": "t", "pad": list(range(n % 50))}) for n in range(400)
