@@ -12,7 +12,8 @@ for nothing was about a fifth of a receiving process's time. simdjson refuses wh
 accepts beyond the standard (NaN, infinities, integers past 64 bits, lone surrogates) and
 accepts a leading byte-order mark, which `json` refuses, so `json` reads whatever simdjson
 refuses, finds not to be an object, or where a key is repeated: the verdict, the error and
-every value are always `json`'s.
+every value are always `json`'s. A body with more brackets than `MAX_DEPTH` (a long push) has
+its nesting walked on orjson's reading of it, twice as fast as json's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import simdjson
 
 #: Most levels of objects and arrays a payload may nest (the top-level object is level 1).
@@ -132,14 +134,26 @@ def _fast_fields(text: str, keys: Sequence[str]) -> dict | None:
         del document
 
 
+def _orjson_deeper_than(text: str, limit: int) -> bool:
+    """Whether a body simdjson accepted nests past `limit`, walked on orjson's reading of it
+    (about twice as fast as json's, and of the same shape); True if orjson refuses it, so json
+    decides."""
+    try:
+        tree = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return True
+    return deeper_than(tree, limit)
+
+
 def object_fields(
     text: str, keys: Sequence[str] = (), what: str = "payload", max_depth: int = MAX_DEPTH
 ) -> dict:
     """Of the payload `parse_object` reads from `text`, only the top-level `keys` it has (a
     dict, with the values `json` reads); its refusals are `parse_object`'s, word for word."""
-    if _shallow(text, max_depth):
-        fields = _fast_fields(text, keys)
-        if fields is not None:
-            return fields
+    fields = _fast_fields(text, keys)
+    if fields is not None and (
+        _shallow(text, max_depth) or not _orjson_deeper_than(text, max_depth)
+    ):
+        return fields
     payload = parse_object(text, what, max_depth)
     return {key: value for key, value in payload.items() if key in keys}

@@ -115,6 +115,27 @@ def test_a_payload_reads_alike(payload, ascii_only, separators, data):
     assert_read_alike(text, draw_keys(data, text))
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(VALUES, min_size=1, max_size=4),
+    st.integers(min_value=MAX_DEPTH // 2, max_value=MAX_DEPTH * 2),
+    st.integers(min_value=1, max_value=3),
+    st.data(),
+)
+def test_a_payload_with_more_brackets_than_the_bound_reads_alike(values, width, depth, data):
+    """Wide (a long push's commits) or deep: more brackets than `MAX_DEPTH`, so the nesting is
+    walked rather than ruled out by counting."""
+    item: Any = values
+    for _ in range(depth):
+        item = {"k": item}
+    payload = {"id": "d", "items": [item] * width, "deep": values}
+    for _ in range(data.draw(st.sampled_from([0, MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH]))):
+        payload = {"id": "d", "inner": payload}
+    text = json.dumps(payload)
+    assert text.count("{") + text.count("[") > MAX_DEPTH
+    assert_read_alike(text, draw_keys(data, text))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["id", "type", "x"]), VALUES), max_size=6), st.data())
 def test_repeated_keys_read_alike(members, data):
@@ -180,6 +201,9 @@ def test_a_push_is_checked_without_json():
         text = compact(push_payload(number, rng)).decode()
         assert payloads._fast_fields(text, ()) == {}
         assert payloads._fast_fields(text, ("ref", "after"))["ref"] == json.loads(text)["ref"]
+    wide = json.dumps({"ref": "r", "commits": [{"added": [], "author": {}}] * 60})
+    assert not payloads._shallow(wide, MAX_DEPTH)  # walked on orjson's tree, never json's
+    assert not payloads._orjson_deeper_than(wide, MAX_DEPTH)
 
 
 def test_a_body_past_the_parsers_capacity_is_read_by_json():
