@@ -21,12 +21,12 @@ from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import job_setting, unguarded
 from automation_pipelines.reliability.deadletters import set_aside_of
+from automation_pipelines.reliability.identity import run_identity
 from automation_pipelines.reliability.messages import FailureDetail, RunFacts
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
     BREAKER_KEY,
-    OWNER_TAG,
     ROOT_RUN_TAG,
     RUNBOOK_PREFIX,
     WILL_RETRY_TAG,
@@ -131,11 +131,12 @@ def run_facts(
         match = re.search(re.escape(RUNBOOK_PREFIX) + r"(\S+)", description)
         runbook = settings.runbook_url(match.group(1)) if match else None
         pause = pause_hint(run.job_name, repository)
+    identity = run_identity(run, repository)
     return RunFacts(
         run_id=run.run_id,
         job=run.job_name,
-        owner=run.tags.get(OWNER_TAG) or UNOWNED,
-        automation=run.tags.get(AUTOMATION_TAG),
+        owner=identity.owner or UNOWNED,
+        automation=identity.automation,
         run_attempt=max(1, attempt),
         details=tuple(details),
         runbook=runbook,
@@ -159,7 +160,7 @@ def trip_breaker(
     repository: dg.RepositoryDefinition | None,
 ) -> None:
     """Stop the automation's triggers after its declared number of consecutive failures."""
-    automation = run.tags.get(AUTOMATION_TAG)
+    automation = facts.automation
     threshold = breaker_threshold(repository, run.job_name)
     if not automation or not threshold or threshold < 1:
         return
