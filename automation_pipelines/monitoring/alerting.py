@@ -21,7 +21,7 @@ from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import job_setting, unguarded
 from automation_pipelines.reliability.deadletters import set_aside_of
-from automation_pipelines.reliability.identity import run_identity
+from automation_pipelines.reliability.identity import automation_jobs, run_identity
 from automation_pipelines.reliability.messages import FailureDetail, RunFacts
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.reliability.tags import (
@@ -164,7 +164,8 @@ def trip_breaker(
     threshold = breaker_threshold(repository, run.job_name)
     if not automation or not threshold or threshold < 1:
         return
-    reason = breaker.trip_if_due(instance, automation, threshold)
+    jobs = automation_jobs(repository, automation) if repository is not None else ()
+    reason = breaker.trip_if_due(instance, automation, jobs or (run.job_name,), threshold)
     if reason is None:
         return
     outbox.enqueue_message(

@@ -21,6 +21,12 @@ import sqlalchemy as sa
 from automation_pipelines.reliability.alerts import Outbox, incidents_table
 from automation_pipelines.reliability.deadletters import age_text, open_dead_letters, set_aside_of
 from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
+from automation_pipelines.reliability.identity import (
+    automation_jobs,
+    records_of,
+    repository_of,
+    run_identity,
+)
 from automation_pipelines.reliability.messages import TITLE_LIMIT
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG, WILL_RETRY_TAG
 
@@ -31,7 +37,7 @@ MAX_LISTED = 10
 
 @dataclass
 class _Group:
-    """One automation (or, for runs without an automation tag, one job) in the digest."""
+    """One automation (or, for a job of no automation, one job) in the digest."""
 
     name: str
     is_job: bool
@@ -47,6 +53,8 @@ class _Group:
     dead_lettered: int = 0
     incidents: list[sa.Row] = field(default_factory=list)
     dead_letters: list[sa.Row] = field(default_factory=list)
+    #: The jobs whose runs are the automation's (its definition's, and those of runs seen).
+    jobs: set[str] = field(default_factory=set)
 
     @property
     def other(self) -> int:
@@ -72,21 +80,35 @@ def _one_line(text: str | None, limit: int = 200) -> str:
 
 def _last_success(instance: dg.DagsterInstance, group: _Group, now: float) -> float | None:
     """When the group's latest successful run (created before `now`) ended; None if never."""
-    scope = {"job_name": group.name} if group.is_job else {"tags": {AUTOMATION_TAG: group.name}}
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.SUCCESS], created_before=_utc(now), **scope
-        ),
-        limit=1,
-    )
-    if not records:
+    if group.is_job or group.jobs:
+        jobs = [group.name] if group.is_job else sorted(group.jobs)
+        success = dg.DagsterRunStatus.SUCCESS
+        records = records_of(instance, jobs, statuses=[success], page_size=20)
+        record = next((r for r in records if r.create_timestamp.timestamp() < now), None)
+    else:  # an automation this code location does not define: its runs' own tags
+        found = instance.get_run_records(
+            filters=dg.RunsFilter(
+                statuses=[dg.DagsterRunStatus.SUCCESS],
+                created_before=_utc(now),
+                tags={AUTOMATION_TAG: group.name},
+            ),
+            limit=1,
+        )
+        record = found[0] if found else None
+    if record is None:
         return None
-    record = records[0]
     return record.end_time or record.update_timestamp.timestamp()
 
 
-def _owner_of(instance: dg.DagsterInstance, automation: str) -> str:
-    """The owner tag of the automation's latest run, for automations with no run in the window."""
+def _owner_of(
+    instance: dg.DagsterInstance, automation: str, repository: dg.RepositoryDefinition | None
+) -> str:
+    """The owner of an automation with no run in the window: its jobs', else the owner tag of
+    its latest run."""
+    for job in automation_jobs(repository, automation) if repository is not None else ():
+        owner = dict(repository.get_job(job).tags).get(OWNER_TAG)
+        if owner:
+            return owner
     records = instance.get_run_records(
         filters=dg.RunsFilter(tags={AUTOMATION_TAG: automation}), limit=1
     )
@@ -94,7 +116,11 @@ def _owner_of(instance: dg.DagsterInstance, automation: str) -> str:
 
 
 def _collect(
-    instance: dg.DagsterInstance, engine: sa.Engine, now: float, window_hours: float
+    instance: dg.DagsterInstance,
+    engine: sa.Engine,
+    now: float,
+    window_hours: float,
+    repository: dg.RepositoryDefinition | None = None,
 ) -> list[_Group]:
     groups: dict[tuple[bool, str], _Group] = {}
     records = instance.get_run_records(
@@ -104,12 +130,12 @@ def _collect(
     )
     for record in records:  # newest first, so a group's owner is that of its latest run
         run = record.dagster_run
-        automation = run.tags.get(AUTOMATION_TAG)
+        automation, owner = run_identity(run, repository)
         key = (automation is None, automation or run.job_name)
         group = groups.get(key)
         if group is None:
-            owner = run.tags.get(OWNER_TAG) or UNOWNED
-            group = groups[key] = _Group(name=key[1], is_job=key[0], owner=owner)
+            group = groups[key] = _Group(name=key[1], is_job=key[0], owner=owner or UNOWNED)
+        group.jobs.add(run.job_name)
         group.runs += 1
         if run.status == dg.DagsterRunStatus.SUCCESS:
             group.succeeded += 1
@@ -143,11 +169,13 @@ def _collect(
         if key not in groups and (True, letter.automation) in groups:
             key = (True, letter.automation)
         if key not in groups:
-            owner = _owner_of(instance, letter.automation)
+            owner = _owner_of(instance, letter.automation, repository)
             groups[key] = _Group(name=letter.automation, is_job=False, owner=owner)
         groups[key].dead_letters.append(letter)
 
     for group in groups.values():
+        if not group.is_job and repository is not None:
+            group.jobs.update(automation_jobs(repository, group.name))
         group.last_success = _last_success(instance, group, now)
     return list(groups.values())
 
@@ -205,12 +233,17 @@ def _day(now: float) -> str:
 
 
 def build_digest(
-    instance: dg.DagsterInstance, engine: sa.Engine, now: float, window_hours: float = 24
+    instance: dg.DagsterInstance,
+    engine: sa.Engine,
+    now: float,
+    window_hours: float = 24,
+    repository: dg.RepositoryDefinition | None = None,
 ) -> dict[str, tuple[str, str]]:
     """Owner → (title, body) for every owner whose automations ran in the window or have
-    open incidents or dead-lettered items; reads only, sends nothing."""
+    open incidents or dead-lettered items; reads only, sends nothing. With `repository`, runs
+    are read through their jobs' definitions (who owns them now)."""
     by_owner: dict[str, list[_Group]] = defaultdict(list)
-    for group in _collect(instance, engine, now, window_hours):
+    for group in _collect(instance, engine, now, window_hours, repository):
         by_owner[group.owner].append(group)
     digests: dict[str, tuple[str, str]] = {}
     for owner, groups in sorted(by_owner.items()):
@@ -239,10 +272,12 @@ def queue_digest(
     engine: sa.Engine,
     now: float,
     window_hours: float = 24,
+    repository: dg.RepositoryDefinition | None = None,
 ) -> int:
     """Put each owner's digest in the outbox once per UTC day; return how many were queued."""
     queued = 0
-    for owner, (title, body) in build_digest(instance, engine, now, window_hours).items():
+    digests = build_digest(instance, engine, now, window_hours, repository)
+    for owner, (title, body) in digests.items():
         key = f"digest:{_day(now)}:{owner}"
         if outbox.enqueue_message(owner, title, body, dedup_key=key) is not None:
             queued += 1
@@ -260,6 +295,7 @@ def queue_digest(
 def send_daily_digest(context: dg.OpExecutionContext) -> int:
     alerts = context.resources.alerts
     outbox = alerts.outbox(context.instance)
-    queued = queue_digest(outbox, context.instance, outbox.engine, time.time())
+    repository = repository_of(context)
+    queued = queue_digest(outbox, context.instance, outbox.engine, time.time(), 24, repository)
     context.add_output_metadata({"digests_queued": queued})
     return queued

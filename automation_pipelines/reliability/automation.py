@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -150,6 +150,9 @@ class Automation:
     #: lock, idempotent writes): the next run's process then starts while one still works, and
     #: dagster.yaml gives the automation its own limit.
     side_by_side: int = 1
+    #: The names of the jobs `job` and `asset_job` made, in order: the automation's runs are
+    #: theirs, which pacing, the breaker and the digest count, whatever tags a run carries.
+    _jobs: dict[str, None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -168,6 +171,11 @@ class Automation:
         """Declare the automation whose folder holds `module_file`; the folder name is its name."""
         folder = Path(module_file).resolve().parent
         return cls(name=folder.name, owner=owner, folder=folder, **settings)
+
+    @property
+    def job_names(self) -> tuple[str, ...]:
+        """The jobs made by this declaration so far (all of them once its definitions loaded)."""
+        return tuple(self._jobs)
 
     @property
     def runbook(self) -> Path:
@@ -224,7 +232,14 @@ class Automation:
         kwargs["hooks"] = {alert_on_failure_hook, *kwargs.get("hooks", ())}
         if "description" in kwargs:
             kwargs["description"] = self.describe(kwargs["description"])
-        return dg.job(**kwargs)
+        make = dg.job(**kwargs)
+
+        def decorator(fn):
+            job = make(fn)
+            self._jobs[job.name] = None
+            return job
+
+        return decorator
 
     def asset_job(
         self,
@@ -237,6 +252,7 @@ class Automation:
     ):
         """`dg.define_asset_job` with what `job` adds: this automation's tags and metadata, the
         alerting hook, the in-process executor and the runbook link."""
+        self._jobs[name] = None
         return dg.define_asset_job(
             name,
             selection=selection,
@@ -407,7 +423,7 @@ class Automation:
                 if maximum is None:
                     return fn(context, *args, **kwargs)
                 now = time.time()
-                current = pacing.pace(context.instance, self.name, maximum, now)
+                current = pacing.pace(context.instance, self.job_names, maximum, now)
                 with pacing.pacing(current):
                     result = fn(context, *args, **kwargs)
                     if isinstance(result, Iterator):

@@ -8,14 +8,17 @@ resume; `automation-pipelines pause NAME` throws the same switch by hand.
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dagster as dg
 import sqlalchemy as sa
 
 from automation_pipelines.reliability import store
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, WILL_RETRY_TAG
+from automation_pipelines.reliability.identity import records_of
+from automation_pipelines.reliability.tags import WILL_RETRY_TAG
 
 state_table = sa.Table(
     "ap_automation_state",
@@ -100,50 +103,47 @@ MAX_RECORDS = 5000
 
 def consecutive_failures(
     instance: dg.DagsterInstance,
-    automation: str,
+    jobs: Sequence[str],
     since: float = 0.0,
     limit: int | None = None,
     page_size: int = 100,
 ) -> int:
-    """Failed final runs of the automation since its last success (and since `since`), counting
-    up to `limit`. Attempts Dagster's run retries repeat (`dagster/will_retry=true`) are read
-    past, page by page, so any number of them between two final failures leaves the count
-    right: a fixed look-back of N runs would fill up with retried attempts and never trip."""
-    count, cursor, read = 0, None, 0
-    while read < MAX_RECORDS:
-        records = instance.get_run_records(
-            filters=dg.RunsFilter(
-                tags={AUTOMATION_TAG: automation},
-                statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
-            ),
-            limit=page_size,
-            cursor=cursor,
-        )
-        for record in records:
-            run = record.dagster_run
-            if record.create_timestamp.timestamp() < since:
-                return count
-            if run.status == dg.DagsterRunStatus.SUCCESS:
-                return count
-            if run.tags.get(WILL_RETRY_TAG) != "true":
-                count += 1
-                if limit is not None and count >= limit:
-                    return count
-        if len(records) < page_size:
+    """Failed final runs of the automation whose jobs are `jobs` since its last success (and
+    since `since`), counting up to `limit`. Attempts Dagster's run retries repeat
+    (`dagster/will_retry=true`) are read past, page by page, so any number of them between two
+    final failures leaves the count right: a fixed look-back of N runs would fill up with retried
+    attempts and never trip."""
+    count = 0
+    records = records_of(
+        instance,
+        jobs,
+        statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
+        page_size=page_size,
+    )
+    for record in itertools.islice(records, MAX_RECORDS):
+        run = record.dagster_run
+        if record.create_timestamp.timestamp() < since:
             return count
-        cursor = records[-1].dagster_run.run_id
-        read += len(records)
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            return count
+        if run.tags.get(WILL_RETRY_TAG) != "true":
+            count += 1
+            if limit is not None and count >= limit:
+                return count
     return count
 
 
-def trip_if_due(instance: dg.DagsterInstance, automation: str, threshold: int) -> str | None:
-    """Trip the breaker after `threshold` consecutive failures; return the reason if it tripped."""
+def trip_if_due(
+    instance: dg.DagsterInstance, automation: str, jobs: Sequence[str], threshold: int
+) -> str | None:
+    """Trip `automation`'s breaker after `threshold` consecutive failed runs of its `jobs`;
+    return the reason if it tripped."""
     engine = engine_for(instance)
     state = get_state(engine, automation)
     if state and state.open:
         return None
     since = state.changed_at if state else 0.0
-    failures = consecutive_failures(instance, automation, since=since, limit=threshold)
+    failures = consecutive_failures(instance, jobs, since=since, limit=threshold)
     if failures < threshold:
         return None
     reason = f"{failures} consecutive failed runs"

@@ -8,6 +8,9 @@ code location no longer defines (or knows nothing of) is read from its own tags.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 import dagster as dg
@@ -29,3 +32,51 @@ def run_identity(run: dg.DagsterRun, repository: dg.RepositoryDefinition | None)
         automation=declared.get(AUTOMATION_TAG) or run.tags.get(AUTOMATION_TAG) or None,
         owner=declared.get(OWNER_TAG) or run.tags.get(OWNER_TAG) or None,
     )
+
+
+def repository_of(context) -> dg.RepositoryDefinition | None:
+    """The definitions the run of an op `context` executes in; None for a job executed alone
+    (`execute_in_process`), where Dagster has none to give and says so by raising."""
+    try:
+        return context.repository_def
+    except Exception:  # Dagster's invariant error, not a public type
+        return None
+
+
+def automation_jobs(repository: dg.RepositoryDefinition, automation: str) -> tuple[str, ...]:
+    """The names of `repository`'s jobs that belong to `automation`."""
+    return tuple(
+        job.name
+        for job in repository.get_all_jobs()
+        if dict(job.tags).get(AUTOMATION_TAG) == automation
+    )
+
+
+def records_of(
+    instance: dg.DagsterInstance,
+    jobs: Iterable[str],
+    *,
+    statuses: Sequence[dg.DagsterRunStatus] | None = None,
+    created_after: datetime | None = None,
+    page_size: int = 100,
+) -> Iterator[dg.RunRecord]:
+    """The run records of `jobs`, newest first, read a page of each job at a time (so a caller
+    that stops early reads little)."""
+
+    def of(job: str) -> Iterator[dg.RunRecord]:
+        cursor = None
+        while True:
+            page = instance.get_run_records(
+                filters=dg.RunsFilter(
+                    job_name=job, statuses=statuses or None, created_after=created_after
+                ),
+                limit=page_size,
+                cursor=cursor,
+            )
+            yield from page
+            if len(page) < page_size:
+                return
+            cursor = page[-1].dagster_run.run_id
+
+    streams = [of(job) for job in dict.fromkeys(jobs)]
+    return heapq.merge(*streams, key=lambda record: record.create_timestamp, reverse=True)

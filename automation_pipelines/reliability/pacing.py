@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from automation_pipelines.reliability.tags import AUTOMATION_TAG
+from automation_pipelines.reliability.identity import records_of
 
 #: Trigger metadata: the runs per hour a paced sensor keeps to (its automation's budget).
 PACED_KEY = "automation/paced_to_runs_per_hour"
@@ -78,14 +79,14 @@ def room(created: Sequence[float], max_runs_per_hour: int, now: float) -> Pace:
     return Pace(allowed, hour_count, slice_count, budget_)
 
 
-def pace(instance: dg.DagsterInstance, automation: str, max_runs_per_hour: int, now: float) -> Pace:
-    """The room of `automation` now, from the runs it created in the last hour."""
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(
-            tags={AUTOMATION_TAG: automation},
-            created_after=datetime.fromtimestamp(now - HOUR, tz=UTC),
-        ),
-        limit=budget(max_runs_per_hour) + 1,
+def pace(
+    instance: dg.DagsterInstance, jobs: Sequence[str], max_runs_per_hour: int, now: float
+) -> Pace:
+    """The room now of the automation whose jobs are `jobs`, from the runs they created in the
+    last hour."""
+    records = itertools.islice(
+        records_of(instance, jobs, created_after=datetime.fromtimestamp(now - HOUR, tz=UTC)),
+        budget(max_runs_per_hour) + 1,
     )
     return room([r.create_timestamp.timestamp() for r in records], max_runs_per_hour, now)
 

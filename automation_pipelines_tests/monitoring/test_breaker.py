@@ -137,7 +137,7 @@ def test_breaker_trips_stops_requests_survives_restart_and_resumes(world, json_r
     world.run()
     world.alert_tick()
     assert isinstance(world.sensor_result(), dg.RunRequest)  # old failures no longer count
-    assert breaker.consecutive_failures(world.instance(), "flaky_feed") == 4
+    assert breaker.consecutive_failures(world.instance(), FLAKY.job_names) == 4
 
 
 def test_success_resets_the_count(world) -> None:
@@ -146,7 +146,7 @@ def test_success_resets_the_count(world) -> None:
     world.run(fail=False)
     world.run()
     world.alert_tick()
-    assert breaker.consecutive_failures(world.instance(), "flaky_feed") == 1
+    assert breaker.consecutive_failures(world.instance(), FLAKY.job_names) == 1
     assert isinstance(world.sensor_result(), dg.RunRequest)
 
 
@@ -233,7 +233,7 @@ def test_a_crash_loop_with_run_retries_trips_after_five_final_failures(
         crash_loop.final_failure(retried_attempts)
         crash_loop.alert_tick()
     assert crash_loop.tripped() is None
-    assert breaker.consecutive_failures(crash_loop.instance, "crashy_feed") == 4
+    assert breaker.consecutive_failures(crash_loop.instance, CRASHY.job_names) == 4
 
     crash_loop.final_failure(retried_attempts)
     crash_loop.alert_tick()
@@ -249,10 +249,10 @@ def test_counting_reads_past_any_number_of_retried_attempts(crash_loop) -> None:
     for _ in range(3):
         crash_loop.final_failure(retried_attempts=2)
     count = breaker.consecutive_failures
-    assert count(crash_loop.instance, "crashy_feed", page_size=2) == 3
-    assert count(crash_loop.instance, "crashy_feed", limit=2, page_size=2) == 2
+    assert count(crash_loop.instance, CRASHY.job_names, page_size=2) == 3
+    assert count(crash_loop.instance, CRASHY.job_names, limit=2, page_size=2) == 2
 
     crash_loop.attempt(retried=True)
     crash_loop.attempt(retried=False, fail=False)  # the retry healed it
     crash_loop.final_failure(retried_attempts=2)
-    assert count(crash_loop.instance, "crashy_feed", page_size=2) == 1
+    assert count(crash_loop.instance, CRASHY.job_names, page_size=2) == 1

@@ -100,7 +100,7 @@ def test_a_run_that_set_items_aside_is_a_success_everywhere(world, json_receiver
     world.run(fail=True)
     world.alert_tick()
     assert [t.split(" ")[0] for t in json_receiver.titles()] == ["[FAILED]"]
-    assert breaker.consecutive_failures(world.instance, "sorter") == 2
+    assert breaker.consecutive_failures(world.instance, SORTER.job_names) == 2
 
     run_id = world.run(quarantined=2, dead_lettered=1)
     tags = world.instance.get_run_by_id(run_id).tags
@@ -111,7 +111,7 @@ def test_a_run_that_set_items_aside_is_a_success_everywhere(world, json_receiver
     summary = world.alert_tick()
     assert [t.split(" ")[0] for t in json_receiver.titles()] == ["[FAILED]", "[RECOVERED]"]
     assert "1 successful run(s) set items aside" in summary
-    assert breaker.consecutive_failures(world.instance, "sorter") == 0
+    assert breaker.consecutive_failures(world.instance, SORTER.job_names) == 0
     assert breaker.get_state(breaker.engine_for(world.instance), "sorter") is None
     assert [f.kind for f in world.watchdog_findings()] == []
 

@@ -4,11 +4,20 @@ define is read from its own tags."""
 
 from __future__ import annotations
 
+import time
+
 import dagster as dg
 import pytest
 
 from automation_pipelines.monitoring.alerting import UNOWNED, run_facts
-from automation_pipelines.reliability.identity import Identity, run_identity
+from automation_pipelines.monitoring.digest import build_digest
+from automation_pipelines.reliability import breaker, pacing, store
+from automation_pipelines.reliability.identity import (
+    Identity,
+    automation_jobs,
+    records_of,
+    run_identity,
+)
 from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG
 from automation_pipelines_tests.monitoring import alert_fixtures as fx
 
@@ -51,3 +60,39 @@ def test_a_job_the_location_does_not_define_is_read_from_the_run(
     bare = stored_run(sqlite_instance, "retired_job", {})
     assert run_identity(bare, repository) == Identity(None, None)
     assert run_facts(sqlite_instance, bare, repository, []).owner == UNOWNED
+
+
+def test_an_automations_runs_are_its_jobs_runs_merged_newest_first(sqlite_instance) -> None:
+    made = [
+        stored_run(sqlite_instance, job, {}).run_id
+        for job in ["a_job", "b_job", "b_job", "a_job", "c_job", "a_job", "b_job"]
+    ]
+    for page_size in (1, 2, 100):
+        records = records_of(sqlite_instance, ["a_job", "b_job"], page_size=page_size)
+        expected = [run_id for run_id, job in zip(made, "abbacab", strict=True) if job != "c"]
+        assert [r.dagster_run.run_id for r in records] == expected[::-1]
+
+
+def test_pacing_and_the_breaker_count_runs_that_carry_no_identity(
+    sqlite_instance, repository
+) -> None:
+    jobs = automation_jobs(repository, "alert_fixture")
+    assert jobs == fx.AUTOMATION.job_names == ("upstream_job",)
+    for _ in range(2):
+        stored_run(sqlite_instance, "upstream_job", {})
+    stored_run(sqlite_instance, "other_job", {AUTOMATION_TAG: "alert_fixture"})  # not its job
+    assert pacing.pace(sqlite_instance, jobs, 60, time.time()).hour_count == 2
+    assert breaker.consecutive_failures(sqlite_instance, jobs) == 2
+    reason = breaker.trip_if_due(sqlite_instance, "alert_fixture", jobs, threshold=2)
+    assert reason == "2 consecutive failed runs"
+
+
+def test_the_digest_groups_and_addresses_runs_by_their_jobs(
+    sqlite_instance, repository, alert_router
+) -> None:
+    stored_run(sqlite_instance, "upstream_job", {})
+    engine = store.engine(alert_router.database_url)
+    digests = build_digest(sqlite_instance, engine, time.time() + 1, 24, repository)
+    assert list(digests) == ["team:test"]
+    assert "alert_fixture" in digests["team:test"][1]
+    assert list(build_digest(sqlite_instance, engine, time.time() + 1, 24)) == [UNOWNED]

@@ -103,15 +103,17 @@ def _runs(instance: dg.DagsterInstance, count: int) -> None:
 
 def test_the_room_is_counted_from_the_automations_runs(sqlite_instance) -> None:
     now = time.time()
-    assert pacing.pace(sqlite_instance, "feed", 20, now).allowed == 2  # budget 18, slices of 2
+    assert (
+        pacing.pace(sqlite_instance, FEED.job_names, 20, now).allowed == 2
+    )  # budget 18, slices of 2
     _runs(sqlite_instance, 1)
-    assert pacing.pace(sqlite_instance, "feed", 20, time.time()).allowed == 1
+    assert pacing.pace(sqlite_instance, FEED.job_names, 20, time.time()).allowed == 1
     _runs(sqlite_instance, 1)
-    held = pacing.pace(sqlite_instance, "feed", 20, time.time())
+    held = pacing.pace(sqlite_instance, FEED.job_names, 20, time.time())
     assert (held.allowed, held.slice_count) == (0, 2)
-    later = pacing.pace(sqlite_instance, "feed", 20, time.time() + 361)
+    later = pacing.pace(sqlite_instance, FEED.job_names, 20, time.time() + 361)
     assert (later.allowed, later.hour_count) == (2, 2)
-    assert pacing.pace(sqlite_instance, "feed", 20, time.time() + 3601).hour_count == 0
+    assert pacing.pace(sqlite_instance, FEED.job_names, 20, time.time() + 3601).hour_count == 0
 
 
 def _sensor(asks_first: bool):

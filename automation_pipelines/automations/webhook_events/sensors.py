@@ -24,7 +24,8 @@ from automation_pipelines.automations.webhook_events.ops import BATCH_TAG
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.reliability import listening, pacing
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, WILL_RETRY_TAG
+from automation_pipelines.reliability.identity import records_of
+from automation_pipelines.reliability.tags import WILL_RETRY_TAG
 from automation_pipelines.webhooks import inbox
 
 MAX_EVENTS_PER_RUN = 2000
@@ -159,15 +160,14 @@ def _review_batch(
 def _run_waiting_to_start(instance: dg.DagsterInstance, now: float) -> bool:
     """A run of the automation, created in the last `GATHER_AT_MOST_SECONDS`, is queued or
     starting: new events join the next batch."""
-    waiting = instance.get_run_records(
-        filters=dg.RunsFilter(
-            tags={AUTOMATION_TAG: AUTOMATION.name},
-            statuses=WAITING,
-            created_after=datetime.fromtimestamp(now - GATHER_AT_MOST_SECONDS, tz=UTC),
-        ),
-        limit=1,
+    waiting = records_of(
+        instance,
+        AUTOMATION.job_names,
+        statuses=WAITING,
+        created_after=datetime.fromtimestamp(now - GATHER_AT_MOST_SECONDS, tz=UTC),
+        page_size=1,
     )
-    return bool(waiting)
+    return next(waiting, None) is not None
 
 
 def evaluate_inbox(
