@@ -164,8 +164,8 @@ def trip_breaker(
     threshold = breaker_threshold(repository, run.job_name)
     if not automation or not threshold or threshold < 1:
         return
-    jobs = automation_jobs(repository, automation) if repository is not None else ()
-    reason = breaker.trip_if_due(instance, automation, jobs or (run.job_name,), threshold)
+    jobs = automation_jobs(repository, automation) or (run.job_name,)
+    reason = breaker.trip_if_due(instance, automation, jobs, threshold)
     if reason is None:
         return
     outbox.enqueue_message(

@@ -105,7 +105,7 @@ def _owner_of(
 ) -> str:
     """The owner of an automation with no run in the window: its jobs', else the owner tag of
     its latest run."""
-    for job in automation_jobs(repository, automation) if repository is not None else ():
+    for job in automation_jobs(repository, automation):
         owner = dict(repository.get_job(job).tags).get(OWNER_TAG)
         if owner:
             return owner
@@ -174,7 +174,7 @@ def _collect(
         groups[key].dead_letters.append(letter)
 
     for group in groups.values():
-        if not group.is_job and repository is not None:
+        if not group.is_job:
             group.jobs.update(automation_jobs(repository, group.name))
         group.last_success = _last_success(instance, group, now)
     return list(groups.values())

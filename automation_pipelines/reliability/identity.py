@@ -43,8 +43,10 @@ def repository_of(context) -> dg.RepositoryDefinition | None:
         return None
 
 
-def automation_jobs(repository: dg.RepositoryDefinition, automation: str) -> tuple[str, ...]:
-    """The names of `repository`'s jobs that belong to `automation`."""
+def automation_jobs(repository: dg.RepositoryDefinition | None, automation: str) -> tuple[str, ...]:
+    """The names of `repository`'s jobs that belong to `automation` (none without one)."""
+    if repository is None:
+        return ()
     return tuple(
         job.name
         for job in repository.get_all_jobs()

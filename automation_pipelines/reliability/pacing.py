@@ -84,9 +84,10 @@ def pace(
 ) -> Pace:
     """The room now of the automation whose jobs are `jobs`, from the runs they created in the
     last hour."""
+    most = budget(max_runs_per_hour) + 1  # one past the budget says it is spent
+    since = datetime.fromtimestamp(now - HOUR, tz=UTC)
     records = itertools.islice(
-        records_of(instance, jobs, created_after=datetime.fromtimestamp(now - HOUR, tz=UTC)),
-        budget(max_runs_per_hour) + 1,
+        records_of(instance, jobs, created_after=since, page_size=most), most
     )
     return room([r.create_timestamp.timestamp() for r in records], max_runs_per_hour, now)
 
