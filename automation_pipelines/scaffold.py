@@ -185,7 +185,8 @@ OPS = '''"""${title}: the work. Replace the body of do_the_work with yours."""
 
 import dagster as dg
 
-from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
+from automation_pipelines.automations.${name} import AUTOMATION
+from automation_pipelines.reliability.errors import LOCAL_IO
 
 
 class ${klass}Config(dg.Config):
@@ -194,7 +195,7 @@ class ${klass}Config(dg.Config):
     items: list[str] = ["example"]
 
 
-@reliable_op(LOCAL_IO)
+@AUTOMATION.op(LOCAL_IO)
 def do_the_work(
     context: dg.OpExecutionContext,
     config: ${klass}Config,

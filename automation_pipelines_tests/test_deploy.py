@@ -43,10 +43,16 @@ def test_helm_queue_limits_are_those_of_dagster_yaml() -> None:
     queued = VALUES["dagsterDaemon"]["runCoordinator"]
     config = queued["config"]["queuedRunCoordinator"]
     local = LOCAL["run_queue"]
+    concurrency = VALUES["concurrency"]
 
     assert queued["type"] == "QueuedRunCoordinator" and queued["enabled"] is True
-    assert config["maxConcurrentRuns"] == local["max_concurrent_runs"]
-    assert config["tagConcurrencyLimits"] == local["tag_concurrency_limits"]
+    # The chart refuses a run limit set in both places; it lives under `concurrency` only.
+    assert "maxConcurrentRuns" not in config and "tagConcurrencyLimits" not in config
+    assert concurrency["enabled"] is True
+    assert concurrency["runs"] == {
+        "maxConcurrentRuns": LOCAL["concurrency"]["runs"]["max_concurrent_runs"]
+    }
+    assert concurrency["pools"] == {_camel(k): v for k, v in LOCAL["concurrency"]["pools"].items()}
     assert config["dequeueUseThreads"] == local["dequeue_use_threads"]
     assert config["dequeueNumWorkers"] == local["dequeue_num_workers"]
     assert config["dequeueIntervalSeconds"] == local["dequeue_interval_seconds"]

@@ -31,12 +31,13 @@ def _load(path: Path) -> dict:
 def test_local_instance_settings(sqlite_instance: dg.DagsterInstance) -> None:
     instance = sqlite_instance
     assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-    queue = instance.run_coordinator.get_run_queue_config()
-    assert queue.max_concurrent_runs == 4
-    assert queue.tag_concurrency_limits == [
-        {"key": "automation/serial", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
-        {"key": "automation", "value": "web_images", "limit": 2},
-    ]
+    concurrency = instance.get_concurrency_config()
+    assert concurrency.run_queue_config.max_concurrent_runs == 4
+    assert concurrency.run_queue_config.tag_concurrency_limits == []
+    assert concurrency.run_queue_config.should_block_op_concurrency_limited_runs
+    assert concurrency.pool_config.pool_granularity.value == "run"
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert instance.event_log_storage.supports_global_concurrency_limits
     assert instance.run_monitoring_enabled
     assert instance.run_monitoring_max_resume_run_attempts == 0
     assert instance.run_monitoring_max_runtime_seconds == 7200

@@ -61,6 +61,7 @@ def build_check(inventory: creds.Inventory, resource_keys: set[str]) -> dg.Asset
         ],
         required_resource_keys={"alerts", *resource_keys},
         retry_policy=DATABASE.policy,
+        pool=MONITORING.pool,
         description="Probes every declared credential with a harmless call and compares its "
         "rotation and expiry dates with today; alerts each owner once per problem.",
     )

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import sqlalchemy as sa
 
+from automation_pipelines.monitoring.watchdog import MONITORING_NAME
 from automation_pipelines.reliability.alerts import Outbox, incidents_table
 from automation_pipelines.reliability.deadletters import age_text, open_dead_letters, set_aside_of
 from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
@@ -286,6 +287,7 @@ def queue_digest(
 
 @reliable_op(
     LOCAL_IO,
+    pool=MONITORING_NAME,
     required_resource_keys={"alerts"},
     description=(
         "Queues each owner's daily digest in the alert outbox (once per day, so a retried op "

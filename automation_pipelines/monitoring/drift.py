@@ -363,6 +363,7 @@ class DriftConfig(dg.Config):
     asset=ENVIRONMENT_KEY,
     name="matches_lock",
     retry_policy=LOCAL_IO.policy,
+    pool=MONITORING.pool,
     description="The running Python is the one pyproject.toml requires, and every installed "
     "package is at the version requirements.lock pins, with none missing or added; alerts the "
     "monitoring owner once per drifted package.",

@@ -13,14 +13,14 @@ from pathlib import Path
 import dagster as dg
 
 from automation_pipelines.monitoring.digest import send_daily_digest
-from automation_pipelines.monitoring.watchdog import MONITORING_OWNER
+from automation_pipelines.monitoring.watchdog import MONITORING_NAME, MONITORING_OWNER
 from automation_pipelines.reliability.automation import Automation, Expectation
-from automation_pipelines.reliability.errors import NETWORK, reliable_op
+from automation_pipelines.reliability.errors import NETWORK
 
 DEADMAN_URL_ENV = "DEADMAN_PING_URL"
 
 MONITORING = Automation(
-    name="monitoring",
+    name=MONITORING_NAME,
     owner=MONITORING_OWNER,
     folder=Path(__file__).resolve().parent,
     expect=Expectation(success_within_hours=26),
@@ -45,7 +45,7 @@ digest_daily_schedule = MONITORING.schedule(
 )
 
 
-@reliable_op(NETWORK)
+@MONITORING.op(NETWORK)
 def ping_deadman_switch() -> None:
     """Tell an outside service (Healthchecks.io style) that schedules still launch runs here."""
     url = os.environ[DEADMAN_URL_ENV]

@@ -22,7 +22,7 @@ import dagster as dg
 from croniter import croniter
 
 from automation_pipelines import settings
-from automation_pipelines.reliability import breaker
+from automation_pipelines.reliability import breaker, pools
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import (
     finding_runbook,
@@ -44,6 +44,8 @@ from automation_pipelines.reliability.tags import (
 
 WATCHDOG_SENSOR = "watchdog_sensor"
 MONITORING_OWNER = "team:platform"
+#: The monitoring layer's own automation (declared in monitoring/jobs.py), also its pool.
+MONITORING_NAME = "monitoring"
 KINDS = frozenset(
     {
         "missed_tick",
@@ -416,6 +418,11 @@ def watchdog_sensor(context: dg.SensorEvaluationContext, alerts: AlertRouter):
     cursor = json.loads(context.cursor) if context.cursor else {}
     first_seen: dict[str, float] = cursor.get("first_seen", {})
     now = time.time()
+    try:  # the pools keep each automation's runs apart; see reliability/pools.py
+        for said in pools.hold_all(context.instance, context.repository_def):
+            context.log.info(said)
+    except Exception as error:  # the watch itself matters more; the next tick tries again
+        context.log.warning(f"could not set the automations' pool limits: {error!r}")
     seen = watch(context.instance, context.repository_def, first_seen, now)
     outbox = alerts.outbox(context.instance)
     links = runbook_links(context.repository_def)

@@ -1,11 +1,13 @@
 """The declaration every automation makes: who owns it, where its runbook is, and its limits.
 
-One `Automation` per automation folder is the single source for the tags, job metadata and
-descriptions the readiness check looks for, so an automation cannot forget one of them. Runs carry
-only the tags that identify them or that Dagster acts on; the declaration's settings (expectation,
-breaker, runbook link) are job metadata, shown once on the job's page. Its schedules and sensors
-check the pause switch and circuit breaker, and say so in their metadata (`GUARDED_BY_KEY`), so
-the readiness check can tell them from a plain `dg.ScheduleDefinition` that would bypass both.
+One `Automation` per automation folder is the single source for the tags, job metadata,
+concurrency pool and descriptions the readiness check looks for, so an automation cannot forget
+one of them. Runs carry only the tags that identify them or that Dagster acts on; the
+declaration's settings (expectation, breaker, runbook link) are job metadata, shown once on the
+job's page, and its ops are in the automation's pool, so its runs never overlap. Its schedules
+and sensors check the pause switch and circuit breaker, and say so in their metadata
+(`GUARDED_BY_KEY`), so the readiness check can tell them from a plain `dg.ScheduleDefinition`
+that would bypass both.
 `Automation.definitions` builds the folder's `defs` from what these methods made, refuses
 anything made around them, and adds the resources the alert hook needs, so that each folder's
 definitions load on their own.
@@ -23,9 +25,14 @@ import dagster as dg
 
 from automation_pipelines import settings
 from automation_pipelines.paths import PROJECT_ROOT
-from automation_pipelines.reliability import breaker, pacing
+from automation_pipelines.reliability import breaker, pacing, pools
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.errors import RetryPreset, classify_errors, is_classified
+from automation_pipelines.reliability.errors import (
+    RetryPreset,
+    classify_errors,
+    is_classified,
+    reliable_op,
+)
 from automation_pipelines.reliability.hooks import HOOK_NAME, alert_on_failure_hook
 from automation_pipelines.reliability.signatures import keep_signature
 from automation_pipelines.reliability.tags import (
@@ -39,7 +46,7 @@ from automation_pipelines.reliability.tags import (
     RETRY_ON_OP_FAILURE_TAG,
     RUNBOOK_KEY,
     RUNBOOK_PREFIX,
-    SERIAL_TAG,
+    RUNS_AT_ONCE_KEY,
 )
 
 #: Trigger metadata: the automation whose switch the trigger checks before it requests a run.
@@ -145,10 +152,10 @@ class Automation:
     expect: Expectation | None = None
     max_runtime_seconds: int = 3600
     breaker_after_failures: int = 5
-    #: Runs that may run at once. 1 (the default): runs never overlap (the instance limits the
-    #: `automation/serial` tag). More only for an automation whose runs cannot clash (their own
-    #: lock, idempotent writes): the next run's process then starts while one still works, and
-    #: dagster.yaml gives the automation its own limit.
+    #: Runs that may run at once: the limit of the automation's concurrency pool (see `pools`).
+    #: 1 (the default): runs never overlap. More only for an automation whose runs cannot clash
+    #: (their own lock, idempotent writes): the next run's process then starts while one still
+    #: works.
     side_by_side: int = 1
     #: The names of the jobs `job` and `asset_job` made, in order: the automation's runs are
     #: theirs, which pacing, the breaker and the digest count, whatever tags a run carries.
@@ -196,14 +203,18 @@ class Automation:
         opens from Slack or e-mail where a repository path does not."""
         return settings.runbook_url(self.runbook_path)
 
+    @property
+    def pool(self) -> str:
+        """The concurrency pool of every op, asset and check of this automation."""
+        return self.name
+
     def job_tags(self, **extra: str) -> dict[str, str]:
         """Tags every run of this automation carries: who owns it and which automation it is,
-        and what Dagster acts on (the concurrency key, the max runtime, no run retry after an op
-        failure). Settings go to `job_metadata`, so the run list stays readable."""
+        and what Dagster acts on (the max runtime, no run retry after an op failure). Settings
+        go to `job_metadata`, so the run list stays readable."""
         return {
             OWNER_TAG: self.owner,
             AUTOMATION_TAG: self.name,
-            **({SERIAL_TAG: self.name} if self.side_by_side == 1 else {}),
             MAX_RUNTIME_TAG: str(self.max_runtime_seconds),
             RETRY_ON_OP_FAILURE_TAG: "false",
             **extra,
@@ -215,6 +226,7 @@ class Automation:
         return {
             RUNBOOK_KEY: dg.MetadataValue.url(self.runbook_ref),
             BREAKER_KEY: self.breaker_after_failures,
+            RUNS_AT_ONCE_KEY: self.side_by_side,
             **(self.expect.metadata() if self.expect else {}),
             **extra,
         }
@@ -263,6 +275,11 @@ class Automation:
             description=self.describe(description),
         )
 
+    def op(self, errors: RetryPreset, **op_kwargs):
+        """`reliable_op` in this automation's pool: classified retries under `errors`, and a
+        run holding it waits for the automation's other runs."""
+        return reliable_op(errors, pool=self.pool, **op_kwargs)
+
     def _asset_attributes(self, kwargs: dict, description: str) -> dict:
         kwargs.setdefault("group_name", self.name)
         kwargs["owners"] = [self.owner, *(o for o in kwargs.get("owners", ()) if o != self.owner)]
@@ -277,7 +294,9 @@ class Automation:
         asset_kwargs = self._asset_attributes(asset_kwargs, description)
 
         def decorator(fn):
-            return dg.asset(retry_policy=errors.policy, **asset_kwargs)(classify_errors(errors)(fn))
+            return dg.asset(retry_policy=errors.policy, pool=self.pool, **asset_kwargs)(
+                classify_errors(errors)(fn)
+            )
 
         return decorator
 
@@ -286,7 +305,10 @@ class Automation:
 
         def decorator(fn):
             return dg.multi_asset_check(
-                retry_policy=errors.policy, description=self.describe(description), **check_kwargs
+                retry_policy=errors.policy,
+                pool=self.pool,
+                description=self.describe(description),
+                **check_kwargs,
             )(classify_errors(errors)(fn))
 
         return decorator
@@ -336,6 +358,13 @@ class Automation:
             return f"job {job.name} lacks its tags: make it with AUTOMATION.job / asset_job"
         if not any(hook.name == HOOK_NAME for hook in hooks):
             return f"job {job.name} has no {HOOK_NAME}: make it with AUTOMATION.job / asset_job"
+        if isinstance(job, dg.JobDefinition):
+            outside = [op.name for op in job.graph.iterate_op_defs() if op.pool != self.pool]
+            if outside:
+                return (
+                    f"job {job.name}: op(s) {', '.join(sorted(outside))} are not in the pool "
+                    f"{self.pool}, so its runs could overlap: make them with AUTOMATION.op"
+                )
         return None
 
     def _checks_problem(self, checks: dg.AssetChecksDefinition) -> str | None:
@@ -343,26 +372,39 @@ class Automation:
         any) would not be classified."""
         description = checks.op.description or ""
         linked = f"{RUNBOOK_PREFIX}{self.runbook_path}" in description
-        if not linked or not is_classified(checks.op):
+        if not linked or not is_classified(checks.op) or checks.op.pool != self.pool:
             return (
-                f"asset check {checks.op.name} lacks the runbook link or classified retries: make "
-                "it with AUTOMATION.multi_asset_check"
+                f"asset check {checks.op.name} lacks the runbook link, classified retries or "
+                f"the pool {self.pool}: make it with AUTOMATION.multi_asset_check"
             )
         return None
 
     def _asset_problems(self, asset) -> list[str]:
         specs = [asset] if isinstance(asset, dg.AssetSpec) else list(asset.specs)
-        return [
+        problems = [
             f"asset {spec.key.to_user_string()} is not owned by {self.name}: make it with "
             "AUTOMATION.asset / AUTOMATION.spec"
             for spec in specs
             if self.owner not in spec.owners or spec.tags.get(AUTOMATION_TAG) != self.name
         ]
+        executable = isinstance(asset, dg.AssetsDefinition) and asset.is_executable
+        if executable and asset.op.pool != self.pool:
+            problems.append(
+                f"asset {asset.key.to_user_string()} is not in the pool {self.pool}: make it "
+                "with AUTOMATION.asset"
+            )
+        return problems
 
     def blocked(self, context) -> dg.SkipReason | None:
-        """A SkipReason naming the breaker when the automation is paused or tripped."""
+        """A SkipReason naming the breaker when the automation is paused or tripped. Otherwise
+        the trigger is about to request runs: its pool gets the declared limit first."""
         reason = breaker.blocked(context.instance, self.name)
-        return dg.SkipReason(reason) if reason else None
+        if reason:
+            return dg.SkipReason(reason)
+        changed = pools.hold(context.instance, self.pool, self.side_by_side)
+        if changed:
+            context.log.info(changed)
+        return None
 
     def schedule(
         self,

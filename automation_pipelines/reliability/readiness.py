@@ -43,7 +43,7 @@ from automation_pipelines.reliability.tags import (
     AUTOMATION_TAG,
     EXPECT_MAX_RUNS_KEY,
     EXPECT_TRIGGER_KEY,
-    SERIAL_TAG,
+    RUNS_AT_ONCE_KEY,
 )
 
 #: Sections a runbook must have, matched case-insensitively against its `##` headings.
@@ -203,40 +203,40 @@ def _max_runtime(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
     return None
 
 
-def tag_concurrency_limits(instance_config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The run queue's tag limits, whichever of the two config spellings the instance uses."""
-    queue = instance_config.get("run_queue")
-    if queue is None:
-        queue = (instance_config.get("run_coordinator") or {}).get("config") or {}
-    return list(queue.get("tag_concurrency_limits") or [])
+def pool_settings(instance_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The instance's `concurrency.pools` settings (empty when it has none)."""
+    return (instance_config.get("concurrency") or {}).get("pools") or {}
 
 
-def _limit_matches(limit: Mapping[str, Any], tags: Mapping[str, str]) -> bool:
-    key = limit.get("key")
-    if key not in tags:
-        return False
-    value = limit.get("value")
-    if value is None or isinstance(value, dict):
-        return True
-    return str(value) == tags[key]
-
-
-@rule("concurrency", "a tag of the job is limited by the instance's run queue")
+@rule("concurrency", "its ops are in its automation's pool, limited by the instance per run")
 def _concurrency(job: dg.JobDefinition, ctx: CheckContext) -> str | None:
-    limits = tag_concurrency_limits(ctx.instance_config)
-    if not limits:
-        return "the instance config has no run_queue tag_concurrency_limits"
-    matching = [limit for limit in limits if _limit_matches(limit, job.tags)]
-    if not matching:
-        keys = sorted({str(limit.get("key")) for limit in limits})
-        return f"no tag of the job is limited (limited keys: {', '.join(keys)})"
-    if any(int(limit.get("limit", 0)) < 1 for limit in matching):
-        return "a matching concurrency limit is below 1, so its runs would never start"
-    least = min(int(limit.get("limit", 0)) for limit in matching)
-    if SERIAL_TAG in job.tags and least > 1:
+    pools = pool_settings(ctx.instance_config)
+    if pools.get("granularity") != "run":
         return (
-            f"its runs must never overlap (`{SERIAL_TAG}`), but every limit on its tags lets "
-            f"{least} run at once"
+            "the instance's concurrency.pools.granularity is not `run`: pools would limit ops, "
+            "not runs, so two runs of one automation could overlap"
+        )
+    if pools.get("default_limit") != 1:
+        return (
+            f"the instance's concurrency.pools.default_limit is {pools.get('default_limit')!r}, "
+            "not 1: a pool whose limit is not set yet would let runs overlap (or, at 0, never "
+            "start)"
+        )
+    automation = job.tags.get(AUTOMATION_TAG)
+    if not automation:
+        return f"no `{AUTOMATION_TAG}` tag, so no pool keeps its runs apart"
+    outside = sorted(op.name for op in job.graph.iterate_op_defs() if op.pool != automation)
+    if outside:
+        return (
+            f"op(s) {', '.join(outside)} are not in the pool `{automation}`, so its runs could "
+            "overlap the automation's others: make them with AUTOMATION.op / asset / "
+            "multi_asset_check"
+        )
+    at_once = job_setting(job, RUNS_AT_ONCE_KEY)
+    if at_once is None or at_once < 1:
+        return (
+            f"no `{RUNS_AT_ONCE_KEY}` of at least 1 in the job's metadata: its triggers would "
+            "not know the pool's limit (make the job with AUTOMATION.job / asset_job)"
         )
     return None
 

@@ -8,9 +8,6 @@ the definitions, never from runs.
 
 #: The automation a run belongs to.
 AUTOMATION_TAG = "automation"
-#: The automation whose runs never overlap (most of them): dagster.yaml limits each value of it
-#: to one run at a time. An automation declared with `side_by_side` > 1 has its own entry there.
-SERIAL_TAG = "automation/serial"
 #: The person or team that is alerted and answers for the automation.
 OWNER_TAG = "owner"
 #: Dagster's own tag: run monitoring stops a run that has run longer than this many seconds.
@@ -30,5 +27,8 @@ EXPECT_TRIGGER_KEY = "expect/trigger_stale_seconds"
 BREAKER_KEY = "breaker/after_failures"
 #: Job metadata: the runbook's URL, a link on the job's page.
 RUNBOOK_KEY = "runbook"
+#: Job metadata: runs of the automation that may be in progress at once, the limit of its
+#: concurrency pool (named after it; see reliability/pools.py).
+RUNS_AT_ONCE_KEY = "automation/runs_at_once"
 #: The line in a job description that points a reader at the runbook.
 RUNBOOK_PREFIX = "Runbook: "

@@ -38,19 +38,24 @@ INCOMPLETE = Automation(
 )
 
 
-@reliable_op(LOCAL_IO)
+@GOOD.op(LOCAL_IO)
 def add_numbers() -> int:
     return 2 + 3
 
 
-@dg.op
+@dg.op(pool=GOOD.pool)
 def unprotected_step(value: int) -> int:
     return value * 2
 
 
-@dg.op(retry_policy=dg.RetryPolicy(max_retries=5))
+@dg.op(retry_policy=dg.RetryPolicy(max_retries=5), pool=GOOD.pool)
 def blindly_retried_step(value: int) -> int:
     return value + 1
+
+
+@reliable_op(LOCAL_IO)
+def step_in_no_pool(value: int) -> int:
+    return value - 1
 
 
 def _make(
@@ -61,6 +66,7 @@ def _make(
     description=None,
     retry=True,
     blind=False,
+    pooled=True,
     automation=GOOD,
     triggered=True,
     guarded=True,
@@ -85,6 +91,8 @@ def _make(
             unprotected_step(value)
         if blind:
             blindly_retried_step(value)
+        if not pooled:
+            step_in_no_pool(value)
 
     schedules = []
     if triggered and guarded:
@@ -117,7 +125,7 @@ untriggered = _make("untriggered_job", triggered=False)
 no_retry = _make("no_retry_job", retry=False)
 blind_retry = _make("blind_retry_job", blind=True)
 no_max_runtime = _make("no_max_runtime_job", tags=_without("dagster/max_runtime"))
-unlimited = _make("unlimited_job", tags=_without("automation/serial"))
+unlimited = _make("unlimited_job", pooled=False)
 unhooked = _make("unhooked_job", hooks=frozenset())
 unexpected = _make(
     "unexpected_job",
@@ -138,7 +146,7 @@ overrun = _make(
 )
 
 
-@dg.op
+@dg.op(pool=GOOD.pool)
 @classify_errors(LOCAL_IO)
 def plain_op() -> int:
     """Classified, with the retry policy its job gives it."""

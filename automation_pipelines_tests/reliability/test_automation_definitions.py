@@ -95,7 +95,7 @@ def scratch(tmp_path: Path) -> Automation:
 
 
 def _made_by(automation: Automation) -> dict:
-    @dg.op
+    @automation.op(LOCAL_IO)
     def step() -> None:
         pass
 
@@ -152,6 +152,8 @@ def test_what_the_declaration_made_is_accepted_and_loads_alone(scratch: Automati
         job = repository.get_job(name)
         assert job.tags[OWNER_TAG] == "team:scratch" and job.tags[AUTOMATION_TAG] == "scratch"
         assert RUNBOOK_PREFIX in (job.description or "")
+        assert {op.pool for op in job.graph.iterate_op_defs()} == {"scratch"}
+    assert made["asset_checks"][0].op.pool == "scratch"
     for key in ("scratch_table", "scratch_files"):
         spec = defs.resolve_assets_def(key).get_asset_spec(dg.AssetKey(key))
         assert spec.owners == ["team:scratch"]
@@ -196,6 +198,10 @@ def _around(scratch: Automation) -> dict[str, dict]:
     def other_job():
         step()
 
+    @scratch.job(name="unpooled_job", description="A job whose op is in no pool.")
+    def unpooled_job():
+        step()
+
     @dg.asset(key="plain_table", owners=["team:scratch"])
     def plain_table() -> None:
         pass
@@ -211,6 +217,7 @@ def _around(scratch: Automation) -> dict[str, dict]:
     return {
         "plain_job": {"jobs": [plain_job]},
         "other_job": {"jobs": [other_job]},
+        "unpooled_job": {"jobs": [unpooled_job]},
         "plain_hourly_schedule": {
             "schedules": [
                 dg.ScheduleDefinition(
@@ -230,6 +237,7 @@ def _around(scratch: Automation) -> dict[str, dict]:
     [
         "plain_job",
         "other_job",
+        "unpooled_job",
         "plain_hourly_schedule",
         "other_sensor",
         "plain_table",
@@ -280,7 +288,7 @@ MADE_BY_THE_DECLARATION = {
     "RetryPolicy",
 }
 HAND_STAMPED_NAMES = {"job_tags", "alert_on_failure_hook"}
-HAND_STAMPED_KEYWORDS = {"retry_policy", "hooks"}
+HAND_STAMPED_KEYWORDS = {"retry_policy", "hooks", "pool"}
 
 
 def test_no_automation_folder_stamps_by_hand() -> None:

@@ -57,7 +57,7 @@ def test_ready_fixtures_pass(capsys: pytest.CaptureFixture[str], name: str) -> N
             "classify_errors or use reliable_op): blindly_retried_step",
         ),
         ("no_max_runtime", "no_max_runtime_job", "max_runtime", "no `dagster/max_runtime` tag"),
-        ("unlimited", "unlimited_job", "concurrency", "no tag of the job is limited"),
+        ("unlimited", "unlimited_job", "concurrency", "step_in_no_pool are not in the pool"),
         ("multiprocess", "multiprocess_job", "in_process", "executor 'multiprocess' runs steps"),
         ("unhooked", "unhooked_job", "alerting", "no `alert_on_failure_hook`"),
         ("unrouted", "unrouted_job", "alert_route", "owner 'team:nobody' has no entry"),
@@ -123,13 +123,24 @@ def test_max_runtime_needs_run_monitoring() -> None:
     assert "run_monitoring is not enabled" in failed[0].reason
 
 
-def test_a_zero_concurrency_limit_is_reported() -> None:
+@pytest.mark.parametrize(
+    ("pools", "reason"),
+    [
+        ({"default_limit": 1}, "granularity is not `run`"),
+        ({"granularity": "op", "default_limit": 1}, "granularity is not `run`"),
+        ({"granularity": "run"}, "default_limit is None, not 1"),
+        ({"granularity": "run", "default_limit": 0}, "default_limit is 0, not 1"),
+        ({"granularity": "run", "default_limit": 2}, "default_limit is 2, not 1"),
+    ],
+)
+def test_pools_that_would_let_runs_overlap_or_never_start_are_reported(
+    pools: dict, reason: str
+) -> None:
     config = readiness.load_instance_config(DEFAULT_CONFIG)
-    config["run_queue"]["tag_concurrency_limits"] = [{"key": "automation", "limit": 0}]
+    config["concurrency"]["pools"] = pools
     failed = [f for f in readiness.run_checks(fixtures.ready, config) if not f.ok]
-    assert [(f.rule, f.reason) for f in failed] == [
-        ("concurrency", "a matching concurrency limit is below 1, so its runs would never start")
-    ]
+    assert [(f.job, f.rule) for f in failed] == [("ready_job", "concurrency")]
+    assert reason in failed[0].reason
 
 
 def test_an_empty_project_fails() -> None:
@@ -306,35 +317,31 @@ def test_a_literal_password_in_the_instance_config_fails() -> None:
     assert [f for f in readiness.run_checks(fixtures.ready, config) if not f.ok] == []
 
 
-def test_a_job_whose_runs_must_not_overlap_needs_a_limit_of_one() -> None:
+def test_a_job_without_its_runs_at_once_is_reported() -> None:
     config = readiness.load_instance_config(DEFAULT_CONFIG)
-    config["run_queue"]["tag_concurrency_limits"] = [
-        {"key": "automation", "value": {"applyLimitPerUniqueValue": True}, "limit": 2}
-    ]
-    failed = [f for f in readiness.run_checks(fixtures.ready, config) if not f.ok]
-    assert [(f.job, f.rule) for f in failed] == [("ready_job", "concurrency")]
-    assert "must never overlap (`automation/serial`)" in failed[0].reason
-    assert "lets 2 run at once" in failed[0].reason
+    metadata = {
+        k: v for k, v in fixtures.GOOD.job_metadata().items() if k != "automation/runs_at_once"
+    }
+    defs = fixtures._make("no_pool_limit_job", metadata=metadata)
+    failed = [f for f in readiness.run_checks(defs, config) if not f.ok]
+    assert [(f.job, f.rule) for f in failed] == [("no_pool_limit_job", "concurrency")]
+    assert "automation/runs_at_once" in failed[0].reason
 
 
-def test_only_web_images_runs_side_by_side_and_the_instance_says_how_many() -> None:
-    """Every job carries `automation/serial` (limited to 1 per value) except web_images', whose
-    runs keep apart by the photo tree's lock; the instance gives those a limit of 2."""
+def test_every_op_is_in_its_automations_pool_and_only_web_images_runs_side_by_side() -> None:
+    """Runs of one automation wait for each other through the pool named after it; only
+    web_images' runs, kept apart by the photo tree's lock, may be two at once. No run tag says
+    so: the run list shows none."""
     from automation_pipelines.definitions import defs
 
     repository = defs.get_repository_def()
-    limits = readiness.tag_concurrency_limits(readiness.load_instance_config(DEFAULT_CONFIG))
-    side_by_side = {}
+    at_once = {}
     for job in repository.get_all_jobs():
         automation = job.tags.get("automation")
         if automation is None or job.name.startswith("__"):
             continue
-        if "automation/serial" not in job.tags:
-            side_by_side[job.name] = [
-                limit["limit"]
-                for limit in limits
-                if limit["key"] == "automation" and limit.get("value") == automation
-            ]
-        else:
-            assert job.tags["automation/serial"] == automation
-    assert side_by_side == {"render_web_images_job": [2]}
+        assert {op.pool for op in job.graph.iterate_op_defs()} == {automation}, job.name
+        assert "automation/serial" not in job.tags
+        at_once[job.name] = job.metadata["automation/runs_at_once"].value
+    assert {name: n for name, n in at_once.items() if n != 1} == {"render_web_images_job": 2}
+    assert len(at_once) >= 8

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from automation_pipelines.automations.disk_space import AUTOMATION
-from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
+from automation_pipelines.reliability.errors import LOCAL_IO
 from automation_pipelines.reliability.numbers import report_run
 
 
@@ -33,7 +33,7 @@ def volume_report(path: Path, min_free_percent: float, min_free_gb: float) -> di
     }
 
 
-@reliable_op(LOCAL_IO)
+@AUTOMATION.op(LOCAL_IO)
 def measure_free_space(context: dg.OpExecutionContext, config: DiskSpaceConfig) -> list[dict]:
     """Record free space per volume as plottable observations; fail if one is low or missing."""
     paths = [Path(p) for p in config.paths] or [Path(context.instance.root_directory)]

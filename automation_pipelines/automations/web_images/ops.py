@@ -42,7 +42,7 @@ from automation_pipelines.automations.web_images.resources import PhotoFolders
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import flag_run
-from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
+from automation_pipelines.reliability.errors import LOCAL_IO
 from automation_pipelines.reliability.numbers import report_run
 
 ASSET_KEY = dg.AssetKey("web_images")
@@ -126,7 +126,7 @@ def image_settings(config: RenderConfig) -> ImageSettings:
     )
 
 
-@reliable_op(LOCAL_IO)
+@AUTOMATION.op(LOCAL_IO)
 def render_web_images(
     context: dg.OpExecutionContext,
     config: RenderConfig,
@@ -156,7 +156,7 @@ def render_web_images(
     return _report(context, outcome, time.monotonic() - started)
 
 
-@reliable_op(LOCAL_IO, out=dg.DynamicOut(dict, io_manager_key=execution.STEP_OUTPUTS_KEY))
+@AUTOMATION.op(LOCAL_IO, out=dg.DynamicOut(dict, io_manager_key=execution.STEP_OUTPUTS_KEY))
 def split_web_images_batch(
     context: dg.OpExecutionContext,
     config: RenderConfig,
@@ -191,7 +191,7 @@ def split_web_images_batch(
         )
 
 
-@reliable_op(LOCAL_IO, out=dg.Out(dict, io_manager_key=execution.STEP_OUTPUTS_KEY))
+@AUTOMATION.op(LOCAL_IO, out=dg.Out(dict, io_manager_key=execution.STEP_OUTPUTS_KEY))
 def render_web_images_part(
     context: dg.OpExecutionContext,
     part: dict,
@@ -229,7 +229,7 @@ def render_web_images_part(
     return {"files": part["files"], "outcome": outcome, "started": part["started"]}
 
 
-@reliable_op(LOCAL_IO)
+@AUTOMATION.op(LOCAL_IO)
 def publish_web_images_batch(
     context: dg.OpExecutionContext,
     parts: list[dict],

@@ -29,7 +29,7 @@ from automation_pipelines.automations.webhook_events.warehouse import (
 )
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import flag_run
-from automation_pipelines.reliability.errors import DATABASE, reliable_op
+from automation_pipelines.reliability.errors import DATABASE
 from automation_pipelines.reliability.numbers import report_run
 from automation_pipelines.webhooks import inbox
 
@@ -143,7 +143,7 @@ def load_batch(
     }
 
 
-@reliable_op(DATABASE)
+@AUTOMATION.op(DATABASE)
 def load_events(
     context: dg.OpExecutionContext,
     config: LoadConfig,
