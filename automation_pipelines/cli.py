@@ -158,11 +158,11 @@ def _switch_engine():
 
 
 def _known_automations() -> set[str]:
-    from automation_pipelines.reliability.tags import AUTOMATION_TAG
+    from automation_pipelines.reliability.identity import job_automation
 
     defs = readiness.load_definitions(DEFAULT_DEFS)
     jobs = defs.get_repository_def().get_all_jobs()
-    return {job.tags[AUTOMATION_TAG] for job in jobs if AUTOMATION_TAG in job.tags}
+    return {name for job in jobs if (name := job_automation(job))}
 
 
 def _pause(args: argparse.Namespace) -> int:

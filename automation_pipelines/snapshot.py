@@ -1,12 +1,12 @@
-"""What the code location shows in the UI, as data: every job with its tags and its metadata
-(the declaration's settings, the runbook link), every schedule and sensor with its target, cadence
-and default status, every asset with its owners and group, and every asset check. A test holds it
-to `definitions.snapshot.json` at the project root, so an accidental change to what people see (a
-renamed job, a schedule that no longer starts running, a lost owner) fails `make test`; a
-deliberate one is written with `automation-pipelines snapshot --write` (and by
-`automation-pipelines new`) and reviewed in the diff. It is taken in a process of its own with
-the project's settings only (no .env, no variables of this shell), so it does not depend on where
-it runs."""
+"""What the code location shows in the UI, as data: every job with its tags (which its runs
+carry), its owners and its metadata (the declaration's settings, the runbook link), every
+schedule and sensor with its target, cadence and default status, every asset with its owners and
+group, and every asset check. A test holds it to `definitions.snapshot.json` at the project
+root, so an accidental change to what people see (a renamed job, a schedule that no longer
+starts running, a lost owner) fails `make test`; a deliberate one is written with
+`automation-pipelines snapshot --write` (and by `automation-pipelines new`) and reviewed in the
+diff. It is taken in a process of its own with the project's settings only (no .env, no
+variables of this shell), so it does not depend on where it runs."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def snapshot() -> dict:
         if not job.name.startswith("__")
     ]
     jobs = {job.name: dict(sorted(job.tags.items())) for job in declared}
+    owners = {job.name: list(job.owners or ()) for job in declared}
     job_metadata = {
         job.name: {key: getattr(value, "value", value) for key, value in job.metadata.items()}
         for job in declared
@@ -68,6 +69,7 @@ def snapshot() -> dict:
     )
     return {
         "jobs": jobs,
+        "job_owners": owners,
         "job_metadata": job_metadata,
         "schedules": schedules,
         "sensors": sensors,

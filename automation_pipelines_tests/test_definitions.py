@@ -15,6 +15,7 @@ from automation_pipelines import automations
 from automation_pipelines.definitions import defs
 from automation_pipelines.instance import prepare_home
 from automation_pipelines.paths import PROJECT_ROOT
+from automation_pipelines.reliability.identity import job_automation
 from automation_pipelines_tests.e2e.harness import venv_script
 
 
@@ -43,7 +44,7 @@ def test_every_automation_folder_contributes() -> None:
     )
     assert folders, "no automation folders found"
     repository = defs.get_repository_def()
-    tagged = {job.tags.get("automation") for job in repository.get_all_jobs()}
+    tagged = {job_automation(job) for job in repository.get_all_jobs()}
     assert set(folders) <= tagged
     for folder in folders:
         assert (Path(automations.__path__[0]) / folder / "README.md").is_file()

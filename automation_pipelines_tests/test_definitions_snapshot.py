@@ -34,8 +34,12 @@ def test_the_definitions_are_what_the_snapshot_says() -> None:
 def test_the_snapshot_sees_what_the_ui_shows() -> None:
     """Not an empty or partial file: every automation's jobs and triggers are in it."""
     taken = json.loads(SNAPSHOT.read_text())
-    automations = {tags["automation"] for tags in taken["jobs"].values()}
+    automations = {metadata["automation"] for metadata in taken["job_metadata"].values()}
     assert automations >= {"backups", "disk_space", "web_images", "webhook_events", "monitoring"}
-    assert all(tags.get("owner") for tags in taken["jobs"].values())
+    assert all(len(owners) == 1 for owners in taken["job_owners"].values())
+    assert set(taken["job_owners"]) == set(taken["jobs"])
+    # What each run carries: Dagster's own tags only, which its run list hides.
+    for name, tags in taken["jobs"].items():
+        assert [k for k in tags if not k.startswith("dagster/")] == [], name
     assert {s["default_status"] for s in taken["schedules"].values()} == {"RUNNING"}
     assert taken["sensors"]["photo_inbox_sensor"]["jobs"] == ["render_web_images_job"]

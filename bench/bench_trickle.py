@@ -24,7 +24,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events import AUTOMATION
-from automation_pipelines.automations.webhook_events.sensors import BATCH_TAG
+from automation_pipelines.automations.webhook_events.ops import batch_of
 from automation_pipelines.automations.webhook_events.warehouse import events_table
 from automation_pipelines.local_stack import DagsterProcesses, free_port
 from automation_pipelines.reliability.pacing import HOUR, SLICES, most_in_an_hour
@@ -97,7 +97,7 @@ def trickle(root: Path) -> tuple[list[float], list[float], dict[str, list[float]
     missing = len(posted) - len(arrived)
     if missing:
         raise AssertionError(f"{missing} of {len(posted)} events never reached the warehouse")
-    runs = {r.dagster_run.tags.get(BATCH_TAG): r for r in records}
+    runs = {batch_of(r.dagster_run): r for r in records}
     parts: dict[str, list[float]] = {"to run": [], "run start": [], "work": []}
     joined = 0
     for delivery, sent in posted.items():

@@ -63,6 +63,7 @@ import psycopg2
 import sqlalchemy as sa
 import uvicorn
 
+from automation_pipelines.automations.webhook_events.ops import batch_of
 from automation_pipelines.automations.webhook_events.warehouse import events_table
 from automation_pipelines.instance import DEFAULT_CONFIG, prepare_home
 from automation_pipelines.local_stack import (
@@ -810,13 +811,13 @@ def finished_runs(instance: dg.DagsterInstance, timeout: float) -> list[dg.RunRe
 
 
 def describe_runs(runs: list[dg.RunRecord], first_post: float) -> str:
-    """Each load run as `events: requested +s, started +s, ended +s` after the first POST."""
+    """Each load run as `batch: requested +s, started +s, ended +s` after the first POST."""
     parts = []
     for record in runs:
-        events = record.dagster_run.tags.get("webhook_events/events", "?")
+        batch = batch_of(record.dagster_run) or "?"
         times = [record.create_timestamp.timestamp(), record.start_time, record.end_time]
         parts.append(
-            f"{events} events: "
+            f"batch {batch}: "
             + ", ".join(
                 f"{what} +{moment - first_post:.1f}"
                 for what, moment in zip(("requested", "started", "ended"), times, strict=True)

@@ -21,11 +21,10 @@ from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import job_setting, unguarded
 from automation_pipelines.reliability.deadletters import set_aside_of
-from automation_pipelines.reliability.identity import automation_jobs, run_identity
+from automation_pipelines.reliability.identity import automation_jobs, job_automation, run_identity
 from automation_pipelines.reliability.messages import FailureDetail, RunFacts
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.reliability.tags import (
-    AUTOMATION_TAG,
     BREAKER_KEY,
     ROOT_RUN_TAG,
     RUNBOOK_PREFIX,
@@ -103,8 +102,7 @@ def pause_hint(job: str, repository: dg.RepositoryDefinition) -> str:
     if not triggers:
         return "nothing in this code location launches it; stop whoever does"
     names = [name for _, name in triggers]
-    tags = repository.get_job(job).tags if repository.has_job(job) else {}
-    automation = tags.get(AUTOMATION_TAG)
+    automation = job_automation(repository.get_job(job)) if repository.has_job(job) else None
     if not automation:
         return "; ".join(f"dagster {kind} stop {name} -w workspace.yaml" for kind, name in triggers)
     return (

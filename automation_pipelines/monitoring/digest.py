@@ -24,6 +24,7 @@ from automation_pipelines.reliability.deadletters import age_text, open_dead_let
 from automation_pipelines.reliability.errors import LOCAL_IO, reliable_op
 from automation_pipelines.reliability.identity import (
     automation_jobs,
+    job_owner,
     records_of,
     repository_of,
     run_identity,
@@ -107,7 +108,7 @@ def _owner_of(
     """The owner of an automation with no run in the window: its jobs', else the owner tag of
     its latest run."""
     for job in automation_jobs(repository, automation):
-        owner = dict(repository.get_job(job).tags).get(OWNER_TAG)
+        owner = job_owner(repository.get_job(job))
         if owner:
             return owner
     records = instance.get_run_records(
@@ -189,7 +190,7 @@ def _listed(rows: Sequence[sa.Row], line) -> list[str]:
 
 
 def _block(group: _Group, window_hours: float, now: float) -> str:
-    kind = "job without an automation tag" if group.is_job else "automation"
+    kind = "job of no automation" if group.is_job else "automation"
     lines = [
         f"{group.name} ({kind}, owner {group.owner})",
         f"  Runs in the last {window_hours:g} h: {group.runs} ({group.succeeded} succeeded, "

@@ -26,7 +26,8 @@ from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import finding_runbook, runbook_links, unguarded
 from automation_pipelines.reliability.conditions import Finding, report_findings
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG
+from automation_pipelines.reliability.identity import job_automation, job_owner
+from automation_pipelines.reliability.tags import AUTOMATION_TAG
 
 FRESHNESS_SENSOR = "freshness_alert_sensor"
 STALE_KIND = "stale_asset"
@@ -159,8 +160,8 @@ def observe_freshness(
     }
     automation_owners: dict[str, str] = {}
     for job in repository.get_all_jobs():
-        if job.tags.get(AUTOMATION_TAG) and job.tags.get(OWNER_TAG):
-            automation_owners.setdefault(job.tags[AUTOMATION_TAG], job.tags[OWNER_TAG])
+        if job_automation(job) and job_owner(job):
+            automation_owners.setdefault(job_automation(job), job_owner(job))
 
     views = []
     for asset_key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):

@@ -17,8 +17,9 @@ import dagster as dg
 from automation_pipelines.monitoring import watchdog
 from automation_pipelines.reliability.automation import runbook_links
 from automation_pipelines.reliability.health import HEALTH_CHECK, Health, check_evaluation
+from automation_pipelines.reliability.identity import job_automation, job_owner
 from automation_pipelines.reliability.numbers import automation_key
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG
+from automation_pipelines.reliability.tags import AUTOMATION_TAG
 
 GROUP_CHECK_NAME = "automation_health"
 
@@ -28,9 +29,9 @@ def automations_of(definitions: Iterable[dg.Definitions]) -> dict[str, str]:
     found: dict[str, str] = {}
     for defs in definitions:
         for job in defs.jobs or ():
-            tags = getattr(job, "tags", None) or {}
-            if tags.get(AUTOMATION_TAG):
-                found.setdefault(tags[AUTOMATION_TAG], tags.get(OWNER_TAG) or "")
+            automation = job_automation(job)
+            if automation:
+                found.setdefault(automation, job_owner(job) or "")
     return dict(sorted(found.items()))
 
 

@@ -32,13 +32,12 @@ from automation_pipelines.reliability.automation import (
 )
 from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.health import Health, health_of, report_health
+from automation_pipelines.reliability.identity import job_automation, job_owner
 from automation_pipelines.reliability.numbers import AUTOMATION_ASSET_PREFIX
 from automation_pipelines.reliability.tags import (
-    AUTOMATION_TAG,
     EXPECT_MAX_RUNS_KEY,
     EXPECT_SUCCESS_KEY,
     EXPECT_TRIGGER_KEY,
-    OWNER_TAG,
     WILL_RETRY_TAG,
 )
 
@@ -264,7 +263,6 @@ def observe(
         names = [target.job_name for target in sensor.targets]
         definitions.append(("sensor", sensor, job_of(names[0] if names else None)))
     for kind, definition, job in definitions:
-        tags = dict(job.tags) if job else {}
         stale_after = job_setting(job, EXPECT_TRIGGER_KEY) if job else None
         state = states.get(definition.name)
         default_running = definition.default_status.value == "RUNNING"
@@ -274,14 +272,14 @@ def observe(
             if state
             else []
         )
-        automation = tags.get(AUTOMATION_TAG)
+        automation = job_automation(job) if job else None
         last_error = next((t.error.message for t in ticks if t.error), None)
         triggers.append(
             TriggerView(
                 name=definition.name,
                 kind=kind,
                 automation=automation,
-                owner=tags.get(OWNER_TAG) or MONITORING_OWNER,
+                owner=(job_owner(job) if job else None) or MONITORING_OWNER,
                 running=running,
                 paused=automation in open_switches,
                 watched_since=since(f"{kind}:{definition.name}"),
@@ -298,7 +296,6 @@ def observe(
     jobs: list[JobView] = []
     hour_ago = datetime.fromtimestamp(now - 3600, tz=UTC)
     for job in repository.get_all_jobs():
-        tags = dict(job.tags)
         success_within = job_setting(job, EXPECT_SUCCESS_KEY)
         max_runs_per_hour = job_setting(job, EXPECT_MAX_RUNS_KEY)
         if success_within is None and max_runs_per_hour is None:
@@ -308,7 +305,7 @@ def observe(
             limit=1,
         )
         ended = success[0].end_time if success else None
-        automation = tags.get(AUTOMATION_TAG)
+        automation = job_automation(job)
         switch = switches.get(automation) if automation else None
         failures, failed_at = _failures_in_a_row(
             instance, job.name, since=switch.changed_at if switch else 0.0
@@ -317,7 +314,7 @@ def observe(
             JobView(
                 name=job.name,
                 automation=automation,
-                owner=tags.get(OWNER_TAG) or MONITORING_OWNER,
+                owner=job_owner(job) or MONITORING_OWNER,
                 paused=automation in open_switches,
                 watched_since=since(f"job:{job.name}"),
                 success_within=success_within,

@@ -4,7 +4,8 @@ One `Automation` per automation folder is the single source for the tags, job me
 concurrency pool and descriptions the readiness check looks for, so an automation cannot forget
 one of them. Runs carry only the tags that identify them or that Dagster acts on; the
 declaration's settings (expectation, breaker, runbook link) are job metadata, shown once on the
-job's page, and its ops are in the automation's pool, so its runs never overlap. Its schedules
+job's page, the owner is the job's (Dagster's `owners`), and its ops are in the automation's
+pool, so its runs never overlap. Its schedules
 and sensors check the pause switch and circuit breaker, and say so in their metadata
 (`GUARDED_BY_KEY`), so the readiness check can tell them from a plain `dg.ScheduleDefinition`
 that would bypass both.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,20 +36,25 @@ from automation_pipelines.reliability.errors import (
     reliable_op,
 )
 from automation_pipelines.reliability.hooks import HOOK_NAME, alert_on_failure_hook
+from automation_pipelines.reliability.identity import job_automation, job_owner
 from automation_pipelines.reliability.signatures import keep_signature
 from automation_pipelines.reliability.tags import (
+    AUTOMATION_KEY,
     AUTOMATION_TAG,
     BREAKER_KEY,
     EXPECT_MAX_RUNS_KEY,
     EXPECT_SUCCESS_KEY,
     EXPECT_TRIGGER_KEY,
     MAX_RUNTIME_TAG,
-    OWNER_TAG,
     RETRY_ON_OP_FAILURE_TAG,
     RUNBOOK_KEY,
     RUNBOOK_PREFIX,
     RUNS_AT_ONCE_KEY,
 )
+
+# Dagster calls a job's `owners` beta; it is where the UI shows a job's owner (its page's
+# Owners), and a tag there would land on every run launched from the UI, a line in the run list.
+warnings.filterwarnings("ignore", message=r"Parameter `owners` of .* is currently in beta")
 
 #: Trigger metadata: the automation whose switch the trigger checks before it requests a run.
 GUARDED_BY_KEY = "automation/guarded_by"
@@ -88,7 +95,7 @@ def runbook_links(repository: dg.RepositoryDefinition) -> dict[str, str]:
     asset, which name the automation rather than a job."""
     links = {}
     for job in repository.get_all_jobs():
-        automation, link = job.tags.get(AUTOMATION_TAG), (job.metadata or {}).get(RUNBOOK_KEY)
+        automation, link = job_automation(job), (job.metadata or {}).get(RUNBOOK_KEY)
         if automation and link is not None:
             links.setdefault(automation, str(getattr(link, "value", link)))
     return links
@@ -209,12 +216,14 @@ class Automation:
         return self.name
 
     def job_tags(self, **extra: str) -> dict[str, str]:
-        """Tags every run of this automation carries: who owns it and which automation it is,
-        and what Dagster acts on (the max runtime, no run retry after an op failure). Settings
-        go to `job_metadata`, so the run list stays readable."""
+        """Tags of this automation's jobs, which every run of them carries, however started
+        (Dagster gives a run the job's tags from a sensor, the Launchpad, a backfill or a
+        retry alike): only what Dagster acts on (the max runtime, no run retry after an op
+        failure), which its run list keeps out of sight. Every other tag would take a line of
+        the run's row: the automation is the job's metadata and the owner its `owners`
+        (`identity`), settings are `job_metadata`, and what a run did is its
+        materialization's metadata; a run that set items aside says so (`result/…`)."""
         return {
-            OWNER_TAG: self.owner,
-            AUTOMATION_TAG: self.name,
             MAX_RUNTIME_TAG: str(self.max_runtime_seconds),
             RETRY_ON_OP_FAILURE_TAG: "false",
             **extra,
@@ -224,6 +233,7 @@ class Automation:
         """Metadata every job of this automation carries, shown once on its page: the runbook
         link, the breaker's threshold and what healthy means."""
         return {
+            AUTOMATION_KEY: self.name,
             RUNBOOK_KEY: dg.MetadataValue.url(self.runbook_ref),
             BREAKER_KEY: self.breaker_after_failures,
             RUNS_AT_ONCE_KEY: self.side_by_side,
@@ -240,6 +250,7 @@ class Automation:
         in-process executor; the description gets the runbook link."""
         kwargs.setdefault("executor_def", dg.in_process_executor)
         kwargs["tags"] = {**self.job_tags(), **kwargs.get("tags", {})}
+        kwargs["owners"] = [self.owner]
         kwargs["metadata"] = self.job_metadata(**kwargs.get("metadata", {}))
         kwargs["hooks"] = {alert_on_failure_hook, *kwargs.get("hooks", ())}
         if "description" in kwargs:
@@ -269,6 +280,7 @@ class Automation:
             name,
             selection=selection,
             tags=self.job_tags(**(tags or {})),
+            owners=[self.owner],
             metadata=self.job_metadata(**(metadata or {})),
             hooks={alert_on_failure_hook},
             executor_def=dg.in_process_executor,
@@ -354,7 +366,7 @@ class Automation:
 
     def _job_problem(self, job) -> str | None:
         hooks = getattr(job, "hook_defs", None) or getattr(job, "hooks", None) or ()
-        if job.tags.get(AUTOMATION_TAG) != self.name:
+        if job_automation(job) != self.name or job_owner(job) != self.owner:
             return f"job {job.name} lacks its tags: make it with AUTOMATION.job / asset_job"
         if not any(hook.name == HOOK_NAME for hook in hooks):
             return f"job {job.name} has no {HOOK_NAME}: make it with AUTOMATION.job / asset_job"

@@ -1,9 +1,11 @@
 """Which automation a run belongs to, and who answers for it, read from its job.
 
-Every job of an automation carries its name and owner as job tags (`Automation.job_tags`), which
-the job's page shows once. A run is read through its job's current definition, so an alert goes
-to the owner the code names today, and a run needs no identity of its own; a run of a job this
-code location no longer defines (or knows nothing of) is read from its own tags.
+Every job of an automation says its name in its metadata (`Automation.job_metadata`) and its
+owner in Dagster's job `owners`, both on the job's page; its runs carry neither, because
+Dagster's run list gives each tag of a run a line of its own. A run is read through its job's
+current definition, so an alert goes to the owner the code names today; a run of a job this
+code location no longer defines (or knows nothing of) is read from its own tags (runs made
+before carried `automation` and `owner` tags).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import NamedTuple
 
 import dagster as dg
 
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG
+from automation_pipelines.reliability.tags import AUTOMATION_KEY, AUTOMATION_TAG, OWNER_TAG
 
 
 class Identity(NamedTuple):
@@ -23,14 +25,32 @@ class Identity(NamedTuple):
     owner: str | None
 
 
+def job_automation(job) -> str | None:
+    """The automation a job (a definition, resolved or not) belongs to: its metadata's, else
+    its `automation` tag (a job declared the earlier way)."""
+    value = (getattr(job, "metadata", None) or {}).get(AUTOMATION_KEY)
+    value = getattr(value, "value", value)
+    tags = getattr(job, "tags", None) or {}
+    return (str(value) if value else None) or tags.get(AUTOMATION_TAG) or None
+
+
+def job_owner(job) -> str | None:
+    """Who answers for a job (a definition, resolved or not): the first of its `owners`, else
+    its `owner` tag (a job declared the earlier way)."""
+    owners = getattr(job, "owners", None) or ()
+    tags = getattr(job, "tags", None) or {}
+    return next(iter(owners), None) or tags.get(OWNER_TAG) or None
+
+
 def run_identity(run: dg.DagsterRun, repository: dg.RepositoryDefinition | None) -> Identity:
-    """`run`'s automation and owner: its job's tags in `repository`, else the run's own."""
-    declared: dict[str, str] = {}
+    """`run`'s automation and owner: its job's in `repository`, else the run's own tags."""
+    automation = owner = None
     if repository is not None and repository.has_job(run.job_name):
-        declared = dict(repository.get_job(run.job_name).tags)
+        job = repository.get_job(run.job_name)
+        automation, owner = job_automation(job), job_owner(job)
     return Identity(
-        automation=declared.get(AUTOMATION_TAG) or run.tags.get(AUTOMATION_TAG) or None,
-        owner=declared.get(OWNER_TAG) or run.tags.get(OWNER_TAG) or None,
+        automation=automation or run.tags.get(AUTOMATION_TAG) or None,
+        owner=owner or run.tags.get(OWNER_TAG) or None,
     )
 
 
@@ -47,11 +67,7 @@ def automation_jobs(repository: dg.RepositoryDefinition | None, automation: str)
     """The names of `repository`'s jobs that belong to `automation` (none without one)."""
     if repository is None:
         return ()
-    return tuple(
-        job.name
-        for job in repository.get_all_jobs()
-        if dict(job.tags).get(AUTOMATION_TAG) == automation
-    )
+    return tuple(job.name for job in repository.get_all_jobs() if job_automation(job) == automation)
 
 
 def records_of(

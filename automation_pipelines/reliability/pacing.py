@@ -3,8 +3,8 @@
 `Expectation.max_runs_per_hour` is the rate above which the watchdog calls an automation a
 runaway loop. A paced sensor asks, before it requests anything, how many runs it may request
 now, so normal traffic stays under that line by construction and a burst is absorbed by bigger
-batches instead of more runs. The room is counted from the run history itself (runs tagged with
-the automation, created in the last hour), so a restart forgets nothing:
+batches instead of more runs. The room is counted from the run history itself (runs of the
+automation's jobs, created in the last hour), so a restart forgets nothing:
 
 - at most `SHARE` of the declared maximum in any hour (the rest is left for Dagster's retries
   and runs launched by hand, which count too);

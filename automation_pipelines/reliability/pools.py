@@ -21,7 +21,8 @@ import time
 
 import dagster as dg
 
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, RUNS_AT_ONCE_KEY
+from automation_pipelines.reliability.identity import job_automation
+from automation_pipelines.reliability.tags import RUNS_AT_ONCE_KEY
 
 #: Seconds a process trusts a limit it has set or read before it looks again.
 RECHECK_SECONDS = 60.0
@@ -67,7 +68,7 @@ def declared(repository: dg.RepositoryDefinition) -> dict[str, int]:
     """Each automation's pool and the runs it lets in at once, as its jobs declare them."""
     limits: dict[str, int] = {}
     for job in repository.get_all_jobs():
-        automation = job.tags.get(AUTOMATION_TAG)
+        automation = job_automation(job)
         value = (job.metadata or {}).get(RUNS_AT_ONCE_KEY)
         value = getattr(value, "value", value)
         if automation and isinstance(value, int) and value >= 1:

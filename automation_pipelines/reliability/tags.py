@@ -6,7 +6,7 @@ are job metadata instead: the job's page shows them once, and the monitoring rea
 the definitions, never from runs.
 """
 
-#: The automation a run belongs to.
+#: The automation an asset belongs to; on runs made before jobs said it in their metadata.
 AUTOMATION_TAG = "automation"
 #: The person or team that is alerted and answers for the automation.
 OWNER_TAG = "owner"
@@ -25,6 +25,9 @@ EXPECT_MAX_RUNS_KEY = "expect/max_runs_per_hour"
 EXPECT_TRIGGER_KEY = "expect/trigger_stale_seconds"
 #: Job metadata: consecutive failed runs after which the circuit breaker stops the triggers.
 BREAKER_KEY = "breaker/after_failures"
+#: Job metadata: the automation a job belongs to (on its page; its runs carry no tag for it, as
+#: Dagster's run list gives every tag of a run a line of its own).
+AUTOMATION_KEY = "automation"
 #: Job metadata: the runbook's URL, a link on the job's page.
 RUNBOOK_KEY = "runbook"
 #: Job metadata: runs of the automation that may be in progress at once, the limit of its

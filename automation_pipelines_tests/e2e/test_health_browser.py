@@ -1,8 +1,9 @@
 """What an operator sees at a glance, in the real Dagster UI (Debian's Chromium, 1440x900), on
 the project's own code location:
 
-- the Runs page shows at least 10 runs on one screen, and a run that quarantined a photo stands
-  out from the plain successes by its `result/quarantined` tag;
+- the Runs page, in a fresh browser (no tag hidden), shows at least 10 runs on one screen: a
+  run carries no tag of its own (its job says whose it is), and a run that quarantined a photo
+  stands out from the plain successes by its `result/quarantined` tag;
 - a paused automation (webhook_events, `automation-pipelines pause`), one whose circuit breaker
   opened after five failed runs (disk_space) and one whose sensor stopped (web_images,
   photo_inbox_sensor switched off in the UI) each show as not healthy on their asset
@@ -38,8 +39,6 @@ BREAKER_AFTER = 5
 LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
     __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
 DIGEST_RUNS = 5
-#: Tags that say whose run it is: hidden from the run list by a person, still on every run.
-IDENTITY_TAGS = ("automation/serial", "owner", "automation")
 
 
 @pytest.fixture(scope="module")
@@ -189,20 +188,16 @@ def test_runs_at_a_glance_and_each_automations_health(page: Page, stack) -> None
     assert "5 consecutive failed runs" in findings["disk_space"]
     assert "photo_inbox_sensor is stopped" in findings["web_images"]
 
-    # Runs: at least 10 on one 1440x900 screen; the quarantining run carries its tag. Dagster
-    # lists every tag outside its own `dagster/` namespace on a line of its own, so a person
-    # hides the tags that only say whose run it is (its job says that too): "Hide tag" in a
-    # tag's menu, which the UI keeps in this browser's storage, as set here. What a run did
-    # stays shown.
+    # Runs: at least 10 on one 1440x900 screen, as anyone sees them first: Dagster lists every
+    # tag outside its own `dagster/` namespace on a line of its own, and nothing is hidden in
+    # this browser. No run shows a tag of ours but what it set aside; the job says whose it is.
     page.goto(f"{base_url}/runs")
-    page.evaluate(
-        "keys => localStorage.setItem('unpinned-tags', JSON.stringify(keys))", list(IDENTITY_TAGS)
-    )
-    page.reload()
+    assert page.evaluate("() => localStorage.getItem('unpinned-tags')") is None
     runs_listed = page.get_by_role("link", name=re.compile(r"^run [0-9a-f]{8}$"))
     expect(runs_listed.nth(9)).to_be_visible(timeout=UI_TIMEOUT_MS)
-    for key in IDENTITY_TAGS:
-        expect(page.get_by_text(re.compile(rf"^{re.escape(key)}: "))).to_have_count(0)
+    for key in ("owner", "automation"):
+        expect(page.get_by_text(re.compile(rf"^{key}: "))).to_have_count(0)
+    expect(page.get_by_role("link", name="check_disk_space_job").first).to_be_visible()
     page.screenshot(path=str(screenshots_dir() / "10-runs-at-a-glance.png"))  # one screen
     height = page.viewport_size["height"]
     on_screen = [

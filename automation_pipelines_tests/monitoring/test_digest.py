@@ -163,7 +163,7 @@ def test_digest_counts_each_owners_automations(history) -> None:
 
     title_c, body_c = digests["unowned"]
     assert title_c.endswith("unowned: 1 automation(s), 0 failed run(s), 0 open incident(s)")
-    assert "job_c (job without an automation tag, owner unowned)" in body_c
+    assert "job_c (job of no automation, owner unowned)" in body_c
     assert "Runs in the last 24 h: 1 (1 succeeded, 0 failed" in body_c
 
     for title, _ in digests.values():

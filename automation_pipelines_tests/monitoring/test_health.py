@@ -291,9 +291,9 @@ def test_every_automation_has_its_asset_and_health_check() -> None:
 
     graph = defs.resolve_asset_graph()
     automations = {
-        job.tags["automation"]
+        job.metadata["automation"].value
         for job in defs.get_repository_def().get_all_jobs()
-        if "automation" in job.tags
+        if "automation" in job.metadata
     }
     assert automations >= {"backups", "disk_space", "web_images", "webhook_events", "monitoring"}
     for name in automations:

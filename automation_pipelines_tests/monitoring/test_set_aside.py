@@ -64,6 +64,7 @@ def world(sqlite_instance, alert_router, monkeypatch, json_receiver):
     class World:
         instance = sqlite_instance
         engine = alert_router.outbox().engine
+        repository = defs.get_repository_def()
 
         def run(self, **batch) -> str:
             result = defs.get_job_def("sort_batch_job").execute_in_process(
@@ -123,7 +124,9 @@ def test_the_digest_counts_runs_that_set_items_aside(world) -> None:
     world.run(fail=True)
     record_dead_letter(world.engine, "sorter", "batch-7/item-3", "no price")
 
-    title, body = build_digest(world.instance, world.engine, time.time())["team:test"]
+    title, body = build_digest(
+        world.instance, world.engine, time.time(), repository=world.repository
+    )["team:test"]
     assert title.endswith(
         "team:test: 1 automation(s), 1 failed run(s), 0 open incident(s), 2 run(s) set items aside"
     )

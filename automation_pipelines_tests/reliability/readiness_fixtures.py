@@ -62,6 +62,7 @@ def _make(
     name: str,
     *,
     tags=None,
+    owners=None,
     metadata=None,
     description=None,
     retry=True,
@@ -75,11 +76,13 @@ def _make(
     cron="0 * * * *",
 ) -> dg.Definitions:
     tags = automation.job_tags() if tags is None else tags
+    owners = [automation.owner] if owners is None else owners
     metadata = automation.job_metadata() if metadata is None else metadata
 
     @dg.job(
         name=name,
         tags=tags,
+        owners=owners,
         metadata=metadata,
         description=automation.describe("Adds numbers.") if description is None else description,
         hooks=hooks,
@@ -118,7 +121,7 @@ def _without(key: str) -> dict[str, str]:
 
 
 ready = _make("ready_job")
-no_owner = _make("no_owner_job", tags=_without("owner"))
+no_owner = _make("no_owner_job", owners=[])
 no_runbook = _make("no_runbook_job", description="Adds numbers, and says nothing about a runbook.")
 incomplete_runbook = _make("incomplete_runbook_job", automation=INCOMPLETE)
 untriggered = _make("untriggered_job", triggered=False)
@@ -127,6 +130,7 @@ blind_retry = _make("blind_retry_job", blind=True)
 no_max_runtime = _make("no_max_runtime_job", tags=_without("dagster/max_runtime"))
 unlimited = _make("unlimited_job", pooled=False)
 unhooked = _make("unhooked_job", hooks=frozenset())
+crowded = _make("crowded_job", tags={**GOOD.job_tags(), "owner": "team:test"})
 unexpected = _make(
     "unexpected_job",
     metadata={
@@ -136,7 +140,7 @@ unexpected = _make(
     },
 )
 multiprocess = _make("multiprocess_job", executor=dg.multiprocess_executor)
-unrouted = _make("unrouted_job", tags={**GOOD.job_tags(), "owner": "team:nobody"})
+unrouted = _make("unrouted_job", owners=["team:nobody"])
 unguarded = _make("unguarded_job", guarded=False)
 leaky_settings = _make("leaky_settings_job", automation=LEAKY)
 overrun = _make(
@@ -156,6 +160,7 @@ def plain_op() -> int:
 @dg.job(
     name="job_level_retry_job",
     tags=GOOD.job_tags(),
+    owners=[GOOD.owner],
     metadata=GOOD.job_metadata(),
     description=GOOD.describe("Retries come from the job."),
     op_retry_policy=LOCAL_IO_RETRY,

@@ -18,7 +18,7 @@ from automation_pipelines.paths import PROJECT_ROOT
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import Automation, Expectation, unguarded
 from automation_pipelines.reliability.errors import DATABASE, LOCAL_IO, is_classified
-from automation_pipelines.reliability.tags import AUTOMATION_TAG, OWNER_TAG, RUNBOOK_PREFIX
+from automation_pipelines.reliability.tags import AUTOMATION_TAG, RUNBOOK_PREFIX
 
 FOLDERS = [name for name, _ in discovery.folders()]
 
@@ -150,9 +150,18 @@ def test_what_the_declaration_made_is_accepted_and_loads_alone(scratch: Automati
     repository = defs.get_repository_def()
     for name in ("scratch_job", "scratch_table_job"):
         job = repository.get_job(name)
-        assert job.tags[OWNER_TAG] == "team:scratch" and job.tags[AUTOMATION_TAG] == "scratch"
+        assert job.owners == ["team:scratch"] and job.metadata["automation"].value == "scratch"
         assert RUNBOOK_PREFIX in (job.description or "")
         assert {op.pool for op in job.graph.iterate_op_defs()} == {"scratch"}
+        # A run carries no tag of its own, so 10 fit the run list; the owner is the job's.
+        assert (
+            job.tags
+            == job.run_tags
+            == {
+                "dagster/max_runtime": "3600",
+                "dagster/retry_on_asset_or_op_failure": "false",
+            }
+        )
     assert made["asset_checks"][0].op.pool == "scratch"
     for key in ("scratch_table", "scratch_files"):
         spec = defs.resolve_assets_def(key).get_asset_spec(dg.AssetKey(key))
@@ -190,7 +199,7 @@ def _around(scratch: Automation) -> dict[str, dict]:
     def step() -> None:
         pass
 
-    @dg.job(name="plain_job", tags={AUTOMATION_TAG: "scratch"})
+    @dg.job(name="plain_job", metadata={"automation": "scratch"}, owners=["team:scratch"])
     def plain_job():
         step()
 

@@ -16,6 +16,7 @@ from automation_pipelines.reliability.automation import (
     Automation,
     unguarded,
 )
+from automation_pipelines.reliability.identity import job_automation
 from automation_pipelines_tests.reliability import readiness_fixtures as fixtures
 
 FIXTURES = "automation_pipelines_tests.reliability.readiness_fixtures"
@@ -44,7 +45,7 @@ def test_ready_fixtures_pass(capsys: pytest.CaptureFixture[str], name: str) -> N
 @pytest.mark.parametrize(
     ("defs", "job", "rule", "why"),
     [
-        ("no_owner", "no_owner_job", "owner", "no `owner` tag"),
+        ("no_owner", "no_owner_job", "owner", "no owner (the job's `owners`)"),
         ("no_runbook", "no_runbook_job", "runbook", "no 'Runbook: <path>/README.md' line"),
         ("incomplete_runbook", "incomplete_runbook_job", "runbook", "'## What it touches'"),
         ("untriggered", "untriggered_job", "trigger", "no schedule or sensor targets it"),
@@ -57,6 +58,12 @@ def test_ready_fixtures_pass(capsys: pytest.CaptureFixture[str], name: str) -> N
             "classify_errors or use reliable_op): blindly_retried_step",
         ),
         ("no_max_runtime", "no_max_runtime_job", "max_runtime", "no `dagster/max_runtime` tag"),
+        (
+            "crowded",
+            "crowded_job",
+            "run_list",
+            "its runs would carry owner: the run list gives each tag",
+        ),
         ("unlimited", "unlimited_job", "concurrency", "step_in_no_pool are not in the pool"),
         ("multiprocess", "multiprocess_job", "in_process", "executor 'multiprocess' runs steps"),
         ("unhooked", "unhooked_job", "alerting", "no `alert_on_failure_hook`"),
@@ -102,6 +109,7 @@ def test_every_rule_has_a_breaking_fixture() -> None:
         "trigger",
         "retries",
         "max_runtime",
+        "run_list",
         "concurrency",
         "in_process",
         "alerting",
@@ -276,7 +284,7 @@ def test_the_monitoring_sensors_are_exempt_with_a_reason(capsys) -> None:
     for schedule in repository.schedule_defs:
         assert (
             schedule.metadata[GUARDED_BY_KEY].value
-            == repository.get_job(schedule.job_name).tags["automation"]
+            == repository.get_job(schedule.job_name).metadata["automation"].value
         )
 
 
@@ -337,7 +345,7 @@ def test_every_op_is_in_its_automations_pool_and_only_web_images_runs_side_by_si
     repository = defs.get_repository_def()
     at_once = {}
     for job in repository.get_all_jobs():
-        automation = job.tags.get("automation")
+        automation = job_automation(job)
         if automation is None or job.name.startswith("__"):
             continue
         assert {op.pool for op in job.graph.iterate_op_defs()} == {automation}, job.name

@@ -558,13 +558,7 @@ def _requests(
     for run_key, batch in batches[: max(0, most)]:
         requested += batch
         config = {"batch": run_key} if by_key else {field_name: [b[0] for b in batch]}
-        requests.append(
-            dg.RunRequest(
-                run_key=run_key,
-                run_config=batch_run_config(config),
-                tags={f"web_images/{field_name}": str(len(batch))},
-            )
-        )
+        requests.append(dg.RunRequest(run_key=run_key, run_config=batch_run_config(config)))
         for rel, size, mtime, attempt in batch:
             area.requested[rel] = [size, mtime, now, run_key, attempt]
     return requests, requested

@@ -31,11 +31,31 @@ from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.deadletters import flag_run
 from automation_pipelines.reliability.errors import DATABASE
 from automation_pipelines.reliability.numbers import report_run
+from automation_pipelines.reliability.tags import RUN_KEY_TAG
 from automation_pipelines.webhooks import inbox
 
 WAREHOUSE_ASSET_KEY = dg.AssetKey("webhook_events_warehouse")
-#: The run tag naming the inbox batch a load run loads (the sensor sets it).
-BATCH_TAG = "webhook_events/batch"
+#: Run keys the sensor gives one batch: `<batch>` for its first run, `<batch>/run-N` for the
+#: N-th request. Its runs are found by these keys, so no tag of their own crowds the run list.
+MAX_BATCH_REQUESTS = 10
+
+
+def batch_run_key(batch: str, request: int) -> str:
+    """The run key of the `request`-th run the sensor asks for `batch` (1 for the first)."""
+    return batch if request == 1 else f"{batch}/run-{request}"
+
+
+def batch_runs(instance: dg.DagsterInstance, batch: str, limit: int | None = None):
+    """The runs of `batch`, newest first: those the sensor requested under its run keys, and
+    Dagster's retries of them, which keep their run key."""
+    keys = [batch_run_key(batch, n) for n in range(1, MAX_BATCH_REQUESTS + 1)]
+    return instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: keys}), limit=limit)
+
+
+def batch_of(run: dg.DagsterRun | dg.RunRequest) -> str | None:
+    """The batch a load run (or a request for one) loads, from its run config."""
+    config = (run.run_config or {}).get("ops", {}).get("load_events", {}).get("config", {})
+    return config.get("batch")
 
 
 class LoadConfig(dg.Config):
@@ -208,8 +228,7 @@ def load_events(
 def _first_run(context: dg.OpExecutionContext, batch: str) -> bool:
     """No other run has tried this batch: only then may late events join it (a batch run again
     may fail again, and late events must not share its failures)."""
-    runs = context.instance.get_run_records(filters=dg.RunsFilter(tags={BATCH_TAG: batch}), limit=2)
-    return all(record.dagster_run.run_id == context.run_id for record in runs)
+    return all(run.run_id == context.run_id for run in batch_runs(context.instance, batch, 2))
 
 
 def _dead_letter_table(rows, limit: int = 50) -> str:

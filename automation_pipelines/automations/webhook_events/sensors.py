@@ -20,12 +20,12 @@ import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events import AUTOMATION
 from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
-from automation_pipelines.automations.webhook_events.ops import BATCH_TAG
+from automation_pipelines.automations.webhook_events.ops import batch_run_key, batch_runs
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.reliability import listening, pacing
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.identity import records_of
-from automation_pipelines.reliability.tags import WILL_RETRY_TAG
+from automation_pipelines.reliability.tags import RUN_KEY_TAG, WILL_RETRY_TAG
 from automation_pipelines.webhooks import inbox
 
 MAX_EVENTS_PER_RUN = 2000
@@ -56,7 +56,9 @@ WAITING = [
 ]
 
 
-def run_request(batch: str, run_key: str, events: int) -> dg.RunRequest:
+def run_request(batch: str, run_key: str) -> dg.RunRequest:
+    """A load run of `batch`. It carries no tag of its own: `batch_runs` finds it by its run
+    key, and what it loaded is its materialization's metadata."""
     return dg.RunRequest(
         run_key=run_key,
         run_config={
@@ -66,7 +68,6 @@ def run_request(batch: str, run_key: str, events: int) -> dg.RunRequest:
                 }
             }
         },
-        tags={BATCH_TAG: batch, "webhook_events/events": str(events)},
     )
 
 
@@ -118,7 +119,7 @@ def _review_batch(
     dead: list[tuple[str, int, str]],
 ) -> None:
     """Leave a batch in flight, request it again, or dead-letter it."""
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch.batch}))
+    runs = batch_runs(instance, batch.batch)
     if any(run.status not in FINISHED for run in runs):
         decision.waiting_batches += 1
         return
@@ -153,8 +154,8 @@ def _review_batch(
             decision.dead_events += len(rows)
             return
     decision.rerun_batches += 1
-    run_key = f"{batch.batch}/run-{len(runs) + 1}" if runs else batch.batch
-    decision.requests.append(run_request(batch.batch, run_key, batch.rows))
+    requested = len({run.tags.get(RUN_KEY_TAG) for run in runs})  # retries keep their key
+    decision.requests.append(run_request(batch.batch, batch_run_key(batch.batch, requested + 1)))
 
 
 def _run_waiting_to_start(instance: dg.DagsterInstance, now: float) -> bool:
@@ -205,7 +206,7 @@ def evaluate_inbox(
             taken = inbox.assign_batch(engine, chunk, batch, now)
             if taken:
                 decision.new_events += taken
-                decision.requests.append(run_request(batch, batch, taken))
+                decision.requests.append(run_request(batch, batch_run_key(batch, 1)))
     return decision, dead
 
 

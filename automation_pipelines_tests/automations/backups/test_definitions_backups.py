@@ -17,7 +17,7 @@ def test_backup_and_health_check_are_separate_jobs() -> None:
 
     assert [node.name for node in backup.graph.nodes] == ["backup_snapshots"]
     assert [node.name for node in check.graph.nodes] == ["check_backup_health"]
-    assert backup.tags["owner"] == check.tags["owner"] == "team:platform"
+    assert backup.owners == check.owners == ["team:platform"]
 
 
 def test_schedules_come_from_backups_yaml() -> None:

@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import dagster as dg
 import sqlalchemy as sa
 
+from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
+from automation_pipelines.reliability.tags import RUN_KEY_TAG
 from automation_pipelines.webhooks import inbox
+
+
+def daemon_tags(request: dg.RunRequest) -> dict[str, str]:
+    """The tags the daemon gives the run it makes of `request`: the job's run tags, the
+    request's own and its run key, by which the sensor finds a batch's runs."""
+    key = {RUN_KEY_TAG: request.run_key} if request.run_key else {}
+    return {**load_webhook_events_job.run_tags, **request.tags, **key}
 
 
 def at(day: str, hour: int = 12, minute: int = 0) -> float:

@@ -30,7 +30,12 @@ from automation_pipelines.reliability.deadletters import DEAD_LETTERED_TAG, open
 from automation_pipelines.reliability.numbers import automation_key
 from automation_pipelines.webhooks import inbox
 from automation_pipelines_tests.alert_peers import deliver_queued
-from automation_pipelines_tests.automations.webhook_events.events import payment, push, seed
+from automation_pipelines_tests.automations.webhook_events.events import (
+    daemon_tags,
+    payment,
+    push,
+    seed,
+)
 
 
 @pytest.fixture
@@ -52,7 +57,7 @@ def loader(events_db_url, sqlite_instance, alert_routes, tmp_path, monkeypatch, 
                 instance=sqlite_instance,
                 resources=resources,
                 run_config=request.run_config,
-                tags=request.tags,
+                tags=daemon_tags(request),
             )
 
         def tags(self, run_id: str) -> dict[str, str]:
@@ -226,7 +231,7 @@ def test_a_batch_run_again_takes_no_late_events(loader, events_db_url, sqlite_in
     seed(engine, [("github", "own", "push", push())])
     [request] = evaluate_inbox(sqlite_instance, engine, 1_790_000_000.0)[0].requests
     failed = sqlite_instance.create_run_for_job(
-        load_webhook_events_job, run_config=request.run_config, tags=request.tags
+        load_webhook_events_job, run_config=request.run_config, tags=daemon_tags(request)
     )
     sqlite_instance.report_run_failed(failed, message="the warehouse is unreachable")
     late = seed(engine, [("github", "late", "push", push())], 1_790_000_002.0)

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 
 from automation_pipelines.automations.webhook_events import sensors
 from automation_pipelines.automations.webhook_events.jobs import load_webhook_events_job
+from automation_pipelines.automations.webhook_events.ops import MAX_BATCH_REQUESTS, batch_of
 from automation_pipelines.automations.webhook_events.resources import EventWarehouse
 from automation_pipelines.automations.webhook_events.sensors import (
-    BATCH_TAG,
     GATHER_AT_MOST_SECONDS,
     MAX_EVENTS_PER_RUN,
     MAX_RUNS_PER_TICK,
@@ -29,7 +29,11 @@ from automation_pipelines.reliability.deadletters import open_dead_letters
 from automation_pipelines.reliability.listening import POLL_SECONDS
 from automation_pipelines.reliability.tags import WILL_RETRY_TAG
 from automation_pipelines.webhooks import inbox
-from automation_pipelines_tests.automations.webhook_events.events import push, seed
+from automation_pipelines_tests.automations.webhook_events.events import (
+    daemon_tags,
+    push,
+    seed,
+)
 
 NOW = 1_790_000_000.0
 
@@ -47,12 +51,10 @@ def _batches(engine: sa.Engine) -> dict[str, int]:
     return {row.batch: row.rows for row in inbox.in_flight_batches(engine)}
 
 
-def _failed_run(instance: dg.DagsterInstance, batch: str) -> dg.DagsterRun:
-    """A finished, failed run of the batch that Dagster will not retry."""
+def _failed_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRun:
+    """A finished, failed run of the request that Dagster will not retry."""
     run = instance.create_run_for_job(
-        load_webhook_events_job,
-        run_config={"ops": {"load_events": {"config": {"batch": batch}}}},
-        tags={BATCH_TAG: batch},
+        load_webhook_events_job, run_config=request.run_config, tags=daemon_tags(request)
     )
     instance.report_run_failed(run, message="the warehouse is unreachable")
     instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
@@ -69,8 +71,8 @@ def test_first_events(sqlite_instance, engine) -> None:
     _seed(engine, 5)
     decision, _ = evaluate_inbox(sqlite_instance, engine, NOW)
     [request] = decision.requests
-    batch = request.tags[BATCH_TAG]
-    assert request.run_key == batch
+    batch = batch_of(request)
+    assert request.run_key == batch and request.tags == {}
     assert request.run_config == {
         "ops": {"load_events": {"config": {"batch": batch, "take_waiting_up_to": 2000}}}
     }
@@ -98,7 +100,7 @@ def test_lost_request_is_made_again(sqlite_instance, engine) -> None:
     [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
     later, _ = evaluate_inbox(sqlite_instance, engine, NOW + sensors.LOST_REQUEST_SECONDS + 1)
     [again] = later.requests
-    assert again.tags[BATCH_TAG] == request.tags[BATCH_TAG]
+    assert batch_of(again) == batch_of(request)
     # The same run key: had the run been created after all, Dagster would drop the repeat.
     assert again.run_key == request.run_key
 
@@ -109,7 +111,7 @@ def test_running_batch_is_left_alone(sqlite_instance, engine) -> None:
     sqlite_instance.create_run_for_job(
         load_webhook_events_job,
         run_config=request.run_config,
-        tags=request.tags,
+        tags=daemon_tags(request),
         status=dg.DagsterRunStatus.STARTED,
     )
     decision, _ = evaluate_inbox(sqlite_instance, engine, NOW + 10_000)
@@ -124,7 +126,7 @@ def test_new_events_gather_while_a_run_waits_to_start(sqlite_instance, engine) -
     run = sqlite_instance.create_run_for_job(  # as the daemon makes it: the job's tags too
         load_webhook_events_job,
         run_config=request.run_config,
-        tags={**load_webhook_events_job.tags, **request.tags},
+        tags=daemon_tags(request),
         status=dg.DagsterRunStatus.NOT_STARTED,
     )
     _seed(engine, 4, prefix="later")
@@ -142,7 +144,7 @@ def test_new_events_gather_while_a_run_waits_to_start(sqlite_instance, engine) -
     started, _ = evaluate_inbox(sqlite_instance, engine, NOW + 10)
     [bigger] = started.requests
     assert started.new_events == 9 and not started.gathering
-    assert bigger.tags["webhook_events/events"] == "9"
+    assert _batches(engine)[batch_of(bigger)] == 9
 
 
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING])
@@ -156,7 +158,7 @@ def test_a_run_stuck_waiting_to_start_does_not_hold_new_events(
     sqlite_instance.create_run_for_job(
         load_webhook_events_job,
         run_config=request.run_config,
-        tags={**load_webhook_events_job.tags, **request.tags},
+        tags=daemon_tags(request),
         status=status,
     )
     _seed(engine, 4, prefix="later")
@@ -164,7 +166,7 @@ def test_a_run_stuck_waiting_to_start_does_not_hold_new_events(
     assert young.requests == [] and young.gathering
     old, _ = evaluate_inbox(sqlite_instance, engine, time.time() + GATHER_AT_MOST_SECONDS + 1)
     [fresh] = old.requests
-    assert old.new_events == 4 and not old.gathering and fresh.tags["webhook_events/events"] == "4"
+    assert old.new_events == 4 and not old.gathering and _batches(engine)[batch_of(fresh)] == 4
 
 
 def test_the_pace_caps_the_runs_of_a_tick(sqlite_instance, engine) -> None:
@@ -180,18 +182,19 @@ def test_failed_batch_runs_again_then_is_dead_lettered(
     monkeypatch.setenv("TEST_DEFAULT_URLS", json_receiver.url)
     _seed(engine, 4)
     [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
-    batch = request.tags[BATCH_TAG]
+    batch = batch_of(request)
     inbox.record_error(engine, batch, "OperationalError: could not connect to server")
 
     keys = []
     for failures in range(1, sensors.MAX_FAILED_RUNS):
-        _failed_run(sqlite_instance, batch)
+        _failed_run(sqlite_instance, request)
         decision, dead = evaluate_inbox(sqlite_instance, engine, NOW + 10 * failures)
         assert dead == [] and decision.rerun_batches == 1
-        keys.append(decision.requests[0].run_key)
+        [request] = decision.requests
+        keys.append(request.run_key)
     assert keys == [f"{batch}/run-2", f"{batch}/run-3"]
 
-    _failed_run(sqlite_instance, batch)
+    _failed_run(sqlite_instance, request)
     alerts = AlertRouter(database_url=events_db_url, routes_file=str(alert_routes))
     context = dg.build_sensor_context(
         instance=sqlite_instance,
@@ -218,14 +221,14 @@ def test_failed_batch_runs_again_then_is_dead_lettered(
     assert inbox.replay(engine, everything=True) == 4
     replayed, _ = evaluate_inbox(sqlite_instance, engine, NOW + 100)
     [fresh] = replayed.requests
-    assert fresh.tags[BATCH_TAG] != batch and replayed.new_events == 4
+    assert batch_of(fresh) != batch and replayed.new_events == 4
 
 
 def test_failed_run_without_retry_decision_is_waited_for(sqlite_instance, engine) -> None:
     _seed(engine, 2)
     [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
     run = sqlite_instance.create_run_for_job(
-        load_webhook_events_job, run_config=request.run_config, tags=request.tags
+        load_webhook_events_job, run_config=request.run_config, tags=daemon_tags(request)
     )
     sqlite_instance.report_run_failed(run)
     sqlite_instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "true"})
@@ -289,8 +292,22 @@ def test_a_listening_tick_takes_events_stored_during_the_tick(
     context = listening_context(sqlite_instance, events_db_url)
     threading.Timer(0.5, _seed, (engine, 3)).start()
     [request] = webhook_inbox_sensor(context)
-    assert request.tags["webhook_events/events"] == "3"
+    assert _batches(engine)[batch_of(request)] == 3
     quiet = webhook_inbox_sensor(context)
     assert isinstance(quiet, dg.SkipReason)
     listened = re.search(r"listened ([0-9.]+) s, 1 look", quiet.skip_message)
     assert listened and float(listened[1]) >= 3.0 - POLL_SECONDS  # the window, nothing new
+
+
+def test_a_retried_run_keeps_its_key_and_every_request_of_a_batch_stays_findable(
+    sqlite_instance, engine
+) -> None:
+    """A batch's runs are found by their run keys: Dagster's retry of a run (same key) is not
+    a new request, and a batch is dead-lettered before it runs out of findable keys."""
+    assert sensors.MAX_FAILED_RUNS <= MAX_BATCH_REQUESTS
+    _seed(engine, 2)
+    [request] = evaluate_inbox(sqlite_instance, engine, NOW)[0].requests
+    _failed_run(sqlite_instance, request)
+    _failed_run(sqlite_instance, request)  # Dagster's retry: the same run key
+    decision, dead = evaluate_inbox(sqlite_instance, engine, NOW + 10)
+    assert dead == [] and [r.run_key for r in decision.requests] == [f"{batch_of(request)}/run-2"]
