@@ -1,14 +1,13 @@
 """The declaration every automation makes: who owns it, where its runbook is, and its limits.
 
-One `Automation` per automation folder is the single source for the tags, job metadata,
+One `Automation` per automation folder is the single source for the tags, owners, job metadata,
 concurrency pool and descriptions the readiness check looks for, so an automation cannot forget
-one of them. Runs carry only the tags that identify them or that Dagster acts on; the
-declaration's settings (expectation, breaker, runbook link) are job metadata, shown once on the
-job's page, the owner is the job's (Dagster's `owners`), and its ops are in the automation's
-pool, so its runs never overlap. Its schedules
-and sensors check the pause switch and circuit breaker, and say so in their metadata
-(`GUARDED_BY_KEY`), so the readiness check can tell them from a plain `dg.ScheduleDefinition`
-that would bypass both.
+one of them. Runs carry only the tags Dagster acts on, which its run list keeps out of sight:
+the owner is the job's (Dagster's `owners`), and the automation's name and the declaration's
+settings (expectation, breaker, runbook link) are job metadata, shown once on the job's page.
+Its ops are in the automation's pool, so its runs never overlap. Its schedules and sensors
+check the pause switch and circuit breaker, and say so in their metadata (`GUARDED_BY_KEY`), so
+the readiness check can tell them from a plain `dg.ScheduleDefinition` that would bypass both.
 `Automation.definitions` builds the folder's `defs` from what these methods made, refuses
 anything made around them, and adds the resources the alert hook needs, so that each folder's
 definitions load on their own.
@@ -230,8 +229,9 @@ class Automation:
         }
 
     def job_metadata(self, **extra) -> dict:
-        """Metadata every job of this automation carries, shown once on its page: the runbook
-        link, the breaker's threshold and what healthy means."""
+        """Metadata every job of this automation carries, shown once on its page: the
+        automation's name, the runbook link, the breaker's threshold, the runs it lets in at
+        once and what healthy means."""
         return {
             AUTOMATION_KEY: self.name,
             RUNBOOK_KEY: dg.MetadataValue.url(self.runbook_ref),
@@ -246,7 +246,7 @@ class Automation:
         return f"{text.strip()}\n\n{RUNBOOK_PREFIX}{self.runbook_path} (owner: {self.owner})"
 
     def job(self, **kwargs):
-        """`dg.job` with this automation's tags and metadata, the alerting hook and the
+        """`dg.job` with this automation's tags, owner and metadata, the alerting hook and the
         in-process executor; the description gets the runbook link."""
         kwargs.setdefault("executor_def", dg.in_process_executor)
         kwargs["tags"] = {**self.job_tags(), **kwargs.get("tags", {})}
@@ -367,7 +367,10 @@ class Automation:
     def _job_problem(self, job) -> str | None:
         hooks = getattr(job, "hook_defs", None) or getattr(job, "hooks", None) or ()
         if job_automation(job) != self.name or job_owner(job) != self.owner:
-            return f"job {job.name} lacks its tags: make it with AUTOMATION.job / asset_job"
+            return (
+                f"job {job.name} lacks its automation or owner: make it with AUTOMATION.job / "
+                "asset_job"
+            )
         if not any(hook.name == HOOK_NAME for hook in hooks):
             return f"job {job.name} has no {HOOK_NAME}: make it with AUTOMATION.job / asset_job"
         if isinstance(job, dg.JobDefinition):
