@@ -14,8 +14,8 @@ import pytest
 from automation_pipelines import discovery
 from automation_pipelines.definitions import defs
 from automation_pipelines.monitoring.jobs import MONITORING
-from automation_pipelines.reliability.automation import Automation, Expectation, job_setting
-from automation_pipelines.reliability.identity import job_automation
+from automation_pipelines.reliability.automation import Automation, Expectation
+from automation_pipelines.reliability.identity import job_automation, job_setting
 from automation_pipelines.reliability.tags import (
     BREAKER_KEY,
     EXPECT_MAX_RUNS_KEY,

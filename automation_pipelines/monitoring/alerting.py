@@ -19,9 +19,14 @@ import dagster as dg
 from automation_pipelines import settings
 from automation_pipelines.reliability import breaker
 from automation_pipelines.reliability.alerts import AlertRouter
-from automation_pipelines.reliability.automation import job_setting, unguarded
+from automation_pipelines.reliability.automation import unguarded
 from automation_pipelines.reliability.deadletters import set_aside_of
-from automation_pipelines.reliability.identity import automation_jobs, job_automation, run_identity
+from automation_pipelines.reliability.identity import (
+    automation_jobs,
+    job_automation,
+    job_setting,
+    run_identity,
+)
 from automation_pipelines.reliability.messages import FailureDetail, RunFacts
 from automation_pipelines.reliability.secrets import redact
 from automation_pipelines.reliability.tags import (

@@ -160,8 +160,9 @@ def observe_freshness(
     }
     automation_owners: dict[str, str] = {}
     for job in repository.get_all_jobs():
-        if job_automation(job) and job_owner(job):
-            automation_owners.setdefault(job_automation(job), job_owner(job))
+        automation, owner = job_automation(job), job_owner(job)
+        if automation and owner:
+            automation_owners.setdefault(automation, owner)
 
     views = []
     for asset_key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):

@@ -26,13 +26,12 @@ from automation_pipelines.reliability import breaker, pools
 from automation_pipelines.reliability.alerts import AlertRouter
 from automation_pipelines.reliability.automation import (
     finding_runbook,
-    job_setting,
     runbook_links,
     unguarded,
 )
 from automation_pipelines.reliability.conditions import Finding, report_findings
 from automation_pipelines.reliability.health import Health, health_of, report_health
-from automation_pipelines.reliability.identity import job_automation, job_owner
+from automation_pipelines.reliability.identity import job_automation, job_owner, job_setting
 from automation_pipelines.reliability.numbers import AUTOMATION_ASSET_PREFIX
 from automation_pipelines.reliability.tags import (
     EXPECT_MAX_RUNS_KEY,

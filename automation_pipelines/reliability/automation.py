@@ -78,17 +78,6 @@ def metadata_text(trigger: Trigger, key: str) -> str:
     return str(getattr(value, "value", value) or "").strip()
 
 
-def job_setting(job: dg.JobDefinition, key: str) -> int | None:
-    """A declaration's setting from a job's metadata (`EXPECT_*_KEY`, `BREAKER_KEY`), None when
-    the job declares none or something that is not a whole number."""
-    value = (job.metadata or {}).get(key)
-    value = getattr(value, "value", value)
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 def runbook_links(repository: dg.RepositoryDefinition) -> dict[str, str]:
     """Each automation's runbook URL, from its jobs' metadata: for alerts about a trigger or an
     asset, which name the automation rather than a job."""

@@ -34,6 +34,18 @@ def job_automation(job) -> str | None:
     return (str(value) if value else None) or tags.get(AUTOMATION_TAG) or None
 
 
+def job_setting(job, key: str) -> int | None:
+    """A declaration's setting from a job's metadata (`EXPECT_*_KEY`, `BREAKER_KEY`,
+    `RUNS_AT_ONCE_KEY`), None when the job declares none or something that is not a whole
+    number."""
+    value = (job.metadata or {}).get(key)
+    value = getattr(value, "value", value)
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def job_owner(job) -> str | None:
     """Who answers for a job (a definition, resolved or not): the first of its `owners`, else
     its `owner` tag (a job declared the earlier way)."""

@@ -21,7 +21,7 @@ import time
 
 import dagster as dg
 
-from automation_pipelines.reliability.identity import job_automation
+from automation_pipelines.reliability.identity import job_automation, job_setting
 from automation_pipelines.reliability.tags import RUNS_AT_ONCE_KEY
 
 #: Seconds a process trusts a limit it has set or read before it looks again.
@@ -68,10 +68,8 @@ def declared(repository: dg.RepositoryDefinition) -> dict[str, int]:
     """Each automation's pool and the runs it lets in at once, as its jobs declare them."""
     limits: dict[str, int] = {}
     for job in repository.get_all_jobs():
-        automation = job_automation(job)
-        value = (job.metadata or {}).get(RUNS_AT_ONCE_KEY)
-        value = getattr(value, "value", value)
-        if automation and isinstance(value, int) and value >= 1:
+        automation, value = job_automation(job), job_setting(job, RUNS_AT_ONCE_KEY)
+        if automation and value is not None and value >= 1:
             limits[automation] = min(value, limits.get(automation, value))
     return limits
 

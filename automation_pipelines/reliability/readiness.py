@@ -29,13 +29,12 @@ from automation_pipelines.reliability.automation import (
     MAX_RUNTIME_TAG,
     RUNBOOK_PREFIX,
     Trigger,
-    job_setting,
     metadata_text,
     trigger_guard_problem,
 )
 from automation_pipelines.reliability.errors import is_classified
 from automation_pipelines.reliability.hooks import HOOK_NAME
-from automation_pipelines.reliability.identity import job_automation, job_owner
+from automation_pipelines.reliability.identity import job_automation, job_owner, job_setting
 from automation_pipelines.reliability.pacing import PACED_KEY, most_in_an_hour
 from automation_pipelines.reliability.routes import Routes
 from automation_pipelines.reliability.secrets import literal_secrets
